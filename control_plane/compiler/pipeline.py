@@ -1,0 +1,472 @@
+"""The compile pipeline: one source model, many hardware profiles, one package each.
+
+For every candidate (format, recipe) that any selected profile allows, the
+pipeline builds the model once and scores the held-out data with it through
+the device runtime. Each profile then keeps the candidates inside its budgets
+(fidelity, size), benchmarks them when this host can run the target, and picks:
+
+- measured: the first candidate in preference order, unless another one is at
+  least ``SPEEDUP_MARGIN`` faster at batch 1, in which case the fastest; so
+  a quantized model that is slower than fp32 here is never shipped, and near
+  ties do not flip the choice between runs.
+- not measurable here: the first candidate in preference order, and the
+  report says why it was not measured.
+
+Packages are written only when every selected profile has one: a failed
+compile leaves no package behind.
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib.metadata
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from control_plane import __version__
+from control_plane.compiler.bench import measure_latency
+from control_plane.compiler.package import build_package, package_filename, write_atomic
+from control_plane.compiler.quantize import build_onnx
+from control_plane.compiler.sources import (
+    SourceModel,
+    check_data,
+    load_labels,
+    load_npz,
+    load_onnx,
+    load_torch,
+    sha256_file,
+    torch_module_for,
+)
+from control_plane.compiler.tflite import TfliteBuilder
+from control_plane.core.fidelity import fidelity_report
+from control_plane.core.hardware import HardwareProfile
+from control_plane.core.stats import reference_statistics
+from control_plane.errors import CompileError, ControlPlaneError, InvalidInput
+from control_plane.signing import load_private_key
+from edge_agent.core.host import HostInfo
+from edge_agent.core.manifest import (
+    Benchmark,
+    DatasetRef,
+    FidelityReport,
+    Lineage,
+    Manifest,
+    ModelFile,
+    Signature,
+    Task,
+    TensorSpec,
+    TestVectors,
+    make_package_id,
+)
+from edge_agent.host import detect_host
+from edge_agent.package import key_id
+from edge_agent.runtime import load_model_bytes
+
+logger = logging.getLogger(__name__)
+
+SPEEDUP_MARGIN = 0.10
+TOOLS = ("torch", "onnx", "onnxruntime", "litert-torch", "ai-edge-quantizer", "ai-edge-litert")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CompileRequest:
+    model: Path
+    calibration: Path
+    validation: Path
+    profiles: list[HardwareProfile]
+    out_dir: Path
+    signing_key: Path
+    model_name: str
+    model_version: str
+    release: int = 1
+    factory: str | None = None
+    reference: Path | None = None
+    labels: Path | None = None
+    task: Task | None = None
+    created_by: str | None = None
+    test_vectors: int = 8
+
+
+@dataclass
+class Candidate:
+    key: str
+    format: str
+    recipe: str
+    model_bytes: bytes = b""
+    signature: Signature | None = None
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    error: str | None = None
+    latency: dict[int, Benchmark] = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.model_bytes)
+
+
+@dataclass
+class ProfileOutcome:
+    profile: str
+    rows: list[dict[str, Any]]
+    decision: str
+    chosen: Candidate | None = None
+    fidelity: FidelityReport | None = None
+    benchmark: Benchmark | None = None
+    manifest: Manifest | None = None
+    path: Path | None = None
+    package_sha256: str | None = None
+    package_bytes: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The one JSON object per package that ``fleetcast compile --json`` prints."""
+        chosen = self.chosen
+        return {
+            "path": str(self.path) if self.path else None,
+            "profile": self.profile,
+            "format": chosen.format if chosen else None,
+            "recipe": chosen.recipe if chosen else None,
+            "size_bytes": self.package_bytes,
+            "model_bytes": chosen.size_bytes if chosen else None,
+            "fidelity": self.fidelity.model_dump(mode="json") if self.fidelity else None,
+            "latency_ms": self.benchmark.latency_ms_p50 if self.benchmark else None,
+            "sha256": self.package_sha256,
+            "package_id": self.manifest.package_id if self.manifest else None,
+            "release": self.manifest.release if self.manifest else None,
+            "decision": self.decision,
+            "candidates": self.rows,
+        }
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {"fleetcast": __version__}
+    for tool in TOOLS:
+        try:
+            versions[tool] = importlib.metadata.version(tool)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _infer_task(outputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> Task:
+    first = next(iter(outputs.values()))
+    if first.ndim == 2 and first.shape[1] > 1:
+        if labels is None or labels.dtype.kind in "iu" or np.all(labels == np.round(labels)):
+            return "classification"
+    return "regression"
+
+
+def _onnx_signature(source: SourceModel, outputs: Mapping[str, np.ndarray]) -> Signature:
+    return Signature(
+        inputs=tuple(
+            TensorSpec(name=s.name, runtime_name=s.name, shape=(-1, *s.shape[1:]))
+            for s in source.inputs
+        ),
+        outputs=tuple(
+            TensorSpec(name=name, runtime_name=name, shape=(-1, *value.shape[1:]))
+            for name, value in outputs.items()
+        ),
+    )
+
+
+def _tolerance(recipe: str, expected: Mapping[str, np.ndarray]) -> tuple[float, float]:
+    """(atol, rtol) for on-device self-test: int8 kernels differ by a step across CPUs."""
+    spread = max(float(np.ptp(v)) if v.size else 0.0 for v in expected.values())
+    if recipe == "fp32":
+        return 1e-4 + 1e-4 * spread, 1e-3
+    if recipe == "fp16":
+        return 1e-3 + 1e-2 * spread, 1e-2
+    return 1e-3 + 5e-2 * spread, 0.0
+
+
+class Compiler:
+    """Runs one :class:`CompileRequest`; :meth:`run` returns one outcome per profile."""
+
+    def __init__(self, request: CompileRequest, progress: Progress | None = None,
+                 host: HostInfo | None = None) -> None:
+        self.request = request
+        self.progress: Progress = progress or (lambda message: logger.info("%s", message))
+        self.host = host or detect_host()
+
+    # -- inputs
+
+    def _load(self) -> None:
+        req = self.request
+        self.key = load_private_key(req.signing_key)
+        self.progress(f"loading model {req.model}")
+        calibration_raw = load_npz(req.calibration, "calibration")
+        opset = max(p.compile.opset for p in req.profiles)
+        if req.model.suffix == ".onnx":
+            self.source = load_onnx(req.model)
+        elif req.model.suffix == ".pt2" or req.factory is not None:
+            self.source = load_torch(req.model, req.factory, calibration_raw, opset)
+        else:
+            raise InvalidInput(
+                f"model {req.model}: unknown kind; expected .onnx, a torch.export .pt2, "
+                "or a state_dict with --factory module:function"
+            )
+        specs = self.source.inputs
+        self.calibration = check_data(calibration_raw, specs, "calibration", req.calibration)
+        self.validation = check_data(
+            load_npz(req.validation, "validation"), specs, "validation", req.validation
+        )
+        self.reference = (
+            check_data(load_npz(req.reference, "reference"), specs, "reference", req.reference)
+            if req.reference
+            else self.calibration
+        )
+        rows = next(iter(self.validation.values())).shape[0]
+        self.labels = load_labels(req.labels, rows) if req.labels else None
+
+    def _run_reference(self) -> None:
+        fp32 = self.source.onnx_bytes
+        names = [s.name for s in self.source.inputs]
+        probe = Signature(
+            inputs=tuple(TensorSpec(name=n, runtime_name=n, shape=(-1,)) for n in names),
+            outputs=tuple(
+                TensorSpec(name=n, runtime_name=n, shape=(-1,)) for n in self.source.output_names
+            ),
+        )
+        try:
+            model = load_model_bytes("onnxruntime", fp32, probe)
+            self.ref_validation = model.predict(self.validation)
+            self.ref_reference = model.predict(self.reference)
+        except ControlPlaneError:
+            raise
+        except Exception as exc:  # onnxruntime names the op it has no kernel for
+            raise CompileError(f"model {self.request.model}: fp32 reference does not run: {exc}") from exc
+        self.onnx_signature = _onnx_signature(self.source, self.ref_validation)
+        self.task: Task = self.request.task or _infer_task(self.ref_validation, self.labels)
+
+    # -- candidates
+
+    def _build(self, fmt: str, recipe: str) -> Candidate:
+        cand = Candidate(key=f"{fmt}/{recipe}", format=fmt, recipe=recipe)
+        self.progress(f"building {cand.key}")
+        try:
+            if fmt == "onnx":
+                cand.model_bytes = build_onnx(self.source.onnx_bytes, recipe, self.calibration)
+                cand.signature = self.onnx_signature
+            else:
+                if self._tflite is None:
+                    module = torch_module_for(self.source)
+                    self._tflite = TfliteBuilder(
+                        module, [s.name for s in self.source.inputs], list(self.ref_validation)
+                    )
+                cand.model_bytes, cand.signature = self._tflite.build(recipe, self.calibration)
+            runtime = "onnxruntime" if fmt == "onnx" else "litert"
+            loaded = load_model_bytes(runtime, cand.model_bytes, cand.signature)
+            cand.outputs = loaded.predict(self.validation)
+        except ControlPlaneError as exc:
+            cand.error = str(exc)
+        except Exception as exc:  # a runtime that cannot run what a tool chain produced
+            cand.error = f"{cand.key}: does not run: {str(exc).strip().splitlines()[0]}"
+        if cand.error:
+            self.progress(f"  {cand.key} failed: {cand.error}")
+        return cand
+
+    def _latency(self, cand: Candidate, profile: HardwareProfile) -> Benchmark:
+        threads = profile.runtime.threads
+        if threads not in cand.latency:
+            assert cand.signature is not None
+            sample = {k: v[:1] for k, v in self.validation.items()}
+            cand.latency[threads] = measure_latency(
+                "onnxruntime" if cand.format == "onnx" else "litert",
+                cand.model_bytes,
+                cand.signature,
+                sample,
+                threads=threads,
+                runs=profile.benchmark.runs,
+            )
+        return cand.latency[threads]
+
+    # -- per profile
+
+    def _choose(self, profile: HardwareProfile) -> ProfileOutcome:
+        budgets = profile.budgets
+        rows: list[dict[str, Any]] = []
+        passing: list[tuple[Candidate, FidelityReport]] = []
+        for spec in profile.compile.candidates:
+            cand = self.candidates[spec.key]
+            row: dict[str, Any] = {"candidate": cand.key, "size_bytes": cand.size_bytes or None}
+            rows.append(row)
+            if cand.error:
+                row.update(status="failed", reason=cand.error)
+                continue
+            report = fidelity_report(
+                self.ref_validation,
+                cand.outputs,
+                self.task,
+                max_top1_loss=budgets.max_top1_loss,
+                max_metric_drop=budgets.max_metric_drop,
+                max_abs_error=budgets.max_abs_error,
+                labels=self.labels,
+            )
+            row["fidelity"] = report.model_dump(mode="json")
+            reasons = list(report.reasons)
+            if cand.size_bytes > budgets.max_package_bytes:
+                reasons.append(f"size {cand.size_bytes} over budget {budgets.max_package_bytes}")
+            if cand.size_bytes > budgets.max_memory_bytes:
+                reasons.append(f"weights alone ({cand.size_bytes} B) exceed the memory budget")
+            if reasons:
+                row.update(status="rejected", reason="; ".join(reasons))
+                continue
+            row.update(status="within budget")
+            passing.append((cand, report))
+        if not passing:
+            why = "; ".join(f"{r['candidate']}: {r['reason']}" for r in rows)
+            return ProfileOutcome(profile.id, rows, f"no candidate fits: {why}")
+
+        mismatches = profile.host_mismatches(self.host)
+        if mismatches:
+            cand, report = passing[0]
+            decision = (
+                f"{cand.key}: first within budget in preference order; not benchmarked "
+                f"here ({'; '.join(mismatches)})"
+            )
+            return ProfileOutcome(profile.id, rows, decision, chosen=cand, fidelity=report)
+
+        timed = [(cand, report, self._latency(cand, profile)) for cand, report in passing]
+        for (cand, _, bench), row in (
+            (t, next(r for r in rows if r["candidate"] == t[0].key)) for t in timed
+        ):
+            row["latency_ms"] = bench.latency_ms_p50
+        preferred = timed[0]
+        fastest = min(timed, key=lambda t: t[2].latency_ms_p50)
+        if fastest[2].latency_ms_p50 < (1.0 - SPEEDUP_MARGIN) * preferred[2].latency_ms_p50:
+            chosen = fastest
+            decision = (
+                f"{fastest[0].key}: fastest within budget ({fastest[2].latency_ms_p50:.3f} ms vs "
+                f"{preferred[2].latency_ms_p50:.3f} ms for preferred {preferred[0].key})"
+            )
+        else:
+            chosen = preferred
+            decision = (
+                f"{preferred[0].key}: preferred, and no candidate within budget is "
+                f"{SPEEDUP_MARGIN:.0%} faster ({preferred[2].latency_ms_p50:.3f} ms p50)"
+            )
+        for row in rows:
+            if row["candidate"] == chosen[0].key:
+                row["status"] = "chosen"
+        return ProfileOutcome(
+            profile.id, rows, decision, chosen=chosen[0], fidelity=chosen[1], benchmark=chosen[2]
+        )
+
+    def _manifest(self, profile: HardwareProfile, outcome: ProfileOutcome) -> Manifest:
+        req = self.request
+        cand = outcome.chosen
+        assert cand is not None and cand.signature is not None and outcome.fidelity is not None
+        count = min(req.test_vectors, next(iter(self.validation.values())).shape[0])
+        expected = {k: v[:count] for k, v in cand.outputs.items()}
+        atol, rtol = _tolerance(cand.recipe, expected)
+        datasets = [
+            DatasetRef(role="calibration", name=req.calibration.name,
+                       sha256=sha256_file(req.calibration), rows=_rows(self.calibration)),
+            DatasetRef(role="validation", name=req.validation.name,
+                       sha256=sha256_file(req.validation), rows=_rows(self.validation)),
+        ]
+        if req.reference:
+            datasets.append(DatasetRef(role="reference", name=req.reference.name,
+                                       sha256=sha256_file(req.reference), rows=_rows(self.reference)))
+        if req.labels and self.labels is not None:
+            datasets.append(DatasetRef(role="labels", name=req.labels.name,
+                                       sha256=sha256_file(req.labels), rows=int(self.labels.shape[0])))
+        return Manifest(
+            package_id=make_package_id(req.model_name, req.model_version, profile.id, req.release),
+            model_name=req.model_name,
+            model_version=req.model_version,
+            release=req.release,
+            profile=profile.ref(),
+            runtime=profile.runtime.name,
+            format=cand.format,  # type: ignore[arg-type]
+            recipe=cand.recipe,  # type: ignore[arg-type]
+            task=self.task,
+            model_file=ModelFile(
+                path=f"model.{cand.format}",
+                sha256=_sha256(cand.model_bytes),
+                size_bytes=cand.size_bytes,
+            ),
+            signature=cand.signature,
+            reference=self.stats,
+            fidelity=outcome.fidelity,
+            test_vectors=TestVectors(
+                inputs={k: v[:count].tolist() for k, v in self.validation.items()},
+                outputs={k: v.tolist() for k, v in expected.items()},
+                atol=atol,
+                rtol=rtol,
+            ),
+            benchmark=outcome.benchmark,
+            lineage=Lineage(
+                source_sha256=self.source.sha256,
+                source_format=self.source.kind,
+                datasets=tuple(datasets),
+                compiler_version=__version__,
+                tool_versions=_tool_versions(),
+                created_by=req.created_by or getpass.getuser(),
+                created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            ),
+            key_id=key_id(self.key.public_key()),
+        )
+
+    def run(self) -> list[ProfileOutcome]:
+        req = self.request
+        if not req.profiles:
+            raise InvalidInput("no hardware profile selected")
+        self._load()
+        self._run_reference()
+        self.stats = reference_statistics(
+            self.reference,
+            self.ref_reference,
+            self.task,
+            source=(req.reference or req.calibration).name,
+        )
+        self._tflite: TfliteBuilder | None = None
+        self.candidates: dict[str, Candidate] = {}
+        for profile in req.profiles:
+            for spec in profile.compile.candidates:
+                if spec.key not in self.candidates:
+                    self.candidates[spec.key] = self._build(spec.format, spec.recipe)
+        outcomes = []
+        for profile in req.profiles:
+            self.progress(f"choosing for {profile.id}")
+            outcomes.append(self._choose(profile))
+        failed = [o for o in outcomes if o.chosen is None]
+        if failed:
+            raise CompileError(
+                "; ".join(f"profile {o.profile}: {o.decision}" for o in failed)
+                + " (no package written)"
+            )
+        packages = []
+        by_id = {p.id: p for p in req.profiles}
+        for outcome in outcomes:
+            manifest = self._manifest(by_id[outcome.profile], outcome)
+            assert outcome.chosen is not None
+            data = build_package(manifest, outcome.chosen.model_bytes, self.key)
+            outcome.manifest = manifest
+            outcome.path = req.out_dir / package_filename(manifest)
+            outcome.package_sha256 = _sha256(data)
+            outcome.package_bytes = len(data)
+            packages.append((outcome.path, data))
+        for path, data in packages:
+            write_atomic(path, data)
+            self.progress(f"wrote {path}")
+        return outcomes
+
+
+def _rows(arrays: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(arrays.values())).shape[0])
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def compile_model(request: CompileRequest, progress: Progress | None = None) -> list[ProfileOutcome]:
+    return Compiler(request, progress).run()

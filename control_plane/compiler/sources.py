@@ -1,0 +1,345 @@
+"""Load what the compiler starts from: a model (ONNX or PyTorch) and .npz data sets.
+
+Every failure here is an :class:`InvalidInput` or :class:`CompileError` whose
+message names the file, the tensor and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import io
+import logging
+import os
+import sys
+import tempfile
+import types
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from control_plane.errors import CompileError, InvalidInput
+
+logger = logging.getLogger(__name__)
+
+SourceKind = Literal["onnx", "torch-export", "torch-state-dict"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]  # -1 for a dynamic dimension
+
+
+@dataclass
+class SourceModel:
+    """The fp32 reference every candidate is built from and compared with."""
+
+    kind: SourceKind
+    path: Path
+    sha256: str
+    onnx_bytes: bytes
+    inputs: list[InputSpec]
+    output_names: list[str]
+    torch_module: Any | None = None  # torch.nn.Module, for the TFLite path
+    _converted: Any | None = field(default=None, repr=False)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Send fd 1 to fd 2 while noisy tool chains run, so stdout stays ours (--json)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+# ---------------------------------------------------------------- data sets
+
+
+def load_npz(path: Path, role: str) -> dict[str, np.ndarray]:
+    """Arrays of an .npz (or a single .npy) file; refuses pickles and non-numeric data."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"{role} data {path}: no such file") from exc
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise InvalidInput(f"{role} data {path}: not a numpy .npz/.npy file ({exc})") from exc
+    if isinstance(loaded, np.ndarray):
+        arrays = {"input": loaded}
+    else:
+        with loaded:
+            try:
+                arrays = {name: loaded[name] for name in loaded.files}
+            except ValueError as exc:
+                raise InvalidInput(f"{role} data {path}: {exc}") from exc
+    if not arrays:
+        raise InvalidInput(f"{role} data {path}: holds no arrays")
+    return arrays
+
+
+def check_data(
+    arrays: Mapping[str, np.ndarray], specs: list[InputSpec], role: str, path: Path
+) -> dict[str, np.ndarray]:
+    """Match arrays to the model's inputs; check dtype, shape and finiteness; cast to float32."""
+    names = [s.name for s in specs]
+    if len(specs) == 1 and len(arrays) == 1:
+        arrays = {names[0]: next(iter(arrays.values()))}
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise InvalidInput(
+            f"{role} data {path}: no array for model input(s) {', '.join(missing)} "
+            f"(file has {', '.join(sorted(arrays))})"
+        )
+    checked: dict[str, np.ndarray] = {}
+    rows: set[int] = set()
+    for spec in specs:
+        array = arrays[spec.name]
+        if array.dtype.kind != "f":
+            raise InvalidInput(
+                f"{role} data {path}: input {spec.name!r} has dtype {array.dtype}, "
+                "expected floating point (float32)"
+            )
+        if array.ndim != len(spec.shape) or any(
+            want not in (-1, got) for want, got in zip(spec.shape[1:], array.shape[1:], strict=False)
+        ):
+            want = ["N", *("?" if d == -1 else str(d) for d in spec.shape[1:])]
+            raise InvalidInput(
+                f"{role} data {path}: input {spec.name!r} has shape {list(array.shape)}, "
+                f"the model takes [{', '.join(want)}]"
+            )
+        if array.shape[0] == 0:
+            raise InvalidInput(f"{role} data {path}: input {spec.name!r} has no rows")
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise InvalidInput(
+                f"{role} data {path}: input {spec.name!r} contains {bad} NaN or infinite values"
+            )
+        rows.add(array.shape[0])
+        checked[spec.name] = np.ascontiguousarray(array, dtype=np.float32)
+    if len(rows) > 1:
+        raise InvalidInput(f"{role} data {path}: inputs disagree on the number of rows {rows}")
+    return checked
+
+
+def load_labels(path: Path, rows: int) -> np.ndarray:
+    arrays = load_npz(path, "labels")
+    if len(arrays) != 1:
+        raise InvalidInput(f"labels {path}: expected one array, found {', '.join(arrays)}")
+    labels = next(iter(arrays.values()))
+    if labels.shape[0] != rows:
+        raise InvalidInput(
+            f"labels {path}: {labels.shape[0]} labels for {rows} validation rows"
+        )
+    if labels.dtype.kind not in "iuf":
+        raise InvalidInput(f"labels {path}: dtype {labels.dtype} is not numeric")
+    return labels
+
+
+# ---------------------------------------------------------------- models
+
+
+def _onnx_inputs(model: Any) -> tuple[list[InputSpec], list[str]]:
+    initializers = {init.name for init in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+        specs.append(InputSpec(value.name, shape))
+    return specs, [o.name for o in model.graph.output]
+
+
+def load_onnx(path: Path) -> SourceModel:
+    import onnx
+
+    try:
+        model = onnx.load_model(str(path))
+        onnx.checker.check_model(model)
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"model {path}: no such file") from exc
+    except Exception as exc:  # DecodeError, ValidationError: the file is no ONNX model
+        raise InvalidInput(f"model {path}: not a valid ONNX model ({exc})") from exc
+    inputs, outputs = _onnx_inputs(model)
+    if not inputs:
+        raise InvalidInput(f"model {path}: the graph has no inputs")
+    return SourceModel(
+        kind="onnx",
+        path=path,
+        sha256=sha256_file(path),
+        onnx_bytes=model.SerializeToString(),
+        inputs=inputs,
+        output_names=outputs,
+    )
+
+
+def _load_module(path: Path, factory: str | None) -> tuple[Any, SourceKind]:
+    import torch
+
+    if path.suffix == ".pt2":
+        try:
+            program = torch.export.load(str(path))
+        except FileNotFoundError as exc:
+            raise InvalidInput(f"model {path}: no such file") from exc
+        except Exception as exc:  # zipfile/pickle/serialisation errors
+            raise InvalidInput(f"model {path}: not a torch.export program ({exc})") from exc
+        return program.module(), "torch-export"
+    if factory is None:
+        raise InvalidInput(
+            f"model {path}: a state_dict needs --factory module:function that builds the module"
+        )
+    module_name, _, attr = factory.partition(":")
+    try:
+        builder = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise InvalidInput(f"factory {factory!r}: cannot import ({exc})") from exc
+    module = builder()
+    try:
+        weights = torch.load(str(path), map_location="cpu", weights_only=True)
+        module.load_state_dict(weights)
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"model {path}: no such file") from exc
+    except Exception as exc:  # unpickling errors, missing/unexpected keys
+        raise InvalidInput(f"model {path}: not a state_dict for {factory} ({exc})") from exc
+    return module, "torch-state-dict"
+
+
+def torch_input_names(calibration: Mapping[str, np.ndarray]) -> list[str]:
+    return list(calibration) if len(calibration) > 1 else ["input"]
+
+
+def load_torch(
+    path: Path,
+    factory: str | None,
+    calibration: Mapping[str, np.ndarray],
+    opset: int,
+) -> SourceModel:
+    """Load a torch model and export it to the fp32 ONNX reference (dynamic batch)."""
+    import torch
+
+    module, kind = _load_module(path, factory)
+    if hasattr(module, "eval") and kind != "torch-export":
+        module.eval()
+    names = torch_input_names(calibration)
+    arrays = list(calibration.values())
+    for array in arrays:
+        if array.dtype.kind != "f":
+            raise InvalidInput(f"calibration data: dtype {array.dtype}, expected float32")
+    sample = tuple(torch.from_numpy(np.ascontiguousarray(a[:2], dtype=np.float32)) for a in arrays)
+    onnx_bytes = export_onnx(module, sample, names, opset, path)
+    import onnx
+
+    model = onnx.load_model_from_string(onnx_bytes)
+    inputs, outputs = _onnx_inputs(model)
+    return SourceModel(
+        kind=kind,
+        path=path,
+        sha256=sha256_file(path),
+        onnx_bytes=onnx_bytes,
+        inputs=[InputSpec(n, s.shape) for n, s in zip(names, inputs, strict=True)],
+        output_names=outputs,
+        torch_module=module,
+    )
+
+
+def export_onnx(module: Any, sample: tuple[Any, ...], names: list[str], opset: int, path: Path) -> bytes:
+    import onnx
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    dynamic = tuple({0: batch} for _ in sample)
+    with tempfile.TemporaryDirectory() as tmp, quiet_stdout():
+        target = Path(tmp) / "model.onnx"
+        try:
+            torch.onnx.export(
+                module,
+                sample,
+                str(target),
+                input_names=names,
+                output_names=["output"],
+                opset_version=max(opset, 18),
+                dynamo=True,
+                dynamic_shapes=dynamic,
+                optimize=True,
+                verbose=False,
+            )
+        except Exception as exc:  # torch.export / onnx errors of many kinds
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CompileError(
+                f"model {path}: cannot export to ONNX with inputs shaped "
+                f"{[list(s.shape) for s in sample]}: {first}"
+            ) from exc
+        model = onnx.load_model(str(target))
+    return bytes(model.SerializeToString())
+
+
+def torch_module_for(source: SourceModel) -> Any:
+    """A torch module for the TFLite path; ONNX sources go through onnx2torch."""
+    if source.torch_module is not None:
+        return source.torch_module
+    if source._converted is None:
+        source._converted = _onnx_to_torch(source.onnx_bytes, source.path)
+    return source._converted
+
+
+def _install_torchvision_stub() -> None:
+    """onnx2torch imports torchvision only for NonMaxSuppression and RoiAlign.
+
+    PyPI's torchvision does not load beside the CPU torch wheel, so when it is
+    missing we register a stub whose use fails with a message naming the op.
+    """
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        stub = types.ModuleType("torchvision")
+        ops = types.ModuleType("torchvision.ops")
+
+        def _missing(*_: Any, **__: Any) -> Any:
+            raise CompileError("op NonMaxSuppression/RoiAlign needs torchvision, not installed")
+
+        ops.nms = ops.box_convert = ops.roi_align = _missing  # type: ignore[attr-defined]
+        stub.ops = ops  # type: ignore[attr-defined]
+        sys.modules["torchvision"] = stub
+        sys.modules["torchvision.ops"] = ops
+
+
+def _onnx_to_torch(onnx_bytes: bytes, path: Path) -> Any:
+    import re
+
+    import onnx
+
+    _install_torchvision_stub()
+    from onnx2torch import convert
+
+    model = onnx.load_model_from_string(onnx_bytes)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return convert(model).eval()
+    except NotImplementedError as exc:
+        match = re.search(r"operation_type='([^']+)'.*?version=(\d+)", str(exc))
+        op = f"{match.group(1)} (opset {match.group(2)})" if match else str(exc)
+        raise CompileError(
+            f"model {path}: op {op} cannot be converted for TFLite targets (onnx2torch)"
+        ) from exc
+    except Exception as exc:
+        raise CompileError(f"model {path}: cannot convert ONNX to torch for TFLite: {exc}") from exc

@@ -1,0 +1,157 @@
+"""TFLite candidates: fp32 via litert-torch, int8 via ai-edge-quantizer.
+
+- ``fp32``: ``litert_torch.convert`` of the torch module (batch 1, as mobile
+  targets score).
+- ``dynamic_int8``: int8 weights, float activations (``dynamic_wi8_afp32``).
+- ``static_int8``: full integer (``static_wi8_ai8``) calibrated on the
+  calibration set: int8 weights, activations, inputs and outputs, what
+  Coral-style accelerators take. The runtime quantizes at the boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from control_plane.compiler.sources import quiet_stdout
+from control_plane.errors import CompileError
+from edge_agent.core.manifest import DType, Quantization, Signature, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_ROWS = 256
+_ORDER = re.compile(r"(\d+)$")
+
+
+class TfliteBuilder:
+    """Converts one torch module to float TFLite once, then derives each recipe from it."""
+
+    def __init__(self, module: Any, input_names: list[str], output_names: list[str]) -> None:
+        self._module = module
+        self._inputs = input_names
+        self._outputs = output_names
+        self._float: bytes | None = None
+
+    def float_model(self, sample: Mapping[str, np.ndarray]) -> bytes:
+        if self._float is None:
+            import litert_torch
+            import torch
+
+            args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n][:1])) for n in self._inputs)
+            try:
+                with quiet_stdout():
+                    converted = litert_torch.convert(self._module, args)
+                    self._float = bytes(converted.model_content())
+            except CompileError:
+                raise
+            except Exception as exc:  # lowering failures name the op in their text
+                raise CompileError(f"tflite: litert-torch cannot convert the model: {_first_line(exc)}") from exc
+        return self._float
+
+    def build(self, recipe: str, calibration: Mapping[str, np.ndarray]) -> tuple[bytes, Signature]:
+        float_bytes = self.float_model(calibration)
+        try:
+            with quiet_stdout():
+                if recipe == "fp32":
+                    model = float_bytes
+                elif recipe == "dynamic_int8":
+                    model = _quantize(float_bytes, "dynamic", calibration, self._inputs)
+                elif recipe == "static_int8":
+                    model = _quantize(float_bytes, "static", calibration, self._inputs)
+                else:
+                    raise CompileError(f"unknown TFLite recipe {recipe!r}")
+        except CompileError:
+            raise
+        except Exception as exc:  # ai-edge-quantizer raises ValueError/RuntimeError
+            raise CompileError(f"tflite/{recipe}: quantization failed: {_first_line(exc)}") from exc
+        return model, tflite_signature(model, self._inputs, self._outputs)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _quantize(
+    float_bytes: bytes, mode: str, calibration: Mapping[str, np.ndarray], names: list[str]
+) -> bytes:
+    from ai_edge_quantizer import quantizer, recipe
+
+    if mode == "dynamic":
+        q = quantizer.Quantizer(bytearray(float_bytes), recipe.dynamic_wi8_afp32())
+        return bytes(q.quantize(enable_progress_report=False).quantized_model)
+    q = quantizer.Quantizer(bytearray(float_bytes), recipe.static_wi8_ai8())
+    signature_key, keys = _signature_keys(float_bytes)
+    rows = min(next(iter(calibration.values())).shape[0], CALIBRATION_ROWS)
+    samples = [
+        {key: calibration[name][i : i + 1] for key, name in zip(keys, names, strict=True)}
+        for i in range(rows)
+    ]
+    result = q.calibrate({signature_key: samples}, num_threads=1)
+    return bytes(q.quantize(result, enable_progress_report=False).quantized_model)
+
+
+def _signature_keys(model: bytes) -> tuple[str, list[str]]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model)
+    signatures = interp.get_signature_list()
+    key = "serving_default" if "serving_default" in signatures else next(iter(signatures))
+    return key, _ordered(signatures[key]["inputs"])
+
+
+def _ordered(keys: list[str]) -> list[str]:
+    def position(key: str) -> int:
+        match = _ORDER.search(key)
+        return int(match.group(1)) if match else 0
+
+    return sorted(keys, key=position)
+
+
+def tflite_signature(model: bytes, input_names: list[str], output_names: list[str]) -> Signature:
+    """The manifest signature of a TFLite model: public names onto its tensors."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model)
+    signatures = interp.get_signature_list()
+    key = "serving_default" if "serving_default" in signatures else next(iter(signatures))
+    runner = interp.get_signature_runner(key)
+    in_details = runner.get_input_details()
+    out_details = runner.get_output_details()
+    by_index_in = {d["index"]: d for d in interp.get_input_details()}
+    by_index_out = {d["index"]: d for d in interp.get_output_details()}
+    in_keys = _ordered(list(in_details))
+    out_keys = _ordered(list(out_details))
+    if len(in_keys) != len(input_names):
+        raise CompileError(f"tflite: model has {len(in_keys)} inputs, expected {len(input_names)}")
+    if len(out_keys) < len(output_names):
+        output_names = output_names[: len(out_keys)]
+    if len(out_keys) > len(output_names):
+        output_names = [*output_names, *(f"output_{i}" for i in range(len(output_names), len(out_keys)))]
+    inputs = tuple(
+        _spec(public, by_index_in[in_details[k]["index"]]) for public, k in zip(input_names, in_keys, strict=True)
+    )
+    outputs = tuple(
+        _spec(public, by_index_out[out_details[k]["index"]]) for public, k in zip(output_names, out_keys, strict=True)
+    )
+    return Signature(inputs=inputs, outputs=outputs)
+
+
+def _spec(public: str, detail: dict[str, Any]) -> TensorSpec:
+    dtype: DType = np.dtype(detail["dtype"]).name  # type: ignore[assignment]
+    scale, zero_point = detail["quantization"]
+    quant = Quantization(scale=float(scale), zero_point=int(zero_point)) if scale else None
+    # the file may fix the batch at 1; the runtime then scores larger batches row by row
+    shape = (-1, *(int(d) for d in detail["shape_signature"][1:]))
+    return TensorSpec(
+        name=public,
+        runtime_name=detail["name"],
+        dtype="float32",
+        shape=shape,
+        model_dtype=dtype,
+        quantization=quant,
+    )

@@ -1,0 +1,162 @@
+"""Hardware profiles: the schema of hardware-profiles/*.toml and its loader.
+
+A profile names one kind of target (os/arch/accelerator, CPU features, the
+runtime and its execution providers) and what the compiler may build for it:
+the allowed (format, recipe) candidates in order of preference, the opset,
+threads, size and memory budgets, and the fidelity budget a candidate must
+meet to be packaged.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from control_plane.errors import NotFound, ProfileError
+from edge_agent.core.host import HostInfo, profile_mismatches
+from edge_agent.core.manifest import Format, ProfileRef, Recipe, RuntimeName
+
+FORMAT_RUNTIME: dict[str, str] = {"onnx": "onnxruntime", "tflite": "litert"}
+RECIPES: dict[str, frozenset[str]] = {
+    "onnx": frozenset({"fp32", "fp16", "dynamic_int8", "static_int8"}),
+    "tflite": frozenset({"fp32", "dynamic_int8", "static_int8"}),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Target(_Strict):
+    os: Literal["linux", "android", "darwin", "windows"]
+    arch: Literal["x86_64", "aarch64", "armv7l"]
+    accelerator: str = "none"
+    cpu_features: tuple[str, ...] = ()
+    soc: str | None = None
+
+
+class RuntimeSpec(_Strict):
+    name: RuntimeName
+    execution_providers: tuple[str, ...] = ()
+    threads: int = Field(default=0, ge=0, le=256)
+
+
+class Candidate(_Strict):
+    format: Format
+    recipe: Recipe
+
+    @property
+    def key(self) -> str:
+        return f"{self.format}/{self.recipe}"
+
+
+class CompileSpec(_Strict):
+    opset: int = Field(default=17, ge=13, le=23)
+    candidates: tuple[Candidate, ...] = Field(min_length=1)
+    io_dtype: Literal["float32", "int8"] = "float32"
+
+
+class Budgets(_Strict):
+    max_package_bytes: int = Field(gt=0)
+    max_memory_bytes: int = Field(gt=0)
+    max_top1_loss: float = Field(default=0.01, ge=0, le=1)
+    max_metric_drop: float = Field(default=0.01, ge=0, le=1)
+    max_abs_error: float | None = Field(default=None, gt=0)
+
+
+class BenchmarkSpec(_Strict):
+    on_host: bool = True
+    runs: int = Field(default=50, ge=1)
+
+
+class HardwareProfile(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,63}$")
+    description: str
+    target: Target
+    runtime: RuntimeSpec
+    compile: CompileSpec
+    budgets: Budgets
+    benchmark: BenchmarkSpec = BenchmarkSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HardwareProfile:
+        for i, cand in enumerate(self.compile.candidates):
+            if FORMAT_RUNTIME[cand.format] != self.runtime.name:
+                raise ValueError(
+                    f"compile.candidates.{i}: format {cand.format!r} does not run on "
+                    f"runtime {self.runtime.name!r}"
+                )
+            if cand.recipe not in RECIPES[cand.format]:
+                raise ValueError(
+                    f"compile.candidates.{i}: recipe {cand.recipe!r} is not available for "
+                    f"{cand.format} (choose from {sorted(RECIPES[cand.format])})"
+                )
+            if self.compile.io_dtype == "int8" and cand.key != "tflite/static_int8":
+                raise ValueError(
+                    f"compile.candidates.{i}: io_dtype int8 needs tflite/static_int8, "
+                    f"not {cand.key}"
+                )
+        keys = [c.key for c in self.compile.candidates]
+        if len(set(keys)) != len(keys):
+            raise ValueError("compile.candidates: a candidate is listed twice")
+        return self
+
+    def ref(self) -> ProfileRef:
+        return ProfileRef(
+            id=self.id,
+            os=self.target.os,
+            arch=self.target.arch,
+            accelerator=self.target.accelerator,
+            cpu_features=self.target.cpu_features,
+            execution_providers=self.runtime.execution_providers,
+        )
+
+    def host_mismatches(self, host: HostInfo) -> list[str]:
+        """Why this host cannot run (and so cannot benchmark) this target; empty if it can."""
+        problems = profile_mismatches(self.ref(), host, self.runtime.name)
+        if not self.benchmark.on_host:
+            problems.append("the profile says it is never benchmarked on a build host")
+        return problems
+
+
+def load_profile(path: Path) -> HardwareProfile:
+    """Parse and validate one profile file; errors name the file and the field."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        profile = HardwareProfile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(profile)"
+        extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ProfileError(f"{path}: field {field}: {first['msg']}{extra}") from exc
+    if profile.id != path.stem:
+        raise ProfileError(f"{path}: field id: {profile.id!r} must match the file name")
+    return profile
+
+
+def load_profiles(directory: Path) -> dict[str, HardwareProfile]:
+    files = sorted(directory.glob("*.toml"))
+    if not files:
+        raise NotFound(f"no hardware profiles (*.toml) in {directory}")
+    return {p.id: p for p in (load_profile(f) for f in files)}
+
+
+def select_profiles(directory: Path, ids: list[str]) -> list[HardwareProfile]:
+    """The named profiles (all when ``ids`` is empty or ['all']), in file order."""
+    profiles = load_profiles(directory)
+    if not ids or ids == ["all"]:
+        return list(profiles.values())
+    unknown = [i for i in ids if i not in profiles]
+    if unknown:
+        raise NotFound(
+            f"unknown profile(s) {', '.join(unknown)}; known: {', '.join(sorted(profiles))}"
+        )
+    return [profiles[i] for i in ids]

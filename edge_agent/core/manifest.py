@@ -1,0 +1,211 @@
+"""The package manifest: what a .fcpkg promises about the model inside it.
+
+The manifest is signed as canonical JSON (sorted keys, no whitespace, UTF-8), so
+the control plane that writes it and the agent that checks it agree on bytes.
+This module is pure: no file or network I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+
+Format = Literal["onnx", "tflite"]
+Recipe = Literal["fp32", "fp16", "dynamic_int8", "static_int8"]
+RuntimeName = Literal["onnxruntime", "litert"]
+Task = Literal["classification", "regression"]
+DType = Literal["float32", "float16", "int8", "uint8", "int32", "int64"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Quantization(_Strict):
+    """Affine quantization of an int8/uint8 tensor at the model boundary."""
+
+    scale: float
+    zero_point: int
+
+
+class TensorSpec(_Strict):
+    """One input or output as callers see it.
+
+    ``name`` is the public name callers use; ``runtime_name`` the name inside the
+    model file (LiteRT renames tensors on conversion). ``shape`` uses -1 for a
+    dimension of any size (the batch). ``dtype`` is what callers pass or get;
+    ``model_dtype`` and ``quantization`` describe the tensor inside the file
+    when the runtime converts at the boundary (full-int8 TFLite).
+    """
+
+    name: str
+    runtime_name: str
+    dtype: DType = "float32"
+    shape: tuple[int, ...]
+    model_dtype: DType = "float32"
+    quantization: Quantization | None = None
+    feature_names: tuple[str, ...] | None = None
+
+
+class Signature(_Strict):
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _not_empty(cls, value: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+        if not value:
+            raise ValueError("a model needs at least one tensor here")
+        return value
+
+
+class FeatureStats(_Strict):
+    """Reference distribution of one feature: fixed bins for drift tests.
+
+    ``numeric``: ``edges`` has len(frequencies)+1 entries; the outer bins are
+    open (values below the first edge count in bin 0, above the last in the
+    last bin). ``categorical``: ``categories`` lists the values, one
+    frequency each.
+    """
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    count: int
+    frequencies: tuple[float, ...]
+    edges: tuple[float, ...] | None = None
+    categories: tuple[int, ...] | None = None
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+class TensorStats(_Strict):
+    """Statistics of one tensor: how its features were cut, and each feature's bins."""
+
+    tensor: str
+    feature_axis: Literal["element", "channel", "class"]
+    features: tuple[FeatureStats, ...]
+
+
+class ReferenceStats(_Strict):
+    rows: int
+    source: str
+    inputs: tuple[TensorStats, ...]
+    outputs: tuple[TensorStats, ...]
+
+
+class MetricDelta(_Strict):
+    name: str
+    fp32: float
+    candidate: float
+    delta: float
+
+
+class FidelityReport(_Strict):
+    """How far a candidate strays from the fp32 reference on held-out data."""
+
+    rows: int
+    max_abs_error: float
+    mean_abs_error: float
+    top1_agreement: float | None = None
+    metric: MetricDelta | None = None
+    passed: bool
+    reasons: tuple[str, ...] = ()
+
+
+class TestVectors(_Strict):
+    """Inputs with the outputs this very package produced at compile time."""
+
+    __test__ = False  # not a pytest class
+
+    inputs: dict[str, list[Any]]
+    outputs: dict[str, list[Any]]
+    atol: float
+    rtol: float
+
+
+class DatasetRef(_Strict):
+    role: Literal["calibration", "validation", "reference", "labels"]
+    name: str
+    sha256: str
+    rows: int
+
+
+class Lineage(_Strict):
+    source_sha256: str
+    source_format: Literal["onnx", "torch-export", "torch-state-dict"]
+    datasets: tuple[DatasetRef, ...]
+    compiler_version: str
+    tool_versions: dict[str, str]
+    created_by: str
+    created_at: str
+
+
+class Benchmark(_Strict):
+    batch: int
+    latency_ms_p50: float
+    latency_ms_p95: float
+    runs: int
+    threads: int
+    host: str
+
+
+class ModelFile(_Strict):
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int
+
+
+class ProfileRef(_Strict):
+    """The hardware profile the package was built for, as the agent checks it."""
+
+    id: str
+    os: str
+    arch: str
+    accelerator: str
+    cpu_features: tuple[str, ...]
+    execution_providers: tuple[str, ...] = ()
+
+
+class Manifest(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    package_id: str
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    model_version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+    release: int = Field(ge=1)
+    profile: ProfileRef
+    runtime: RuntimeName
+    format: Format
+    recipe: Recipe
+    task: Task
+    model_file: ModelFile
+    signature: Signature
+    reference: ReferenceStats
+    fidelity: FidelityReport
+    test_vectors: TestVectors
+    benchmark: Benchmark | None = None
+    lineage: Lineage
+    key_id: str
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_json(self.model_dump(mode="json"))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        return cls.model_validate_json(data)
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Serialise ``obj`` the one way that is signed: sorted keys, no spaces, UTF-8."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def make_package_id(model_name: str, model_version: str, profile_id: str, release: int) -> str:
+    return f"{model_name}-{model_version}-{profile_id}-r{release}"

@@ -1,0 +1,68 @@
+"""Check scoring requests against a manifest's input signature (pure, numpy only)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+
+from edge_agent.core.manifest import Signature, TensorSpec
+from edge_agent.errors import InvalidInput
+
+NanPolicy = Literal["reject", "allow"]
+
+
+def _check_tensor(spec: TensorSpec, value: object, nan_policy: NanPolicy) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
+        raise InvalidInput(f"input {spec.name!r}: dtype {array.dtype} is not numeric")
+    if array.dtype.kind in "iu" and spec.dtype.startswith("float"):
+        raise InvalidInput(f"input {spec.name!r}: expected {spec.dtype}, got {array.dtype}")
+    expected = spec.shape
+    if array.ndim == len(expected) - 1:  # a single row without the batch axis
+        array = array[np.newaxis, ...]
+    if array.ndim != len(expected):
+        raise InvalidInput(
+            f"input {spec.name!r}: expected rank {len(expected)} shape {list(expected)}, "
+            f"got shape {list(array.shape)}"
+        )
+    for axis, (want, got) in enumerate(zip(expected, array.shape, strict=True)):
+        if want != -1 and want != got:
+            raise InvalidInput(
+                f"input {spec.name!r}: dimension {axis} is {got}, expected {want} "
+                f"(shape {list(expected)})"
+            )
+    if array.shape[0] == 0:
+        raise InvalidInput(f"input {spec.name!r}: empty batch")
+    array = np.ascontiguousarray(array, dtype=np.dtype(spec.dtype))
+    if nan_policy == "reject" and array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise InvalidInput(f"input {spec.name!r}: {bad} NaN or infinite values")
+    return array
+
+
+def validate_inputs(
+    signature: Signature, inputs: Mapping[str, object], nan_policy: NanPolicy = "reject"
+) -> dict[str, np.ndarray]:
+    """Return the inputs as contiguous arrays of the declared dtype, or raise InvalidInput.
+
+    A single input model also accepts its one tensor under any name when only
+    one is given. A row without the batch axis gets one.
+    """
+    specs = {spec.name: spec for spec in signature.inputs}
+    if len(specs) == 1 and len(inputs) == 1:
+        (only,) = specs
+        (value,) = inputs.values()
+        inputs = {only: value}
+    missing = sorted(set(specs) - set(inputs))
+    if missing:
+        raise InvalidInput(f"missing input(s): {', '.join(missing)}")
+    unknown = sorted(set(inputs) - set(specs))
+    if unknown:
+        raise InvalidInput(f"unknown input(s): {', '.join(unknown)}; expected {sorted(specs)}")
+    arrays = {name: _check_tensor(specs[name], inputs[name], nan_policy) for name in specs}
+    batches = {array.shape[0] for array in arrays.values()}
+    if len(batches) > 1:
+        raise InvalidInput(f"inputs disagree on batch size: {sorted(batches)}")
+    return arrays
