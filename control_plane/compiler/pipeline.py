@@ -204,7 +204,9 @@ class Compiler:
         if req.model.suffix == ".onnx":
             self.source = load_onnx(req.model)
         elif req.model.suffix == ".pt2" or req.factory is not None:
-            self.source = load_torch(req.model, req.factory, calibration_raw, opset)
+            self.source = load_torch(
+                req.model, req.factory, calibration_raw, opset, req.calibration
+            )
         else:
             raise InvalidInput(
                 f"model {req.model}: unknown kind; expected .onnx, a torch.export .pt2, "

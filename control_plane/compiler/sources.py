@@ -203,7 +203,7 @@ def _load_module(path: Path, factory: str | None) -> tuple[Any, SourceKind]:
             raise InvalidInput(f"model {path}: no such file") from exc
         except Exception as exc:  # zipfile/pickle/serialisation errors
             raise InvalidInput(f"model {path}: not a torch.export program ({exc})") from exc
-        return program.module(), "torch-export"
+        return program, "torch-export"
     if factory is None:
         raise InvalidInput(
             f"model {path}: a state_dict needs --factory module:function that builds the module"
@@ -233,24 +233,47 @@ def load_torch(
     factory: str | None,
     calibration: Mapping[str, np.ndarray],
     opset: int,
+    data_path: Path,
 ) -> SourceModel:
     """Load a torch model and export it to the fp32 ONNX reference (dynamic batch)."""
     import torch
 
     module, kind = _load_module(path, factory)
-    if hasattr(module, "eval") and kind != "torch-export":
+    # an ExportedProgram is exported as it was traced; a state_dict model scores in eval mode
+    program = module if kind == "torch-export" else None
+    if program is not None:
+        module = program.module()
+    else:
         module.eval()
     names = torch_input_names(calibration)
     arrays = list(calibration.values())
-    for array in arrays:
+    for name, array in zip(names, arrays, strict=True):
         if array.dtype.kind != "f":
-            raise InvalidInput(f"calibration data: dtype {array.dtype}, expected float32")
+            raise InvalidInput(
+                f"calibration data {data_path}: input {name!r} has dtype {array.dtype}, "
+                "expected floating point (float32)"
+            )
     sample = tuple(torch.from_numpy(np.ascontiguousarray(a[:2], dtype=np.float32)) for a in arrays)
-    onnx_bytes = export_onnx(module, sample, names, opset, path)
+    try:  # a plain forward pass tells a data shape that does not fit from an export failure
+        with torch.no_grad():
+            module(*sample)
+    except Exception as exc:
+        shapes = ", ".join(f"{n!r} shaped {['N', *a.shape[1:]]}" for n, a in zip(names, arrays, strict=True))
+        raise InvalidInput(
+            f"calibration data {data_path}: input {shapes} does not fit the model: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        ) from exc
+    onnx_bytes = export_onnx(program if program is not None else module, sample, names, opset, path)
     import onnx
 
     model = onnx.load_model_from_string(onnx_bytes)
     inputs, outputs = _onnx_inputs(model)
+    fixed = [spec for spec in inputs if spec.shape and spec.shape[0] != -1]
+    if fixed:
+        raise InvalidInput(
+            f"model {path}: input {fixed[0].name!r} has a fixed batch of {fixed[0].shape[0]}; "
+            "export the program with a dynamic batch (torch.export.Dim) so any batch scores"
+        )
     return SourceModel(
         kind=kind,
         path=path,
@@ -267,7 +290,8 @@ def export_onnx(module: Any, sample: tuple[Any, ...], names: list[str], opset: i
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=65536)
-    dynamic = tuple({0: batch} for _ in sample)
+    # an ExportedProgram keeps the dynamic dimensions it was traced with
+    dynamic = None if isinstance(module, torch.export.ExportedProgram) else tuple({0: batch} for _ in sample)
     with tempfile.TemporaryDirectory() as tmp, quiet_stdout():
         target = Path(tmp) / "model.onnx"
         try:
