@@ -33,6 +33,9 @@ class _Errors(click.Group):
 def cli(ctx: click.Context, verbose: bool) -> None:
     """Fleetcast: compile, sign and ship models to edge fleets and functions."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
+    if not verbose:  # the compile tool chain warns about GPU kernels a CPU host never loads
+        for noisy in ("torchao", "jax", "absl"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
     ctx.obj = ctx.obj or Settings.from_env()
 
 

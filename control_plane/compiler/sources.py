@@ -60,17 +60,33 @@ def sha256_file(path: Path) -> str:
 
 @contextlib.contextmanager
 def quiet_stdout() -> Iterator[None]:
-    """Send fd 1 to fd 2 while noisy tool chains run, so stdout stays ours (--json)."""
+    """Capture what tool chains print (Python and C++ alike) into the debug log.
+
+    litert-torch, ai-edge-quantizer and the ONNX exporter write progress to
+    fds 1 and 2; that chatter must not mix with our output (``--json``).
+    """
     sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(
+                io.StringIO()
+            ) as err:
+                yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sink.seek(0)
+            chatter = sink.read().decode("utf-8", "replace") + out.getvalue() + err.getvalue()
+            if chatter.strip():
+                logger.debug("tool chain output:\n%s", chatter)
 
 
 # ---------------------------------------------------------------- data sets

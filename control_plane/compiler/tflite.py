@@ -38,12 +38,13 @@ class TfliteBuilder:
 
     def float_model(self, sample: Mapping[str, np.ndarray]) -> bytes:
         if self._float is None:
-            import litert_torch
             import torch
 
             args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n][:1])) for n in self._inputs)
             try:
                 with quiet_stdout():
+                    import litert_torch  # its import alone prints C++ and torchao warnings
+
                     converted = litert_torch.convert(self._module, args)
                     self._float = bytes(converted.model_content())
             except CompileError:
