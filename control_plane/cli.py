@@ -48,7 +48,9 @@ def keys() -> None:
 
 
 @keys.command("generate")
-@click.option("--dir", "directory", type=click.Path(path_type=Path), help="Where to write the pair.")
+@click.option(
+    "--dir", "directory", type=click.Path(path_type=Path), help="Where to write the pair."
+)
 @click.option("--force", is_flag=True, help="Replace an existing key pair.")
 @click.pass_obj
 def keys_generate(settings: Settings, directory: Path | None, force: bool) -> None:
@@ -88,18 +90,37 @@ def profiles_list(settings: Settings, directory: Path | None) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--calibration", required=True, type=click.Path(path_type=Path), help=".npz, one array per input")
+@click.option(
+    "--calibration",
+    required=True,
+    type=click.Path(path_type=Path),
+    help=".npz, one array per input",
+)
 @click.option("--validation", required=True, type=click.Path(path_type=Path), help="held-out .npz")
-@click.option("--reference", type=click.Path(path_type=Path), help=".npz for reference statistics (default: calibration)")
-@click.option("--labels", type=click.Path(path_type=Path), help=".npz/.npy labels of the validation rows")
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    help=".npz for reference statistics (default: calibration)",
+)
+@click.option(
+    "--labels", type=click.Path(path_type=Path), help=".npz/.npy labels of the validation rows"
+)
 @click.option("--factory", help="module:function building the nn.Module when MODEL is a state_dict")
-@click.option("-p", "--profile", "profile_ids", multiple=True, help="profile id (repeat; default: all)")
+@click.option(
+    "-p", "--profile", "profile_ids", multiple=True, help="profile id (repeat; default: all)"
+)
 @click.option("--profiles-dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output directory")
 @click.option("--key", "key_path", type=click.Path(path_type=Path), help="signing key (PEM)")
 @click.option("--name", "model_name", required=True, help="model name")
 @click.option("--version", "model_version", default="1", show_default=True)
-@click.option("--release", default=1, show_default=True, type=click.IntRange(min=1), help="anti-rollback release number")
+@click.option(
+    "--release",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="anti-rollback release number",
+)
 @click.option("--task", type=click.Choice(["classification", "regression"]))
 @click.option("--author", help="recorded in lineage (default: the OS user)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per package")
@@ -148,6 +169,7 @@ def compile(  # noqa: A001 - the command's name
         created_by=author,
     )
     with console.status("compiling") as status:
+
         def progress(message: str) -> None:
             status.update(message)
             console.log(message)
@@ -160,7 +182,11 @@ def compile(  # noqa: A001 - the command's name
         else:
             fid = outcome.fidelity
             agree = f"{fid.top1_agreement:.4f}" if fid and fid.top1_agreement is not None else "-"
-            latency = f"{summary['latency_ms']:.3f} ms" if summary["latency_ms"] is not None else "not measured"
+            latency = (
+                f"{summary['latency_ms']:.3f} ms"
+                if summary["latency_ms"] is not None
+                else "not measured"
+            )
             console.print(
                 f"[bold]{outcome.profile}[/]: {summary['format']}/{summary['recipe']} "
                 f"{summary['size_bytes']} B, top-1 agreement {agree}, {latency}\n"
@@ -183,7 +209,9 @@ def inspect(package: Path) -> None:
 
 @cli.command()
 @click.argument("package", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--public-key", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option(
+    "--public-key", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False)
+)
 @click.option("--sha256", "expected", help="expected sha256 of the package file")
 @click.option("--this-host", is_flag=True, help="also check the profile against this host")
 def verify(package: Path, public_key: Path, expected: str | None, this_host: bool) -> None:

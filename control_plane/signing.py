@@ -31,7 +31,9 @@ def generate_keypair(directory: Path, overwrite: bool = False) -> tuple[Path, Pa
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
-    public_path.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    public_path.write_bytes(
+        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
     return private_path, public_path
 
 
@@ -39,9 +41,13 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     try:
         key = load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError as exc:
-        raise InvalidInput(f"signing key {path}: no such file (run `fleetcast keys generate`)") from exc
+        raise InvalidInput(
+            f"signing key {path}: no such file (run `fleetcast keys generate`)"
+        ) from exc
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"signing key {path}: not an unencrypted PEM private key ({exc})") from exc
+        raise InvalidInput(
+            f"signing key {path}: not an unencrypted PEM private key ({exc})"
+        ) from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise InvalidInput(f"signing key {path}: expected ed25519, got {type(key).__name__}")
     return key

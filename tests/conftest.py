@@ -17,6 +17,33 @@ ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = ROOT / "hardware-profiles"
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail early when the generated gRPC stubs are missing or older than their .proto."""
+    stale = [
+        proto.name
+        for proto in sorted((ROOT / "protos" / "fleetcast" / "v1").glob("*.proto"))
+        for stub in (proto.with_name(f"{proto.stem}_pb2.py"),)
+        if not stub.exists() or stub.stat().st_mtime < proto.stat().st_mtime
+    ]
+    if stale:
+        raise pytest.UsageError(
+            f"generated gRPC stubs missing or stale for {', '.join(stale)}: run `make protos`"
+        )
+
+
+@pytest.fixture(scope="session")
+def edge_packages(
+    digits_mlp: TrainedDigits,
+    compile_digits: Callable[..., list[object]],
+    keys: Keys,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> object:
+    """The digits MLP for onnxruntime and LiteRT, plus variants (see edge_support.py)."""
+    from edge_support import build_edge_packages
+
+    return build_edge_packages(digits_mlp, compile_digits, keys, tmp_path_factory.mktemp("edge"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -187,11 +187,17 @@ def _tolerance(recipe: str, expected: Mapping[str, np.ndarray]) -> tuple[float, 
 class Compiler:
     """Runs one :class:`CompileRequest`; :meth:`run` returns one outcome per profile."""
 
-    def __init__(self, request: CompileRequest, progress: Progress | None = None,
-                 host: HostInfo | None = None) -> None:
+    def __init__(
+        self,
+        request: CompileRequest,
+        progress: Progress | None = None,
+        host: HostInfo | None = None,
+    ) -> None:
         self.request = request
         self.progress: Progress = progress or (lambda message: logger.info("%s", message))
         self.host = host or detect_host()
+        self._tflite: TfliteBuilder | None = None
+        self.candidates: dict[str, Candidate] = {}
 
     # -- inputs
 
@@ -241,7 +247,9 @@ class Compiler:
         except ControlPlaneError:
             raise
         except Exception as exc:  # onnxruntime names the op it has no kernel for
-            raise CompileError(f"model {self.request.model}: fp32 reference does not run: {exc}") from exc
+            raise CompileError(
+                f"model {self.request.model}: fp32 reference does not run: {exc}"
+            ) from exc
         self.onnx_signature = _onnx_signature(self.source, self.ref_validation)
         self.task: Task = self.request.task or _infer_task(self.ref_validation, self.labels)
 
@@ -334,10 +342,9 @@ class Compiler:
             return ProfileOutcome(profile.id, rows, decision, chosen=cand, fidelity=report)
 
         timed = [(cand, report, self._latency(cand, profile)) for cand, report in passing]
-        for (cand, _, bench), row in (
-            (t, next(r for r in rows if r["candidate"] == t[0].key)) for t in timed
-        ):
-            row["latency_ms"] = bench.latency_ms_p50
+        by_key = {row["candidate"]: row for row in rows}
+        for cand, _, bench in timed:
+            by_key[cand.key]["latency_ms"] = bench.latency_ms_p50
         preferred = timed[0]
         fastest = min(timed, key=lambda t: t[2].latency_ms_p50)
         if fastest[2].latency_ms_p50 < (1.0 - SPEEDUP_MARGIN) * preferred[2].latency_ms_p50:
@@ -352,9 +359,7 @@ class Compiler:
                 f"{preferred[0].key}: preferred, and no candidate within budget is "
                 f"{SPEEDUP_MARGIN:.0%} faster ({preferred[2].latency_ms_p50:.3f} ms p50)"
             )
-        for row in rows:
-            if row["candidate"] == chosen[0].key:
-                row["status"] = "chosen"
+        by_key[chosen[0].key]["status"] = "chosen"
         return ProfileOutcome(
             profile.id, rows, decision, chosen=chosen[0], fidelity=chosen[1], benchmark=chosen[2]
         )
@@ -367,17 +372,37 @@ class Compiler:
         expected = {k: v[:count] for k, v in cand.outputs.items()}
         atol, rtol = _tolerance(cand.recipe, expected)
         datasets = [
-            DatasetRef(role="calibration", name=req.calibration.name,
-                       sha256=sha256_file(req.calibration), rows=_rows(self.calibration)),
-            DatasetRef(role="validation", name=req.validation.name,
-                       sha256=sha256_file(req.validation), rows=_rows(self.validation)),
+            DatasetRef(
+                role="calibration",
+                name=req.calibration.name,
+                sha256=sha256_file(req.calibration),
+                rows=_rows(self.calibration),
+            ),
+            DatasetRef(
+                role="validation",
+                name=req.validation.name,
+                sha256=sha256_file(req.validation),
+                rows=_rows(self.validation),
+            ),
         ]
         if req.reference:
-            datasets.append(DatasetRef(role="reference", name=req.reference.name,
-                                       sha256=sha256_file(req.reference), rows=_rows(self.reference)))
+            datasets.append(
+                DatasetRef(
+                    role="reference",
+                    name=req.reference.name,
+                    sha256=sha256_file(req.reference),
+                    rows=_rows(self.reference),
+                )
+            )
         if req.labels and self.labels is not None:
-            datasets.append(DatasetRef(role="labels", name=req.labels.name,
-                                       sha256=sha256_file(req.labels), rows=int(self.labels.shape[0])))
+            datasets.append(
+                DatasetRef(
+                    role="labels",
+                    name=req.labels.name,
+                    sha256=sha256_file(req.labels),
+                    rows=int(self.labels.shape[0]),
+                )
+            )
         return Manifest(
             package_id=make_package_id(req.model_name, req.model_version, profile.id, req.release),
             model_name=req.model_name,
@@ -427,8 +452,6 @@ class Compiler:
             self.task,
             source=(req.reference or req.calibration).name,
         )
-        self._tflite: TfliteBuilder | None = None
-        self.candidates: dict[str, Candidate] = {}
         for profile in req.profiles:
             for spec in profile.compile.candidates:
                 if spec.key not in self.candidates:
@@ -470,5 +493,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def compile_model(request: CompileRequest, progress: Progress | None = None) -> list[ProfileOutcome]:
+def compile_model(
+    request: CompileRequest, progress: Progress | None = None
+) -> list[ProfileOutcome]:
     return Compiler(request, progress).run()

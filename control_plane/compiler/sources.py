@@ -72,9 +72,10 @@ def quiet_stdout() -> Iterator[None]:
         try:
             os.dup2(sink.fileno(), 1)
             os.dup2(sink.fileno(), 2)
-            with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(
-                io.StringIO()
-            ) as err:
+            with (
+                contextlib.redirect_stdout(io.StringIO()) as out,
+                contextlib.redirect_stderr(io.StringIO()) as err,
+            ):
                 yield
         finally:
             sys.stdout.flush()
@@ -136,7 +137,8 @@ def check_data(
                 "expected floating point (float32)"
             )
         if array.ndim != len(spec.shape) or any(
-            want not in (-1, got) for want, got in zip(spec.shape[1:], array.shape[1:], strict=False)
+            want not in (-1, got)
+            for want, got in zip(spec.shape[1:], array.shape[1:], strict=False)
         ):
             want = ["N", *("?" if d == -1 else str(d) for d in spec.shape[1:])]
             raise InvalidInput(
@@ -163,9 +165,7 @@ def load_labels(path: Path, rows: int) -> np.ndarray:
         raise InvalidInput(f"labels {path}: expected one array, found {', '.join(arrays)}")
     labels = next(iter(arrays.values()))
     if labels.shape[0] != rows:
-        raise InvalidInput(
-            f"labels {path}: {labels.shape[0]} labels for {rows} validation rows"
-        )
+        raise InvalidInput(f"labels {path}: {labels.shape[0]} labels for {rows} validation rows")
     if labels.dtype.kind not in "iuf":
         raise InvalidInput(f"labels {path}: dtype {labels.dtype} is not numeric")
     return labels
@@ -274,7 +274,9 @@ def load_torch(
         with torch.no_grad():
             module(*sample)
     except Exception as exc:
-        shapes = ", ".join(f"{n!r} shaped {['N', *a.shape[1:]]}" for n, a in zip(names, arrays, strict=True))
+        shapes = ", ".join(
+            f"{n!r} shaped {['N', *a.shape[1:]]}" for n, a in zip(names, arrays, strict=True)
+        )
         raise InvalidInput(
             f"calibration data {data_path}: input {shapes} does not fit the model: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
@@ -301,13 +303,19 @@ def load_torch(
     )
 
 
-def export_onnx(module: Any, sample: tuple[Any, ...], names: list[str], opset: int, path: Path) -> bytes:
+def export_onnx(
+    module: Any, sample: tuple[Any, ...], names: list[str], opset: int, path: Path
+) -> bytes:
     import onnx
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=65536)
     # an ExportedProgram keeps the dynamic dimensions it was traced with
-    dynamic = None if isinstance(module, torch.export.ExportedProgram) else tuple({0: batch} for _ in sample)
+    dynamic = (
+        None
+        if isinstance(module, torch.export.ExportedProgram)
+        else tuple({0: batch} for _ in sample)
+    )
     with tempfile.TemporaryDirectory() as tmp, quiet_stdout():
         target = Path(tmp) / "model.onnx"
         try:

@@ -40,7 +40,9 @@ class TfliteBuilder:
         if self._float is None:
             import torch
 
-            args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n][:1])) for n in self._inputs)
+            args = tuple(
+                torch.from_numpy(np.ascontiguousarray(sample[n][:1])) for n in self._inputs
+            )
             try:
                 with quiet_stdout():
                     import litert_torch  # its import alone prints C++ and torchao warnings
@@ -50,7 +52,9 @@ class TfliteBuilder:
             except CompileError:
                 raise
             except Exception as exc:  # lowering failures name the op in their text
-                raise CompileError(f"tflite: litert-torch cannot convert the model: {_first_line(exc)}") from exc
+                raise CompileError(
+                    f"tflite: litert-torch cannot convert the model: {_first_line(exc)}"
+                ) from exc
         return self._float
 
     def build(self, recipe: str, calibration: Mapping[str, np.ndarray]) -> tuple[bytes, Signature]:
@@ -132,18 +136,23 @@ def tflite_signature(model: bytes, input_names: list[str], output_names: list[st
     if len(out_keys) < len(output_names):
         output_names = output_names[: len(out_keys)]
     if len(out_keys) > len(output_names):
-        output_names = [*output_names, *(f"output_{i}" for i in range(len(output_names), len(out_keys)))]
+        output_names = [
+            *output_names,
+            *(f"output_{i}" for i in range(len(output_names), len(out_keys))),
+        ]
     inputs = tuple(
-        _spec(public, by_index_in[in_details[k]["index"]]) for public, k in zip(input_names, in_keys, strict=True)
+        _spec(public, by_index_in[in_details[k]["index"]])
+        for public, k in zip(input_names, in_keys, strict=True)
     )
     outputs = tuple(
-        _spec(public, by_index_out[out_details[k]["index"]]) for public, k in zip(output_names, out_keys, strict=True)
+        _spec(public, by_index_out[out_details[k]["index"]])
+        for public, k in zip(output_names, out_keys, strict=True)
     )
     return Signature(inputs=inputs, outputs=outputs)
 
 
 def _spec(public: str, detail: dict[str, Any]) -> TensorSpec:
-    dtype: DType = np.dtype(detail["dtype"]).name  # type: ignore[assignment]
+    dtype: DType = np.dtype(detail["dtype"]).name
     scale, zero_point = detail["quantization"]
     quant = Quantization(scale=float(scale), zero_point=int(zero_point)) if scale else None
     # the file may fix the batch at 1; the runtime then scores larger batches row by row

@@ -47,7 +47,9 @@ def load_split(seed: int = 0) -> DigitsSplit:
 
 
 def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+    return nn.Sequential(
+        nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
 
 
 def cnn() -> nn.Module:
@@ -64,7 +66,9 @@ def cnn() -> nn.Module:
     )
 
 
-def mobilenet_like(width: int = 32, blocks: int = 6, image: int = 96, classes: int = 100) -> nn.Module:
+def mobilenet_like(
+    width: int = 32, blocks: int = 6, image: int = 96, classes: int = 100
+) -> nn.Module:
     """A MobileNet-sized depthwise-separable conv net (random weights; for speed and size)."""
 
     def separable(cin: int, cout: int, stride: int) -> list[nn.Module]:
@@ -77,7 +81,11 @@ def mobilenet_like(width: int = 32, blocks: int = 6, image: int = 96, classes: i
             nn.ReLU6(),
         ]
 
-    layers: list[nn.Module] = [nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU6()]
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, width, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU6(),
+    ]
     channels = width
     for i in range(blocks):
         out = channels * 2 if i % 2 == 0 else channels
@@ -87,7 +95,9 @@ def mobilenet_like(width: int = 32, blocks: int = 6, image: int = 96, classes: i
     return nn.Sequential(*layers)
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 30, seed: int = 0) -> nn.Module:
+def train(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 30, seed: int = 0
+) -> nn.Module:
     """Full-batch-ish Adam training; a few seconds on two cores."""
     torch.manual_seed(seed)
     inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
@@ -96,8 +106,10 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 30, seed
     for _ in range(epochs):
         for start in range(0, len(inputs), 128):
             optimiser.zero_grad()
-            loss = nn.functional.cross_entropy(model(inputs[start : start + 128]), targets[start : start + 128])
-            loss.backward()
+            loss = nn.functional.cross_entropy(
+                model(inputs[start : start + 128]), targets[start : start + 128]
+            )
+            loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
     return model.eval()
 

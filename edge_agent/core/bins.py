@@ -32,7 +32,8 @@ def feature_matrix(array: np.ndarray, axis: FeatureAxis) -> np.ndarray:
     if axis == "element":
         return array.reshape(batch, -1).astype(np.float64, copy=False)
     if axis == "channel":
-        return array.reshape(batch, array.shape[1], -1).mean(axis=2, dtype=np.float64)
+        means: np.ndarray = array.reshape(batch, array.shape[1], -1).mean(axis=2, dtype=np.float64)
+        return means
     raise ValueError(f"feature axis {axis!r} does not apply to inputs")
 
 

@@ -3,10 +3,16 @@
     from edge_agent.runtime import open_model
     model = open_model(Path("digits.fcpkg"), public_key=Path("fleetcast.pub"))
     scores = model.predict({"input": rows})
+    window = model.telemetry.close_window(device_id="dev-1", sequence=1)
+
+Every call is validated against the manifest's signature (InvalidInput on a
+mismatch) and, unless ``telemetry=False``, counted in the model's telemetry
+window (see :mod:`edge_agent.core.telemetry`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,7 +21,8 @@ import numpy as np
 from edge_agent.core.host import HostInfo
 from edge_agent.core.manifest import Manifest, Signature
 from edge_agent.core.signature import NanPolicy, validate_inputs
-from edge_agent.errors import RuntimeUnavailable
+from edge_agent.core.telemetry import ModelTelemetry, TelemetryConfig
+from edge_agent.errors import EdgeError, InvalidInput, RuntimeUnavailable, ScoringError
 from edge_agent.package import Package, load_public_key, open_package
 from edge_agent.runtime.base import LoadedModel, Runtime
 
@@ -45,17 +52,51 @@ def load_model_bytes(
 
 
 class Model:
-    """A verified package loaded for scoring; validates every request first."""
+    """A verified package loaded for scoring; validates and counts every request.
 
-    def __init__(self, package: Package, loaded: LoadedModel, nan_policy: NanPolicy) -> None:
+    Safe to call from several threads at once: onnxruntime sessions run
+    concurrently, LiteRT interpreters are serialised per model.
+    """
+
+    def __init__(
+        self,
+        package: Package,
+        loaded: LoadedModel,
+        nan_policy: NanPolicy = "reject",
+        telemetry: ModelTelemetry | None = None,
+    ) -> None:
         self.package = package
         self.manifest: Manifest = package.manifest
-        self._loaded = loaded
+        self.loaded = loaded
+        self.telemetry = telemetry
         self._nan_policy: NanPolicy = nan_policy
 
     def predict(self, inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
-        arrays = validate_inputs(self.manifest.signature, inputs, self._nan_policy)
-        return self._loaded.predict(arrays)
+        return self.predict_with_id(inputs)[0]
+
+    def predict_with_id(self, inputs: Mapping[str, object]) -> tuple[dict[str, np.ndarray], str]:
+        """Outputs and the prediction id (for captures and delayed labels)."""
+        started = time.perf_counter()
+        telemetry = self.telemetry
+        try:
+            arrays = validate_inputs(self.manifest.signature, inputs, self._nan_policy)
+        except InvalidInput:
+            if telemetry is not None:
+                telemetry.record_failure("invalid", time.perf_counter() - started)
+            raise
+        try:
+            outputs = self.loaded.predict(arrays)
+        except EdgeError:
+            if telemetry is not None:
+                telemetry.record_failure("error", time.perf_counter() - started)
+            raise
+        except Exception as exc:  # a runtime's own error types
+            if telemetry is not None:
+                telemetry.record_failure("error", time.perf_counter() - started)
+            raise ScoringError(f"{self.manifest.runtime} failed: {exc}") from exc
+        if telemetry is None:
+            return outputs, ""
+        return outputs, telemetry.record(arrays, outputs, time.perf_counter() - started)
 
 
 def open_model(
@@ -65,9 +106,22 @@ def open_model(
     host: HostInfo | None = None,
     threads: int = 0,
     nan_policy: NanPolicy = "reject",
+    telemetry: TelemetryConfig | bool = True,
+    installed_release: int | None = None,
+    expected_sha256: str | None = None,
 ) -> Model:
-    """Verify a package (hash, signature, profile) and load it for scoring."""
-    checked = open_package(package, load_public_key(public_key), host=host)
+    """Verify a package (hash, signature, profile, release) and load it for scoring.
+
+    Raises PackageError naming the check that failed, RuntimeUnavailable when
+    the package's runtime is not installed here.
+    """
+    checked = open_package(
+        package,
+        load_public_key(public_key),
+        host=host,
+        installed_release=installed_release,
+        expected_sha256=expected_sha256,
+    )
     manifest = checked.manifest
     loaded = load_model_bytes(
         manifest.runtime,
@@ -76,4 +130,8 @@ def open_model(
         threads=threads,
         providers=manifest.profile.execution_providers,
     )
-    return Model(checked, loaded, nan_policy)
+    recorder = None
+    if telemetry is not False:
+        config = TelemetryConfig() if telemetry is True else telemetry
+        recorder = ModelTelemetry(manifest, config)
+    return Model(checked, loaded, nan_policy, recorder)

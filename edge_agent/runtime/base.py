@@ -27,7 +27,8 @@ class Runtime(Protocol):
 def quantize(array: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:
     info = np.iinfo(np.dtype(dtype))
     q = np.rint(array / scale) + zero_point
-    return np.clip(q, info.min, info.max).astype(dtype)
+    clipped: np.ndarray = np.clip(q, info.min, info.max).astype(dtype)
+    return clipped
 
 
 def dequantize(array: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

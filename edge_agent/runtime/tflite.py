@@ -8,6 +8,7 @@ dimension is fixed at 1 scores a larger batch row by row.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,10 +29,13 @@ class TfliteModel:
             self._inputs = [(s, by_name[s.runtime_name]) for s in signature.inputs]
             self._outputs = [(s, out_by_name[s.runtime_name]) for s in signature.outputs]
         except KeyError as exc:
-            raise PackageError("format", f"tensor {exc} named in the manifest is not in the model") from exc
+            raise PackageError(
+                "format", f"tensor {exc} named in the manifest is not in the model"
+            ) from exc
         self._fixed_batch = all(d["shape_signature"][0] != -1 for _, d in self._inputs)
         self._model_batch = int(self._inputs[0][1]["shape"][0])
         self._batch = self._model_batch
+        self._lock = threading.Lock()  # an Interpreter is not safe to share between threads
 
     def _set_batch(self, batch: int) -> None:
         if batch == self._batch:
@@ -58,6 +62,10 @@ class TfliteModel:
         return outs
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self._predict(inputs)
+
+    def _predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = next(iter(inputs.values())).shape[0]
         if not self._fixed_batch:
             self._set_batch(batch)
@@ -65,9 +73,7 @@ class TfliteModel:
         elif batch == self._model_batch:
             results = self._run(inputs)
         else:
-            rows = [
-                self._run({k: v[i : i + 1] for k, v in inputs.items()}) for i in range(batch)
-            ]
+            rows = [self._run({k: v[i : i + 1] for k, v in inputs.items()}) for i in range(batch)]
             results = [np.concatenate(parts) for parts in zip(*rows, strict=True)]
         return {spec.name: value for (spec, _), value in zip(self._outputs, results, strict=True)}
 
@@ -90,9 +96,7 @@ class TfliteRuntime:
         except ImportError as exc:
             raise RuntimeUnavailable("ai-edge-litert is not installed") from exc
         try:
-            interpreter = Interpreter(
-                model_content=model_bytes, num_threads=self.threads or None
-            )
+            interpreter = Interpreter(model_content=model_bytes, num_threads=self.threads or None)
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise PackageError("format", f"LiteRT cannot load the model: {exc}") from exc

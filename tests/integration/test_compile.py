@@ -154,8 +154,12 @@ def test_onnx_source_compiles_to_onnx_and_tflite(
 
     onnx_path = tmp_path / "mlp.onnx"
     torch.onnx.export(
-        digits_mlp.module, (torch.zeros(2, 64),), str(onnx_path), input_names=["input"],
-        output_names=["output"], dynamo=True,
+        digits_mlp.module,
+        (torch.zeros(2, 64),),
+        str(onnx_path),
+        input_names=["input"],
+        output_names=["output"],
+        dynamo=True,
         dynamic_shapes=({0: torch.export.Dim("batch")},),
     )
     outcomes = compile_digits(
@@ -256,8 +260,9 @@ def test_release_and_profile_checks(mlp_outcomes: dict[str, Any], keys: Any) -> 
     with pytest.raises(PackageError, match="release 1 is older than installed release 2") as info:
         open_package(outcome.path, public, installed_release=2)
     assert info.value.check == "release"
-    resigned = build_package(manifest.model_copy(update={"release": 3}), model,
-                             load_private_key(keys.private))
+    resigned = build_package(
+        manifest.model_copy(update={"release": 3}), model, load_private_key(keys.private)
+    )
     assert open_package(resigned, public, installed_release=2).manifest.release == 3
     with pytest.raises(PackageError, match="profile check failed.*raspberry-pi-4.*arch"):
         open_package(mlp_outcomes["raspberry-pi-4"].path, public, host=HOST)

@@ -24,12 +24,18 @@ def out_dir(tmp_path: Path) -> Path:
 
 def _compile(model: Path, data: Any, keys: Any, out: Path, *extra: str) -> Any:
     args = [
-        "compile", str(model),
-        "--calibration", str(data.calibration),
-        "--validation", str(data.validation),
-        "--key", str(keys.private),
-        "--name", "digits",
-        "--out", str(out),
+        "compile",
+        str(model),
+        "--calibration",
+        str(data.calibration),
+        "--validation",
+        str(data.validation),
+        "--key",
+        str(keys.private),
+        "--name",
+        "digits",
+        "--out",
+        str(out),
         *extra,
     ]
     return CliRunner().invoke(cli, args)
@@ -60,8 +66,13 @@ def test_malformed_profile_file(digits_mlp: Any, keys: Any, out_dir: Path, tmp_p
     bad = profiles / "raspberry-pi-4.toml"
     bad.write_text(bad.read_text().replace("threads = 4", "threads = -4"))
     result = _compile(
-        digits_mlp.state_dict, digits_mlp, keys, out_dir, *_with_factory(digits_mlp),
-        "--profiles-dir", str(profiles),
+        digits_mlp.state_dict,
+        digits_mlp,
+        keys,
+        out_dir,
+        *_with_factory(digits_mlp),
+        "--profiles-dir",
+        str(profiles),
     )
     _assert_clean_failure(result, out_dir, "raspberry-pi-4.toml", "runtime.threads")
 
@@ -116,7 +127,8 @@ def _onnx_with(op: str, domain: str, tmp_path: Path) -> Path:
         helper.make_node(op, ["logits"], ["output"], domain=domain),
     ]
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])],
         initializer=[weights],
@@ -137,7 +149,9 @@ def test_op_the_tflite_target_cannot_run(
     model = _onnx_with("Shrink", "", tmp_path)  # onnxruntime runs it; onnx2torch cannot convert it
     ok = _compile(model, digits_mlp, keys, tmp_path / "ok", "-p", "x86-64-generic", "--json")
     assert ok.exit_code == 0, ok.output
-    result = _compile(model, digits_mlp, keys, out_dir, "-p", "x86-64-generic", "-p", "x86-64-litert")
+    result = _compile(
+        model, digits_mlp, keys, out_dir, "-p", "x86-64-generic", "-p", "x86-64-litert"
+    )
     _assert_clean_failure(result, out_dir, "x86-64-litert", "op Shrink", "no package written")
 
 
@@ -149,26 +163,44 @@ def test_op_no_runtime_knows(digits_mlp: Any, keys: Any, out_dir: Path, tmp_path
 
 def test_missing_signing_key(digits_mlp: Any, keys: Any, out_dir: Path, tmp_path: Path) -> None:
     absent = type("Keys", (), {"private": tmp_path / "nope.key"})
-    result = _compile(digits_mlp.state_dict, digits_mlp, absent, out_dir, *_with_factory(digits_mlp))
+    result = _compile(
+        digits_mlp.state_dict, digits_mlp, absent, out_dir, *_with_factory(digits_mlp)
+    )
     _assert_clean_failure(result, out_dir, "nope.key", "fleetcast keys generate")
 
 
-def test_json_output_is_one_object_per_package(
-    digits_mlp: Any, keys: Any, out_dir: Path
-) -> None:
+def test_json_output_is_one_object_per_package(digits_mlp: Any, keys: Any, out_dir: Path) -> None:
     import json
 
     result = _compile(
-        digits_mlp.state_dict, digits_mlp, keys, out_dir, "--factory",
-        "control_plane.examples.digits:mlp", "-p", "x86-64-generic", "-p", "raspberry-pi-4",
-        "--labels", str(digits_mlp.labels), "--json",
+        digits_mlp.state_dict,
+        digits_mlp,
+        keys,
+        out_dir,
+        "--factory",
+        "control_plane.examples.digits:mlp",
+        "-p",
+        "x86-64-generic",
+        "-p",
+        "raspberry-pi-4",
+        "--labels",
+        str(digits_mlp.labels),
+        "--json",
     )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [line["profile"] for line in lines] == ["x86-64-generic", "raspberry-pi-4"]
     for line in lines:
-        for key in ("path", "profile", "format", "recipe", "size_bytes", "fidelity", "latency_ms",
-                    "sha256"):
+        for key in (
+            "path",
+            "profile",
+            "format",
+            "recipe",
+            "size_bytes",
+            "fidelity",
+            "latency_ms",
+            "sha256",
+        ):
             assert key in line
         assert Path(line["path"]).stat().st_size == line["size_bytes"]
     assert lines[0]["latency_ms"] is not None and lines[1]["latency_ms"] is None

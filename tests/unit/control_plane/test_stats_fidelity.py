@@ -67,8 +67,12 @@ def test_fidelity_counts_agreement_and_accuracy() -> None:
     flipped = labels.copy()
     flipped[:3] = (flipped[:3] + 1) % 10  # three rows now disagree (and are wrong)
     report = fidelity_report(
-        reference, {"out": _logits(flipped)}, "classification",
-        max_top1_loss=0.01, max_metric_drop=0.05, labels=labels,
+        reference,
+        {"out": _logits(flipped)},
+        "classification",
+        max_top1_loss=0.01,
+        max_metric_drop=0.05,
+        labels=labels,
     )
     assert report.top1_agreement == pytest.approx(0.97)
     assert report.metric is not None
@@ -77,8 +81,12 @@ def test_fidelity_counts_agreement_and_accuracy() -> None:
     assert not report.passed
     assert "top-1 agreement 0.9700 below 0.9900" in report.reasons[0]
     loose = fidelity_report(
-        reference, {"out": _logits(flipped)}, "classification",
-        max_top1_loss=0.05, max_metric_drop=0.05, labels=labels,
+        reference,
+        {"out": _logits(flipped)},
+        "classification",
+        max_top1_loss=0.05,
+        max_metric_drop=0.05,
+        labels=labels,
     )
     assert loose.passed and loose.reasons == ()
 
@@ -86,11 +94,13 @@ def test_fidelity_counts_agreement_and_accuracy() -> None:
 def test_fidelity_flags_nan_and_abs_error_budget() -> None:
     reference = {"y": np.ones((10, 1), dtype=np.float32)}
     candidate = {"y": np.full((10, 1), np.nan, dtype=np.float32)}
-    report = fidelity_report(reference, candidate, "regression", max_top1_loss=0.01,
-                             max_metric_drop=0.01)
+    report = fidelity_report(
+        reference, candidate, "regression", max_top1_loss=0.01, max_metric_drop=0.01
+    )
     assert not report.passed and "NaN" in report.reasons[0]
     near = {"y": reference["y"] + 0.2}
-    report = fidelity_report(reference, near, "regression", max_top1_loss=0.01,
-                             max_metric_drop=0.01, max_abs_error=0.1)
+    report = fidelity_report(
+        reference, near, "regression", max_top1_loss=0.01, max_metric_drop=0.01, max_abs_error=0.1
+    )
     assert not report.passed and "max abs error" in report.reasons[0]
     assert report.top1_agreement is None
