@@ -4,7 +4,10 @@ EdgeError
 ├── PackageError          a package failed a check (``check`` names which)
 ├── IncompatibleProfile   the package targets another kind of host
 ├── InvalidInput          a scoring request does not match the model's signature
-└── RuntimeUnavailable    the runtime a package needs is not installed here
+├── ScoringError          the runtime failed while scoring valid inputs
+├── RuntimeUnavailable    the runtime a package needs is not installed here
+├── InstallError          an install step failed (``step`` names which)
+└── NotFound              no such model on this device
 """
 
 from __future__ import annotations
@@ -34,3 +37,21 @@ class InvalidInput(EdgeError):
 
 class RuntimeUnavailable(EdgeError):
     """The runtime named by a package cannot be loaded on this host."""
+
+
+class ScoringError(EdgeError):
+    """The runtime raised while scoring inputs that passed validation."""
+
+
+class InstallError(EdgeError):
+    """An install step failed; the active slot keeps serving."""
+
+    def __init__(self, step: str, message: str, check: str | None = None) -> None:
+        super().__init__(f"install failed at {step}: {message}")
+        self.step = step
+        self.check = check
+        self.detail = message
+
+
+class NotFound(EdgeError):
+    """No model of that name is installed or loaded here."""

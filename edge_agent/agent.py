@@ -1,0 +1,376 @@
+"""The agent daemon: wires slots, installer, runtime, telemetry, outbox and transport.
+
+Threads: a ticker (closes telemetry windows on their timer, runs the health
+watch, flushes the outbox through the transport) and a command loop (polls
+the transport for commands). Scoring runs on the caller's thread (the local
+gRPC server's pool), so concurrent Predict calls run concurrently.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from edge_agent.core.health import HealthDecision, HealthPolicy, evaluate_health
+from edge_agent.core.telemetry import HealthStats, ModelTelemetry, TelemetryConfig
+from edge_agent.errors import EdgeError, InstallError, NotFound
+from edge_agent.host import detect_host
+from edge_agent.install import Installer
+from edge_agent.outbox import Outbox
+from edge_agent.package import Package, load_public_key
+from edge_agent.runtime import Model, load_model_bytes
+from edge_agent.settings import Settings
+from edge_agent.slots import Pointer, model_stores
+from edge_agent.transport.base import Command, Transport, TransportError
+
+logger = logging.getLogger(__name__)
+
+
+class StateLocked(EdgeError):
+    """Another agent process holds this state directory."""
+
+
+@dataclass
+class _Watch:
+    started_at: float
+    baseline: HealthStats | None
+    package_id: str
+
+
+class Agent:
+    """One device's agent. ``start()`` recovers the state directory and loads models."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.clock = clock
+        self.policy = HealthPolicy(
+            bake_seconds=settings.bake_seconds,
+            min_requests=settings.health_min_requests,
+            max_error_rate=settings.health_max_error_rate,
+            max_latency_ratio=settings.health_max_latency_ratio,
+        )
+        self.telemetry_config = TelemetryConfig(
+            capture_rate=settings.capture_rate, max_captures=settings.max_captures
+        )
+        self.models: dict[str, Model] = {}
+        self.unloaded: set[str] = set()
+        self._watches: dict[str, _Watch] = {}
+        self._lock = threading.RLock()
+        self._install_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock_file: IO[str] | None = None
+        self.outbox: Outbox | None = None
+
+    # -- life cycle
+
+    def start(self, background: bool = True) -> None:
+        state = self.settings.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(state / "agent.lock", "w")  # noqa: SIM115 - held for life
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise StateLocked(f"another agent is running on {state}") from exc
+        self.outbox = Outbox(state / "outbox.sqlite", self.settings.outbox_quota_bytes)
+        self.installer = Installer(
+            state,
+            load_public_key(self.settings.public_key),
+            detect_host(),
+            self._make_model,
+            self._report,
+            self._checkpoint,
+        )
+        for store in model_stores(state):
+            model = self.installer.recover(store)
+            if model is not None:
+                self.models[store.model_name] = model
+        logger.info("agent %s serving %s", self.settings.device_id, sorted(self.models) or "none")
+        if background:
+            self._spawn(self._tick_loop, "fleetcast-ticker")
+            if self.transport is not None:
+                self._spawn(self._command_loop, "fleetcast-commands")
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.flush_windows()
+        if self.outbox is not None:
+            self.outbox.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+    def _checkpoint(self, step: str) -> None:
+        if step == self.settings.crash_at:
+            logger.error("crash hook: SIGKILL at install step %s", step)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _make_model(self, package: Package) -> Model:
+        m = package.manifest
+        loaded = load_model_bytes(
+            m.runtime,
+            package.model_bytes,
+            m.signature,
+            self.settings.threads,
+            m.profile.execution_providers,
+        )
+        telemetry = ModelTelemetry(m, self.telemetry_config, clock=self.clock)
+        return Model(package, loaded, "reject", telemetry)
+
+    def _report(self, fields: dict[str, Any], dedupe_key: str) -> None:
+        assert self.outbox is not None
+        payload = {
+            "kind": "status",
+            "device_id": self.settings.device_id,
+            "sequence": self.outbox.next_sequence(),
+            "at": self.clock(),
+            **fields,
+        }
+        self.outbox.put("status", payload, dedupe_key)
+
+    # -- scoring API
+
+    def model(self, name: str) -> Model:
+        model = self.models.get(name)
+        if model is None:
+            raise NotFound(f"model {name!r} is not loaded")
+        return model
+
+    def predict(self, name: str, inputs: Mapping[str, object]) -> tuple[dict[str, np.ndarray], str]:
+        return self.model(name).predict_with_id(inputs)
+
+    def capture(
+        self,
+        name: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        prediction_id: str,
+    ) -> bool:
+        model = self.model(name)
+        assert model.telemetry is not None
+        return model.telemetry.capture(inputs, outputs, prediction_id)
+
+    def installed(self) -> dict[str, Pointer]:
+        return {
+            s.model_name: p
+            for s in model_stores(self.settings.state_dir)
+            if (p := s.pointer()) is not None
+        }
+
+    def load_model(self, name: str, package: Path | None = None) -> Model:
+        """Install ``package`` (a local file) if given, else load the installed version."""
+        if package is not None:
+            model = self.install_file(package)
+            if model.manifest.model_name != name and name:
+                logger.warning("package holds model %r, not %r", model.manifest.model_name, name)
+            return model
+        with self._lock:
+            if name in self.models:
+                return self.models[name]
+            model_or_none = self.installer.load_active(self.installer.store(name))
+            if model_or_none is None:
+                raise NotFound(f"model {name!r} is not installed")
+            self.models[name] = model_or_none
+            self.unloaded.discard(name)
+            return model_or_none
+
+    def unload_model(self, name: str) -> None:
+        with self._lock:
+            model = self.models.pop(name, None)
+            if model is None:
+                raise NotFound(f"model {name!r} is not loaded")
+            self.unloaded.add(name)
+            self._enqueue_window(model)
+
+    # -- installs
+
+    def install_file(self, path: Path) -> Model:
+        return self.install_bytes(path.read_bytes(), source=str(path.resolve()))
+
+    def install_bytes(
+        self,
+        data: bytes,
+        *,
+        source: str | None = None,
+        expected_sha256: str | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> Model:
+        with self._install_lock:
+            model = self.installer.install(
+                data, source=source, expected_sha256=expected_sha256, context=context
+            )
+            name = model.manifest.model_name
+            with self._lock:
+                old = self.models.get(name)
+                self.models[name] = model
+                self.unloaded.discard(name)
+                self._watches[name] = _Watch(
+                    self.clock(),
+                    old.telemetry.health() if old is not None and old.telemetry else None,
+                    model.manifest.package_id,
+                )
+            if old is not None:
+                self._enqueue_window(old)
+            return model
+
+    def handle_command(self, command: Command) -> None:
+        if command.type != "install":
+            self._report(
+                {
+                    "event": "command_rejected",
+                    "command_id": command.id,
+                    "reason": f"unknown command {command.type!r}",
+                },
+                f"command:{command.id}",
+            )
+            return
+        ref = str(command.body.get("ref") or command.body.get("sha256"))
+        try:
+            assert self.transport is not None
+            data = self.transport.fetch_package(ref)
+        except TransportError as exc:
+            self._report(
+                {
+                    "event": "install_failed",
+                    "command_id": command.id,
+                    "step": "download",
+                    "check": None,
+                    "reason": str(exc),
+                },
+                f"command:{command.id}:download",
+            )
+            return
+        try:
+            self.install_bytes(
+                data, expected_sha256=command.body.get("sha256"), context={"command_id": command.id}
+            )
+        except InstallError as exc:
+            logger.warning("command %s: %s", command.id, exc)
+
+    # -- health watch
+
+    def check_health(self) -> dict[str, HealthDecision]:
+        """Evaluate every running watch; roll back the models that breached."""
+        decisions: dict[str, HealthDecision] = {}
+        now = self.clock()
+        for name, watch in list(self._watches.items()):
+            model = self.models.get(name)
+            if (
+                model is None
+                or model.telemetry is None
+                or model.manifest.package_id != watch.package_id
+            ):
+                self._watches.pop(name, None)
+                continue
+            decision = evaluate_health(
+                self.policy, watch.baseline, model.telemetry.health(), now - watch.started_at
+            )
+            decisions[name] = decision
+            if decision.verdict == "pending":
+                continue
+            self._watches.pop(name, None)
+            if decision.verdict == "healthy":
+                self._report(
+                    {
+                        "event": "healthy",
+                        "model_name": name,
+                        "package_id": watch.package_id,
+                        "reason": decision.reason,
+                    },
+                    f"healthy:{watch.package_id}:{watch.started_at}",
+                )
+                continue
+            with self._install_lock:
+                try:
+                    previous = self.installer.rollback(self.installer.store(name), decision.reason)
+                except InstallError as exc:
+                    logger.error("%s: health breached but cannot roll back: %s", name, exc)
+                    continue
+                with self._lock:
+                    self.models[name] = previous
+            self._enqueue_window(model)
+        return decisions
+
+    # -- telemetry and outbox
+
+    def _enqueue_window(self, model: Model) -> None:
+        telemetry = model.telemetry
+        if telemetry is None or self.outbox is None or not telemetry.pending_requests():
+            return
+        window = telemetry.close_window(self.settings.device_id, self.outbox.next_sequence())
+        self.outbox.put("telemetry_window", window)
+
+    def flush_windows(self) -> None:
+        for model in list(self.models.values()):
+            self._enqueue_window(model)
+
+    def send_outbox(self, batch: int = 100) -> int:
+        """Deliver pending messages until the outbox is empty or the transport fails."""
+        if self.transport is None or self.outbox is None:
+            return 0
+        sent = 0
+        while messages := self.outbox.pending(batch):
+            try:
+                acked = self.transport.send(messages)
+            except TransportError as exc:
+                logger.info("outbox: %d messages wait (%s)", len(messages), exc)
+                break
+            self.outbox.ack(acked)
+            sent += len(acked)
+            if len(acked) < len(messages):
+                break
+        return sent
+
+    def _tick_loop(self) -> None:
+        s = self.settings
+        next_window = self.clock() + s.window_seconds
+        next_send = 0.0
+        while not self._stop.wait(0.2):
+            now = self.clock()
+            try:
+                self.check_health()
+                if now >= next_window:
+                    self.flush_windows()
+                    next_window = now + s.window_seconds
+                if now >= next_send:
+                    self.send_outbox()
+                    next_send = now + s.send_interval_seconds
+            except Exception:  # the ticker must outlive any one failure
+                logger.exception("agent ticker")
+
+    def _command_loop(self) -> None:
+        assert self.transport is not None
+        while not self._stop.is_set():
+            try:
+                commands = self.transport.poll_commands(timeout=0.5)
+            except TransportError as exc:
+                logger.info("commands: %s", exc)
+                self._stop.wait(1.0)
+                continue
+            for command in commands:
+                try:
+                    self.handle_command(command)
+                except Exception:
+                    logger.exception("command %s", command.id)

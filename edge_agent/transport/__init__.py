@@ -1,0 +1,1 @@
+"""Transports between the agent and the control plane (see base.Transport)."""

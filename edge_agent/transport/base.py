@@ -1,0 +1,45 @@
+"""The transport port: how the agent talks to the control plane.
+
+A transport delivers commands to the agent, fetches packages, and carries
+outbox messages (telemetry windows, status reports) up; a message counts as
+delivered only when the control plane acknowledged it. MQTT and gRPC
+transports implement the same methods; :mod:`.memory` is the in-process fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from edge_agent.errors import EdgeError
+from edge_agent.outbox import OutboxMessage
+
+
+class TransportError(EdgeError):
+    """The control plane cannot be reached, or refused a message."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """An instruction from the control plane, e.g. ``install`` with a package ref."""
+
+    id: str
+    type: str
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+class Transport(Protocol):
+    def send(self, messages: Sequence[OutboxMessage]) -> list[int]:
+        """Deliver messages; return the ids the control plane acknowledged."""
+        ...
+
+    def poll_commands(self, timeout: float) -> list[Command]:
+        """Commands waiting for this device, blocking up to ``timeout`` seconds."""
+        ...
+
+    def fetch_package(self, ref: str) -> bytes:
+        """The bytes of a package the control plane offered (by ref, e.g. its sha256)."""
+        ...
+
+    def close(self) -> None: ...

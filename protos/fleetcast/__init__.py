@@ -1,0 +1,1 @@
+"""Generated gRPC stubs live beside the .proto files (run `make protos`)."""
