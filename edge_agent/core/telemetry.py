@@ -208,6 +208,7 @@ class ModelTelemetry:
         return prediction_id
 
     def record_failure(self, kind: FailureKind, latency_s: float) -> None:
+        """Count a rejected or failed call (the latency sketches hold successful calls only)."""
         with self._lock:
             window = self._window
             window.requests += 1
@@ -217,7 +218,6 @@ class ModelTelemetry:
                 window.errors += 1
             self._life_requests += 1
             self._life_failures += 1
-            self._life_latency.update(latency_s * 1e3)
 
     def capture(
         self,
