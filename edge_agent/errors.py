@@ -47,7 +47,8 @@ class InstallError(EdgeError):
     """An install step failed; the active slot keeps serving."""
 
     def __init__(self, step: str, message: str, check: str | None = None) -> None:
-        super().__init__(f"install failed at {step}: {message}")
+        which = f" ({check} check)" if check and check != step else ""
+        super().__init__(f"install failed at {step}{which}: {message}")
         self.step = step
         self.check = check
         self.detail = message

@@ -55,7 +55,9 @@ class EdgePackages:
         from edge_agent.package import read_package
 
         manifest = read_package(self.onnx.read_bytes())[0]
-        wrong = {k: (np.asarray(v) + 5.0).tolist() for k, v in manifest.test_vectors.outputs.items()}
+        wrong = {
+            k: (np.asarray(v) + 5.0).tolist() for k, v in manifest.test_vectors.outputs.items()
+        }
         vectors = manifest.test_vectors.model_copy(update={"outputs": wrong})
         return self.variant(f"bad-vectors-r{release}", release=release, test_vectors=vectors)
 
@@ -121,9 +123,21 @@ class AgentProcess:
 
     def install(self, package: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "edge_agent", "install", str(package),
-             "--address", self.address, "--timeout", str(timeout)],
-            cwd=ROOT, capture_output=True, text=True, timeout=timeout + 30,
+            [
+                sys.executable,
+                "-m",
+                "edge_agent",
+                "install",
+                str(package),
+                "--address",
+                self.address,
+                "--timeout",
+                str(timeout),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 30,
         )
 
     def stop(self) -> int:

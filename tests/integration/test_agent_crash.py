@@ -71,8 +71,11 @@ def assert_serving_verified(agent: AgentProcess, state: Path, packages: Any) -> 
         reply = stub.Predict(
             pb.PredictRequest(
                 name=MODEL,
-                inputs=[pb.Tensor(name="input", dtype="float32", shape=list(rows.shape),
-                                  data=rows.tobytes())],
+                inputs=[
+                    pb.Tensor(
+                        name="input", dtype="float32", shape=list(rows.shape), data=rows.tobytes()
+                    )
+                ],
             ),
             timeout=10,
         )

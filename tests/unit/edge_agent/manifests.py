@@ -27,8 +27,9 @@ def make_manifest(input_shape: tuple[int, ...] = (8,), classes: int = 4, seed: i
         model_name="synthetic",
         model_version="1",
         release=1,
-        profile=ProfileRef(id="test", os="linux", arch="x86_64", accelerator="none",
-                           cpu_features=()),
+        profile=ProfileRef(
+            id="test", os="linux", arch="x86_64", accelerator="none", cpu_features=()
+        ),
         runtime="onnxruntime",
         format="onnx",
         recipe="fp32",
@@ -41,8 +42,14 @@ def make_manifest(input_shape: tuple[int, ...] = (8,), classes: int = 4, seed: i
         reference=stats,
         fidelity=FidelityReport(rows=0, max_abs_error=0.0, mean_abs_error=0.0, passed=True),
         test_vectors=TestVectors(inputs={}, outputs={}, atol=0.0, rtol=0.0),
-        lineage=Lineage(source_sha256="0" * 64, source_format="onnx", datasets=(),
-                        compiler_version="test", tool_versions={}, created_by="test",
-                        created_at="2026-01-01T00:00:00+00:00"),
+        lineage=Lineage(
+            source_sha256="0" * 64,
+            source_format="onnx",
+            datasets=(),
+            compiler_version="test",
+            tool_versions={},
+            created_by="test",
+            created_at="2026-01-01T00:00:00+00:00",
+        ),
         key_id="test",
     )

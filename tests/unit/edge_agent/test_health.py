@@ -5,8 +5,14 @@ from __future__ import annotations
 from edge_agent.core.health import HealthPolicy, evaluate_health
 from edge_agent.core.telemetry import HealthStats
 
-POLICY = HealthPolicy(bake_seconds=60, min_requests=20, max_error_rate=0.05,
-                      max_error_rate_increase=0.02, max_latency_ratio=2.0, latency_slack_ms=1.0)
+POLICY = HealthPolicy(
+    bake_seconds=60,
+    min_requests=20,
+    max_error_rate=0.05,
+    max_error_rate_increase=0.02,
+    max_latency_ratio=2.0,
+    latency_slack_ms=1.0,
+)
 BASELINE = HealthStats(requests=1000, failures=10, latency_ms_p95=2.0)
 
 

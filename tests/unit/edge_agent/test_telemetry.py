@@ -60,7 +60,11 @@ def test_window_counts_latency_and_sequence() -> None:
     assert (window["device_id"], window["sequence"]) == ("dev-1", 7)
     assert (window["started_at"], window["ended_at"]) == (100.0, 160.0)
     assert (window["requests"], window["rows"], window["errors"], window["invalid"]) == (
-        102, 300, 1, 1)
+        102,
+        300,
+        1,
+        1,
+    )
     latency = window["latency_ms"]
     assert latency["count"] == 100  # successful calls only
     assert latency["p50"] == pytest.approx(50.0, abs=3.0)
@@ -93,8 +97,9 @@ def test_captures_are_sampled_and_bounded() -> None:
 def test_no_captures_at_rate_zero() -> None:
     telemetry = ModelTelemetry(make_manifest(), TelemetryConfig(capture_rate=0.0))
     for _ in range(50):
-        telemetry.record({"input": np.zeros((1, 8), np.float32)},
-                         {"output": np.zeros((1, 4), np.float32)}, 0.001)
+        telemetry.record(
+            {"input": np.zeros((1, 8), np.float32)}, {"output": np.zeros((1, 4), np.float32)}, 0.001
+        )
     assert telemetry.close_window("d", 1)["captures"] == []
 
 
@@ -124,8 +129,9 @@ def test_memory_stays_flat_over_a_long_run() -> None:
 
 def test_health_counts_failures() -> None:
     telemetry = ModelTelemetry(make_manifest())
-    telemetry.record({"input": np.zeros((1, 8), np.float32)},
-                     {"output": np.zeros((1, 4), np.float32)}, 0.002)
+    telemetry.record(
+        {"input": np.zeros((1, 8), np.float32)}, {"output": np.zeros((1, 4), np.float32)}, 0.002
+    )
     telemetry.record_failure("error", 0.001)
     health = telemetry.health()
     assert (health.requests, health.failures) == (2, 1)
