@@ -5,6 +5,8 @@ ControlPlaneError
 │   └── ProfileError  a hardware profile file does not load (names file and field)
 ├── NotFound          a named thing does not exist
 ├── Conflict          the request clashes with current state
+├── Unauthenticated   no, unknown or revoked credential
+├── PermissionDenied  a credential acting beyond its rights (another device, operator routes)
 └── CompileError      a model cannot be compiled for a target (names the op or step)
 """
 
@@ -28,6 +30,14 @@ class NotFound(ControlPlaneError):
 
 
 class Conflict(ControlPlaneError):
+    pass
+
+
+class Unauthenticated(ControlPlaneError):
+    pass
+
+
+class PermissionDenied(ControlPlaneError):
     pass
 
 

@@ -27,6 +27,8 @@ class Command:
     id: str
     type: str
     body: dict[str, Any] = field(default_factory=dict)
+    execution_version: int = 0
+    """Increases per device; a version already executed is acked again, not re-run."""
 
 
 class Transport(Protocol):

@@ -1,0 +1,117 @@
+"""`fleetcast serve`: the store, the fleet, the gRPC agent service and, optionally, MQTT.
+
+With no broker configured only gRPC is served. With MQTT on, the control plane
+either starts and manages its own mosquitto (embedded default: it writes the
+password and ACL files and adds or removes device logins) or bridges to a broker
+the fleet already runs (``mqtt_url``), whose device logins that broker's
+operator provisions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from control_plane.fleet import Fleet
+from control_plane.signing import PUBLIC_NAME
+from control_plane.store.db import Store, open_store
+from control_plane.transport.broker import CONTROL_PLANE_USER, BrokerTls, MosquittoBroker
+from control_plane.transport.grpc_server import AgentServicer, TlsConfig, start_grpc_server
+from control_plane.transport.mqtt import MqttBridge, MqttEndpoint
+from edge_agent.package import load_public_key
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    data_dir: Path
+    public_key: Path | None = None
+    grpc_address: str = "127.0.0.1:50051"
+    grpc_tls: TlsConfig | None = None
+    mqtt: bool = False
+    mqtt_port: int = 0  # embedded broker's port; 0 picks a free one
+    mqtt_tls: BrokerTls | None = None
+    mqtt_external: MqttEndpoint | None = None
+    in_memory_store: bool = False
+
+
+class ControlPlane:
+    """Everything `fleetcast serve` runs, startable and stoppable from tests."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        self.store: Store | None = None
+        self.fleet: Fleet | None = None
+        self.grpc: grpc.Server | None = None
+        self.grpc_port = 0
+        self.servicer: AgentServicer | None = None
+        self.broker: MosquittoBroker | None = None
+        self.bridge: MqttBridge | None = None
+
+    def start(self) -> ControlPlane:
+        o = self.options
+        self.store = open_store(None if o.in_memory_store else o.data_dir / "fleetcast.db")
+        public_key = o.public_key or o.data_dir / "keys" / PUBLIC_NAME
+        self.fleet = Fleet(self.store, load_public_key(public_key), o.data_dir / "catalog")
+        self.grpc, self.grpc_port, self.servicer = start_grpc_server(
+            self.fleet, o.grpc_address, o.grpc_tls
+        )
+        if o.mqtt:
+            self._start_mqtt()
+        return self
+
+    def _start_mqtt(self) -> None:
+        o = self.options
+        assert self.fleet is not None
+        endpoint = o.mqtt_external
+        if endpoint is None:
+            self.broker = MosquittoBroker(
+                o.data_dir / "mosquitto", port=o.mqtt_port, tls=o.mqtt_tls
+            )
+            self.broker.start()
+            self.fleet.on_enroll.append(self.broker.add_device)
+            self.fleet.on_revoke.append(self._remove_mqtt_login)
+            endpoint = MqttEndpoint(
+                "127.0.0.1",
+                self.broker.port,
+                CONTROL_PLANE_USER,
+                self.broker.password,
+                ca_cert=str(o.mqtt_tls.ca or o.mqtt_tls.cert) if o.mqtt_tls else None,
+            )
+        self.bridge = MqttBridge(self.fleet, endpoint)
+        self.bridge.start()
+
+    def _remove_mqtt_login(self, device_id: str, _: str) -> None:
+        if self.broker is not None:
+            self.broker.remove_device(device_id)
+
+    def restart_grpc(self) -> None:
+        """Stop the gRPC server and start it again on the same port (tests cut transfers so)."""
+        assert self.fleet is not None and self.grpc is not None
+        self.grpc.stop(grace=None).wait(5)
+        address = f"127.0.0.1:{self.grpc_port}"
+        self.grpc, port, servicer = start_grpc_server(self.fleet, address, self.options.grpc_tls)
+        assert port == self.grpc_port
+        if self.servicer is not None:  # keep counting transfers across the restart
+            servicer.transfers = self.servicer.transfers
+        self.servicer = servicer
+
+    @property
+    def mqtt_port(self) -> int | None:
+        if self.broker is not None:
+            return self.broker.port
+        return self.options.mqtt_external.port if self.options.mqtt_external else None
+
+    def stop(self) -> None:
+        if self.bridge is not None:
+            self.bridge.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        if self.grpc is not None:
+            self.grpc.stop(grace=1).wait(5)
+        if self.store is not None:
+            self.store.close()

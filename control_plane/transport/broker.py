@@ -1,0 +1,195 @@
+"""An embedded mosquitto broker with per-device credentials and ACLs.
+
+The control plane writes the broker's files itself (``mosquitto.conf``,
+``passwd`` through ``mosquitto_passwd``, ``acl``) in a directory of its data
+dir and starts mosquitto on a loopback port. Enrolling a device adds its
+login; revoking removes it and sends SIGHUP, on which mosquitto re-checks every
+connected client and drops the ones whose login is gone.
+
+The ACL gives each device (username = device id) its own topics only:
+
+    fleetcast/v1/devices/<id>/commands        read   (control plane -> device)
+    fleetcast/v1/devices/<id>/acks            write
+    fleetcast/v1/devices/<id>/status          read/write (retained, last will)
+    fleetcast/v1/devices/<id>/telemetry       write
+    fleetcast/v1/devices/<id>/telemetry/ack   read
+    fleetcast/v1/devices/<id>/blocks/request  write
+    fleetcast/v1/devices/<id>/blocks/data     read
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from control_plane.errors import ControlPlaneError
+
+logger = logging.getLogger(__name__)
+
+CONTROL_PLANE_USER = "fleetcast-control-plane"
+TOPIC_ROOT = "fleetcast/v1/devices"
+_DEVICE_ACL = [
+    ("read", "commands"),
+    ("write", "acks"),
+    ("readwrite", "status"),
+    ("write", "telemetry"),
+    ("read", "telemetry/ack"),
+    ("write", "blocks/request"),
+    ("read", "blocks/data"),
+]
+
+
+class BrokerError(ControlPlaneError):
+    pass
+
+
+def find_executable(name: str) -> str:
+    found = shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
+    )
+    if found is None:
+        raise BrokerError(f"{name} is not installed: run `make setup` (apt-get install mosquitto)")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BrokerError(f"mosquitto did not listen on {host}:{port} within {timeout:.0f} s")
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+
+class MosquittoBroker:
+    """mosquitto as a child process, with the files that make device isolation real."""
+
+    def __init__(
+        self, directory: Path, host: str = "127.0.0.1", port: int = 0, tls: BrokerTls | None = None
+    ) -> None:
+        self.directory = directory
+        self.host = host
+        self.port = port or free_port(host)
+        self.tls = tls
+        self.password = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.passwd = directory / "passwd"
+        self.acl = directory / "acl"
+        self.conf = directory / "mosquitto.conf"
+        self.log = directory / "mosquitto.log"
+
+    def _passwd(self, *args: str) -> None:
+        result = subprocess.run(
+            [find_executable("mosquitto_passwd"), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BrokerError(f"mosquitto_passwd {args[0]}: {result.stderr.strip()}")
+
+    def _write_files(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        secret_file = self.directory / "control-plane.secret"
+        if not secret_file.exists():
+            secret_file.write_text(secrets.token_urlsafe(24))
+            secret_file.chmod(0o600)
+        self.password = secret_file.read_text().strip()
+        if not self.passwd.exists():
+            self.passwd.touch(mode=0o600)
+        self._passwd("-b", str(self.passwd), CONTROL_PLANE_USER, self.password)
+        lines = [f"user {CONTROL_PLANE_USER}", "topic readwrite fleetcast/v1/#", ""]
+        lines += [f"pattern {access} {TOPIC_ROOT}/%u/{leaf}" for access, leaf in _DEVICE_ACL]
+        self.acl.write_text("\n".join(lines) + "\n")
+        conf = [
+            # as root, mosquitto would switch to the 'mosquitto' user, which cannot read
+            # the files the control plane owns; keep the invoking user instead
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}",
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"password_file {self.passwd}",
+            f"acl_file {self.acl}",
+            "persistence false",
+            f"log_dest file {self.log}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "max_inflight_messages 100",
+            "max_queued_messages 10000",
+            f"listener {self.port} {self.host}",
+        ]
+        if self.tls is not None:
+            conf += [f"certfile {self.tls.cert}", f"keyfile {self.tls.key}"]
+            if self.tls.ca is not None:
+                conf += [f"cafile {self.tls.ca}", "require_certificate true"]
+        self.conf.write_text("\n".join(conf) + "\n")
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._write_files()
+        self._proc = subprocess.Popen(
+            [find_executable("mosquitto"), "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_port(self.host, self.port, timeout)
+        except BrokerError:
+            self.stop()
+            detail = self.log.read_text()[-500:] if self.log.exists() else ""
+            raise BrokerError(f"mosquitto failed to start: {detail.strip()}") from None
+        logger.info("mosquitto on %s:%d (dir %s)", self.host, self.port, self.directory)
+
+    def reload(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGHUP)
+
+    def add_device(self, device_id: str, password: str) -> None:
+        self._passwd("-b", str(self.passwd), device_id, password)
+        self.reload()
+
+    def remove_device(self, device_id: str) -> None:
+        self._passwd("-D", str(self.passwd), device_id)
+        self.reload()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5)
+        self._proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()

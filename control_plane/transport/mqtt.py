@@ -1,0 +1,206 @@
+"""The control plane's side of MQTT: commands down, acks/telemetry/block requests up.
+
+paho callbacks only enqueue; one worker thread parses and calls :class:`Fleet`.
+The device id of a message is the one in its topic: the broker's ACL lets a
+device publish only under its own prefix, so the topic is as good as a login.
+A malformed payload is logged and answered with an error where the device
+waits for an answer (telemetry); nothing a device sends stops the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from control_plane.errors import ControlPlaneError
+from control_plane.fleet import CommandRecord, Fleet
+from control_plane.transport.broker import TOPIC_ROOT
+from edge_agent.core.frames import MAX_BLOCK, encode_block
+
+logger = logging.getLogger(__name__)
+
+QOS = 1
+
+
+@dataclass(frozen=True)
+class MqttEndpoint:
+    host: str
+    port: int
+    username: str
+    password: str
+    ca_cert: str | None = None
+
+
+class MqttBridge:
+    def __init__(self, fleet: Fleet, endpoint: MqttEndpoint) -> None:
+        self.fleet = fleet
+        self.endpoint = endpoint
+        self.rejected = 0
+        self.blocks_served = 0
+        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
+        self._client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id="fleetcast-control-plane",
+            clean_session=True,
+        )
+        self._client.enable_logger(logger)
+        self._client.username_pw_set(endpoint.username, endpoint.password)
+        if endpoint.ca_cert:
+            self._client.tls_set(ca_certs=endpoint.ca_cert)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.max_queued_messages_set(0)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = lambda _c, _u, message: self._queue.put(message)
+        self._worker = threading.Thread(target=self._work, name="mqtt-bridge", daemon=True)
+        fleet.on_command.append(self.publish_command)
+
+    def start(self) -> None:
+        self._worker.start()
+        self._client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=30)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+        self._queue.put(None)
+        self._worker.join(5)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            logger.error("MQTT bridge: broker refused the connection: %s", reason)
+            return
+        for leaf in ("acks", "status", "telemetry", "blocks/request"):
+            client.subscribe(f"{TOPIC_ROOT}/+/{leaf}", qos=QOS)
+
+    # -- downlink
+
+    def _publish(self, topic: str, payload: bytes | str) -> None:
+        info = self._client.publish(topic, payload, qos=QOS)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            # not connected: the device gets it on its next status/online resend
+            logger.info("MQTT publish to %s deferred: %s", topic, mqtt.error_string(info.rc))
+
+    def publish_command(self, record: CommandRecord) -> None:
+        payload = {
+            "command_id": record.id,
+            "execution_version": record.execution_version,
+            "kind": record.kind,
+            "body": record.body,
+        }
+        self._publish(f"{TOPIC_ROOT}/{record.device_id}/commands", json.dumps(payload))
+
+    def resend_pending(self, device_id: str) -> None:
+        for record in self.fleet.pending_commands(device_id):
+            self.publish_command(record)
+
+    # -- uplink
+
+    def _work(self) -> None:
+        while (message := self._queue.get()) is not None:
+            try:
+                self._handle(message)
+            except Exception:  # one bad message must not stop the bridge
+                self.rejected += 1
+                logger.exception("MQTT bridge: message on %s", message.topic)
+
+    def _handle(self, message: mqtt.MQTTMessage) -> None:
+        parts = message.topic.split("/")
+        root_len = len(TOPIC_ROOT.split("/"))
+        if len(parts) < root_len + 2 or "/".join(parts[:root_len]) != TOPIC_ROOT:
+            self._reject(message.topic, "unexpected topic")
+            return
+        device_id, leaf = parts[root_len], "/".join(parts[root_len + 1 :])
+        if not self.fleet.is_active(device_id):
+            self._reject(message.topic, f"device {device_id!r} is not enrolled or is revoked")
+            return
+        if leaf == "blocks/request":
+            self._serve_block(device_id, message.payload)
+            return
+        try:
+            body = json.loads(message.payload)
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            self._reject(message.topic, f"payload is not a JSON object: {exc}")
+            if leaf == "telemetry":
+                self._telemetry_ack(device_id, [], [], [f"payload is not a JSON object: {exc}"])
+            return
+        if leaf == "status":
+            self.fleet.touch(device_id)
+            if body.get("online"):
+                self.resend_pending(device_id)
+        elif leaf == "acks":
+            self._ack(device_id, body)
+        elif leaf == "telemetry":
+            self._telemetry(device_id, body)
+        else:
+            self._reject(message.topic, "unexpected topic")
+
+    def _reject(self, topic: str, reason: str) -> None:
+        self.rejected += 1
+        logger.warning("MQTT bridge: rejected message on %s: %s", topic, reason)
+
+    def _ack(self, device_id: str, body: dict[str, Any]) -> None:
+        try:
+            detail = body.get("detail") if isinstance(body.get("detail"), dict) else {}
+            self.fleet.ack_command(
+                device_id,
+                str(body["command_id"]),
+                bool(body.get("ok")),
+                {"error": str(body.get("error", "")), **(detail or {})},
+            )
+        except (KeyError, ControlPlaneError) as exc:
+            self._reject(f"{TOPIC_ROOT}/{device_id}/acks", str(exc))
+
+    def _telemetry(self, device_id: str, body: dict[str, Any]) -> None:
+        items = body.get("items")
+        if not isinstance(items, list):
+            self._telemetry_ack(device_id, [], [], ["payload has no 'items' list"])
+            return
+        parsed, bad, errors = [], [], []
+        for item in items:
+            try:
+                parsed.append((int(item["seq"]), str(item["kind"]), str(item["body_json"])))
+            except (KeyError, TypeError, ValueError) as exc:
+                errors.append(f"malformed item: {exc!r}")
+                seq = item.get("seq") if isinstance(item, dict) else None
+                if isinstance(seq, int):
+                    bad.append(seq)
+        result = self.fleet.ingest(device_id, parsed, "mqtt")
+        self._telemetry_ack(device_id, result.acked, result.rejected + bad, result.errors + errors)
+
+    def _telemetry_ack(
+        self, device_id: str, acked: list[int], rejected: list[int], errors: list[str]
+    ) -> None:
+        payload = json.dumps({"acked": acked, "rejected": rejected, "errors": errors})
+        self._publish(f"{TOPIC_ROOT}/{device_id}/telemetry/ack", payload)
+
+    def _serve_block(self, device_id: str, raw: bytes) -> None:
+        topic = f"{TOPIC_ROOT}/{device_id}/blocks/data"
+        try:
+            request = json.loads(raw)
+            sha256, offset = str(request["sha256"]), int(request["offset"])
+            length = min(int(request.get("length") or MAX_BLOCK), MAX_BLOCK)
+            path = self.fleet.package_path(sha256)
+        except (ValueError, KeyError, TypeError, ControlPlaneError) as exc:
+            self._reject(topic, f"block request: {exc}")
+            self._publish(topic, encode_block({"error": f"block request: {exc}"}, b""))
+            return
+        total = path.stat().st_size
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read(length)
+        header = {
+            "sha256": sha256,
+            "offset": offset,
+            "total_size": total,
+            "last": offset + len(data) >= total,
+        }
+        self.blocks_served += 1
+        self._publish(topic, encode_block(header, data))
