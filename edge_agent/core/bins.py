@@ -32,8 +32,11 @@ def feature_matrix(array: np.ndarray, axis: FeatureAxis) -> np.ndarray:
     if axis == "element":
         return array.reshape(batch, -1).astype(np.float64, copy=False)
     if axis == "channel":
-        means: np.ndarray = array.reshape(batch, array.shape[1], -1).mean(axis=2, dtype=np.float64)
-        return means
+        # float32 pairwise sums: 2-3x faster than float64 on images, exact enough for
+        # bins; compiler and device call this same function, so they still agree
+        acc = np.float32 if array.dtype.kind == "f" and array.dtype.itemsize <= 4 else np.float64
+        means = array.reshape(batch, array.shape[1], -1).mean(axis=2, dtype=acc)
+        return means.astype(np.float64, copy=False)
     raise ValueError(f"feature axis {axis!r} does not apply to inputs")
 
 

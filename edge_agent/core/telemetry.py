@@ -56,7 +56,7 @@ def _inner_edges(feature: FeatureStats) -> np.ndarray:
 
 
 class TensorBinner:
-    """Counts one tensor's features on their reference bins."""
+    """Counts one tensor's features on their reference bins (stateless, vectorised)."""
 
     def __init__(self, stats: TensorStats) -> None:
         self.stats = stats
@@ -72,16 +72,25 @@ class TensorBinner:
         self.nbins = nbins
         self.total = int(nbins.sum())
 
-    def feature_values(self, array: np.ndarray) -> np.ndarray:
+    def rows(self, array: np.ndarray) -> np.ndarray:
+        """What a call contributes, one row per example: features, or raw scores for ``class``."""
         if self.stats.feature_axis == "class":
-            predicted, top = class_features(array)
-            return np.column_stack((predicted.astype(np.float64), top))
+            return array.reshape(array.shape[0], -1)
         return feature_matrix(array, self.stats.feature_axis)
 
+    def feature_values(self, rows: np.ndarray) -> np.ndarray:
+        if self.stats.feature_axis == "class":
+            predicted, top = class_features(rows)
+            return np.column_stack((predicted.astype(np.float64), top))
+        return rows
+
     def counts(self, array: np.ndarray) -> np.ndarray | None:
-        """Counts per (feature, bin), flattened; None if the tensor does not fit the stats."""
-        values = self.feature_values(array)
-        if values.shape[1] != self._top.size:
+        """Counts per (feature, bin) of a batch, flattened; None if it does not fit the stats."""
+        return self.count_rows(self.rows(array))
+
+    def count_rows(self, rows: np.ndarray) -> np.ndarray | None:
+        values = self.feature_values(rows)
+        if values.ndim != 2 or values.shape[1] != self._top.size:
             return None
         below = (values[:, :, np.newaxis] < self._inner).sum(axis=2)
         index = np.minimum(self._width - below, self._top) + self.offsets
@@ -94,6 +103,56 @@ class TensorBinner:
         ]
 
 
+class TensorCounter:
+    """Per-call rows go into a fixed buffer; they are binned ``capacity`` rows at a time.
+
+    A call then costs one copy into the buffer; the comparison and bincount
+    run once per buffer, so their fixed numpy cost is shared by many calls.
+    Not thread-safe: :class:`ModelTelemetry` holds its lock around it.
+    """
+
+    def __init__(self, binner: TensorBinner, capacity: int = 256) -> None:
+        self.binner = binner
+        self.capacity = capacity
+        self.counts = np.zeros(binner.total, dtype=np.int64)
+        self.mismatched = 0
+        self._buffer: np.ndarray | None = None
+        self._fill = 0
+
+    def add(self, array: np.ndarray) -> None:
+        rows = self.binner.rows(array)
+        batch = rows.shape[0]
+        buffer = self._buffer
+        if buffer is None or buffer.shape[1:] != rows.shape[1:]:
+            self.flush()
+            buffer = self._buffer = np.empty((self.capacity, *rows.shape[1:]), np.float64)
+        if self._fill + batch > self.capacity:
+            self.flush()
+            if batch > self.capacity:
+                self._count(rows)
+                return
+        buffer[self._fill : self._fill + batch] = rows
+        self._fill += batch
+
+    def _count(self, rows: np.ndarray) -> None:
+        counts = self.binner.count_rows(rows)
+        if counts is None:
+            self.mismatched += rows.shape[0]
+        else:
+            self.counts += counts
+
+    def flush(self) -> None:
+        if self._buffer is not None and self._fill:
+            self._count(self._buffer[: self._fill])
+        self._fill = 0
+
+    def take(self) -> np.ndarray:
+        """The counts so far (buffer included); the counter starts again from zero."""
+        self.flush()
+        counts, self.counts = self.counts, np.zeros_like(self.counts)
+        return counts
+
+
 @dataclass
 class _Window:
     started_at: float
@@ -103,8 +162,6 @@ class _Window:
     errors: int = 0
     invalid: int = 0
     latency: kll_floats_sketch = field(init=False)
-    inputs: dict[str, np.ndarray] = field(default_factory=dict)
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)
     captures: list[dict[str, Any]] = field(default_factory=list)
     captures_dropped: int = 0
 
@@ -139,6 +196,15 @@ def _latency_summary(sketch: kll_floats_sketch) -> dict[str, Any]:
     }
 
 
+def _histograms(binner: TensorBinner, counts: np.ndarray) -> dict[str, Any]:
+    stats = binner.stats
+    return {
+        "tensor": stats.tensor,
+        "feature_axis": stats.feature_axis,
+        "features": binner.split(counts),
+    }
+
+
 def _capturable(array: np.ndarray, rows: int, limit: int) -> list[Any] | None:
     part = array[:rows]
     return part.tolist() if part.size <= limit else None
@@ -159,8 +225,11 @@ class ModelTelemetry:
         self._clock = clock
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(seed)
-        self._inputs = {s.tensor: TensorBinner(s) for s in manifest.reference.inputs}
-        self._outputs = {s.tensor: TensorBinner(s) for s in manifest.reference.outputs}
+        self._capture_rate = self.config.capture_rate
+        self._inputs = {s.tensor: TensorCounter(TensorBinner(s)) for s in manifest.reference.inputs}
+        self._outputs = {
+            s.tensor: TensorCounter(TensorBinner(s)) for s in manifest.reference.outputs
+        }
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.urandom(4).hex()}-"
         self._window = self._new_window()
@@ -169,10 +238,7 @@ class ModelTelemetry:
         self._life_latency = kll_floats_sketch(self.config.kll_k)
 
     def _new_window(self) -> _Window:
-        window = _Window(started_at=self._clock(), k=self.config.kll_k)
-        window.inputs = {n: np.zeros(b.total, dtype=np.int64) for n, b in self._inputs.items()}
-        window.outputs = {n: np.zeros(b.total, dtype=np.int64) for n, b in self._outputs.items()}
-        return window
+        return _Window(started_at=self._clock(), k=self.config.kll_k)
 
     def next_prediction_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
@@ -184,25 +250,26 @@ class ModelTelemetry:
         latency_s: float,
     ) -> str:
         """Count one successful call; returns its prediction id."""
-        prediction_id = self.next_prediction_id()
-        in_counts = [(n, b.counts(inputs[n])) for n, b in self._inputs.items() if n in inputs]
-        out_counts = [(n, b.counts(outputs[n])) for n, b in self._outputs.items() if n in outputs]
-        rows = int(next(iter(inputs.values())).shape[0])
+        prediction_id = f"{self._id_prefix}{next(self._ids):x}"
         latency_ms = latency_s * 1e3
-        capture = self.config.capture_rate > 0 and self._rng.random() < self.config.capture_rate
+        capture = self._capture_rate > 0.0 and self._rng.random() < self._capture_rate
         with self._lock:
             window = self._window
             window.requests += 1
-            window.rows += rows
-            window.latency.update(latency_ms)
             self._life_requests += 1
+            window.latency.update(latency_ms)
             self._life_latency.update(latency_ms)
-            for name, counts in in_counts:
-                if counts is not None:
-                    window.inputs[name] += counts
-            for name, counts in out_counts:
-                if counts is not None:
-                    window.outputs[name] += counts
+            rows = 0
+            for name, counter in self._inputs.items():
+                array = inputs.get(name)
+                if array is not None:
+                    counter.add(array)
+                    rows = array.shape[0]
+            window.rows += rows
+            for name, counter in self._outputs.items():
+                array = outputs.get(name)
+                if array is not None:
+                    counter.add(array)
             if capture:
                 self._add_capture(window, inputs, outputs, prediction_id, "sampled")
         return prediction_id
@@ -272,6 +339,8 @@ class ModelTelemetry:
         """Close the current window and return it as a JSON-able dict; a new one starts."""
         with self._lock:
             window, self._window = self._window, self._new_window()
+            inputs = {n: c.take() for n, c in self._inputs.items()}
+            outputs = {n: c.take() for n, c in self._outputs.items()}
         ended = self._window.started_at
         m = self.manifest
         return {
@@ -289,22 +358,8 @@ class ModelTelemetry:
             "errors": window.errors,
             "invalid": window.invalid,
             "latency_ms": _latency_summary(window.latency),
-            "inputs": [
-                {
-                    "tensor": n,
-                    "feature_axis": b.stats.feature_axis,
-                    "features": b.split(window.inputs[n]),
-                }
-                for n, b in self._inputs.items()
-            ],
-            "outputs": [
-                {
-                    "tensor": n,
-                    "feature_axis": b.stats.feature_axis,
-                    "features": b.split(window.outputs[n]),
-                }
-                for n, b in self._outputs.items()
-            ],
+            "inputs": [_histograms(c.binner, inputs[n]) for n, c in self._inputs.items()],
+            "outputs": [_histograms(c.binner, outputs[n]) for n, c in self._outputs.items()],
             "captures": window.captures,
             "captures_dropped": window.captures_dropped,
         }

@@ -3,7 +3,9 @@
 Full-int8 models (int8 inputs and outputs, as Coral-style targets need) are
 quantized and dequantized at the boundary with each tensor's own scale and
 zero point, so callers always pass and get float32. A model whose batch
-dimension is fixed at 1 scores a larger batch row by row.
+dimension is fixed (converters often pin it to 1) is resized to the batch
+when the interpreter accepts that and the outputs come back with the batch's
+rows; otherwise it scores the batch row by row.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ class TfliteModel:
         self._fixed_batch = all(d["shape_signature"][0] != -1 for _, d in self._inputs)
         self._model_batch = int(self._inputs[0][1]["shape"][0])
         self._batch = self._model_batch
+        self._resizable = True
         self._lock = threading.Lock()  # an Interpreter is not safe to share between threads
 
-    def _set_batch(self, batch: int) -> None:
-        if batch == self._batch:
+    def _set_batch(self, batch: int, force: bool = False) -> None:
+        if batch == self._batch and not force:
             return
         for _, detail in self._inputs:
             shape = list(detail["shape"])
@@ -71,11 +74,26 @@ class TfliteModel:
             self._set_batch(batch)
             results = self._run(inputs)
         elif batch == self._model_batch:
+            self._set_batch(batch)
             results = self._run(inputs)
+        elif self._resizable and (resized := self._run_resized(inputs, batch)) is not None:
+            results = resized
         else:
             rows = [self._run({k: v[i : i + 1] for k, v in inputs.items()}) for i in range(batch)]
             results = [np.concatenate(parts) for parts in zip(*rows, strict=True)]
         return {spec.name: value for (spec, _), value in zip(self._outputs, results, strict=True)}
+
+    def _run_resized(self, inputs: Mapping[str, np.ndarray], batch: int) -> list[np.ndarray] | None:
+        try:
+            self._set_batch(batch)
+            results = self._run(inputs)
+        except (RuntimeError, ValueError):
+            results = None
+        if results is None or any(r.shape[:1] != (batch,) for r in results):
+            self._resizable = False
+            self._set_batch(self._model_batch, force=True)
+            return None
+        return results
 
 
 def _to_float(spec: TensorSpec, value: np.ndarray) -> np.ndarray:

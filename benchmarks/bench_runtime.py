@@ -1,0 +1,577 @@
+"""Issue #3: what the edge runtime adds per call, the agent's memory and size, local gRPC cost.
+
+One run, side by side:
+
+- added time per call: the raw runtime call (``onnxruntime.InferenceSession.run``,
+  or LiteRT's ``set_tensor``/``invoke``/``get_tensor``) against
+  ``edge_agent.runtime.Model.predict`` with telemetry on (validation, bin
+  counts of every input and output feature, KLL latency sketch, 1 % sampled
+  captures), on the digits MLP and the digits conv net, batch 1 and 32, each
+  compiled for x86-64-generic (onnxruntime) and x86-64-litert (LiteRT). Calls
+  alternate raw / wrapped so both see the same machine state; the table gives
+  both medians and the difference. Targets: <= 25 us for the MLP, <= 10 % for
+  the conv net.
+- the local gRPC Predict round trip (loopback TCP and Unix socket, client in
+  the same process) against the in-process call;
+- the agent's resident memory (``fleetcast-agent run`` as a process, one model
+  loaded) after start, after 2,000 and after 20,000 more gRPC predictions
+  with 1 s telemetry windows and captures on; target <= 80 MB;
+- the installed size of the ``agent`` extra (the wheel files of every
+  distribution it pulls in, from their RECORDs).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ("x86-64-generic", "x86-64-litert")
+TARGET_MLP_US = 25.0
+TARGET_CONV_PCT = 10.0
+TARGET_RSS_MB = 80.0
+MLP_ONNX = ("digits-mlp", PROFILES[0])
+
+
+# ---------------------------------------------------------------- packages
+
+
+def _compile(
+    kind: str,
+    factory: str,
+    weights: Path,
+    paths: dict[str, Path | None],
+    profiles: list[Any],
+    private: Path,
+    out: Path,
+) -> dict[tuple[str, str], Path]:
+    from control_plane.compiler.pipeline import CompileRequest, compile_model
+
+    request = CompileRequest(
+        model=weights,
+        factory=factory,
+        calibration=paths["calibration"],  # type: ignore[arg-type]
+        validation=paths["validation"],  # type: ignore[arg-type]
+        labels=paths.get("labels"),
+        profiles=profiles,
+        out_dir=out,
+        signing_key=private,
+        model_name=kind,
+        model_version="1",
+    )
+    outcomes = compile_model(request, progress=lambda m: logger.debug("%s", m))
+    return {(kind, o.profile): o.path for o in outcomes if o.path is not None}
+
+
+def build_packages(directory: Path) -> tuple[dict[tuple[str, str], Path], Path, dict[str, Any]]:
+    """Compile the digits MLP and CNN (trained) and a MobileNet-sized net (random) per profile.
+
+    The MobileNet-sized net (``digits.mobilenet_like``: 3x96x96 input, 6
+    separable blocks, 100 classes) is compiled with the fp32 candidates only:
+    its weights are random, so int8 fidelity would be meaningless, and the
+    runtime's added time does not depend on the recipe.
+    """
+    import torch
+
+    from control_plane.core.hardware import select_profiles
+    from control_plane.examples import digits
+    from control_plane.signing import generate_keypair
+
+    private, public = generate_keypair(directory / "keys")
+    profiles = select_profiles(ROOT / "hardware-profiles", list(PROFILES))
+    split = digits.load_split()
+    packages: dict[tuple[str, str], Path] = {}
+    data: dict[str, Any] = {}
+    for kind in ("mlp", "cnn"):
+        images = kind == "cnn"
+        module = digits.mlp() if kind == "mlp" else digits.cnn()
+        x_train = split.images(split.x_train) if images else split.x_train
+        digits.train(module, x_train, split.y_train, epochs=20 if images else 40)
+        paths = digits.write_dataset(directory / kind, split, images=images)
+        weights = directory / kind / "model.pt"
+        torch.save(module.state_dict(), weights)
+        packages.update(
+            _compile(
+                f"digits-{kind}",
+                f"control_plane.examples.digits:{kind}",
+                weights,
+                dict(paths),
+                profiles,
+                private,
+                directory / "pkg",
+            )
+        )
+        x = split.images(split.x_validation) if images else split.x_validation
+        data[f"digits-{kind}"] = np.ascontiguousarray(x, dtype=np.float32)
+
+    torch.manual_seed(0)
+    net = digits.mobilenet_like().eval()
+    weights = directory / "mobilenet.pt"
+    torch.save(net.state_dict(), weights)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(96, 3, 96, 96)).astype(np.float32)
+    paths = {"calibration": directory / "mn-cal.npz", "validation": directory / "mn-val.npz"}
+    np.savez(paths["calibration"], input=images[:32])
+    np.savez(paths["validation"], input=images[32:])
+    fp32_only = [
+        p.model_copy(
+            update={
+                "compile": p.compile.model_copy(
+                    update={
+                        "candidates": tuple(c for c in p.compile.candidates if c.recipe == "fp32")
+                    }
+                )
+            }
+        )
+        for p in profiles
+    ]
+    packages.update(
+        _compile(
+            "mobilenet-like",
+            "control_plane.examples.digits:mobilenet_like",
+            weights,
+            dict(paths),
+            fp32_only,
+            private,
+            directory / "pkg",
+        )
+    )
+    data["mobilenet-like"] = images
+    return packages, public, data
+
+
+# ---------------------------------------------------------------- raw calls
+
+
+def raw_onnx(model_bytes: bytes, runtime_input: str, x: np.ndarray) -> Callable[[], Any]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    feed = {runtime_input: x}
+    return lambda: session.run(None, feed)
+
+
+def raw_litert(model_bytes: bytes, x: np.ndarray) -> Callable[[], Any]:
+    """The interpreter calls the runtime makes, with inputs already in the model's dtype."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model_bytes, num_threads=1)
+    detail = interp.get_input_details()[0]
+    out_index = interp.get_output_details()[0]["index"]
+    feed = x
+    if detail["dtype"] != np.float32:
+        scale, zero = detail["quantization"]
+        info = np.iinfo(detail["dtype"])
+        feed = np.clip(np.rint(x / scale) + zero, info.min, info.max).astype(detail["dtype"])
+    index = detail["index"]
+    if len(x) != detail["shape"][0]:  # as the runtime does: resize if the outputs follow
+        interp.resize_tensor_input(index, [len(x), *detail["shape"][1:]])
+        interp.allocate_tensors()
+        interp.set_tensor(index, feed)
+        interp.invoke()
+        if interp.get_tensor(out_index).shape[0] != len(x):
+            interp.resize_tensor_input(index, list(detail["shape"]))
+            interp.allocate_tensors()
+            rows = [feed[i : i + 1] for i in range(len(feed))]
+
+            def per_row() -> Any:
+                outs = []
+                for row in rows:
+                    interp.set_tensor(index, row)
+                    interp.invoke()
+                    outs.append(interp.get_tensor(out_index))
+                return outs
+
+            return per_row
+    else:
+        interp.allocate_tensors()
+
+    def call() -> Any:
+        interp.set_tensor(index, feed)
+        interp.invoke()
+        return interp.get_tensor(out_index)
+
+    return call
+
+
+def paired(raw: Callable[[], Any], wrapped: Callable[[], Any], runs: int) -> dict[str, float]:
+    """Medians (us) of raw and wrapped calls taken in alternating turns."""
+    for _ in range(max(20, runs // 20)):
+        raw()
+        wrapped()
+    raw_t: list[float] = []
+    wrapped_t: list[float] = []
+    clock = time.perf_counter_ns
+    for i in range(runs):
+        first, second, a, b = (
+            (raw, wrapped, raw_t, wrapped_t) if i % 2 else (wrapped, raw, wrapped_t, raw_t)
+        )
+        t0 = clock()
+        first()
+        t1 = clock()
+        second()
+        t2 = clock()
+        a.append((t1 - t0) / 1e3)
+        b.append((t2 - t1) / 1e3)
+    raw_med = statistics.median(raw_t)
+    wrapped_med = statistics.median(wrapped_t)
+    return {
+        "raw_us": raw_med,
+        "wrapped_us": wrapped_med,
+        "added_us": wrapped_med - raw_med,
+        "added_pct": 100.0 * (wrapped_med - raw_med) / raw_med,
+        "runs": runs,
+    }
+
+
+def overhead_rows(
+    packages: dict[tuple[str, str], Path], public: Path, data: dict[str, Any]
+) -> list[dict[str, Any]]:
+    from edge_agent.core.telemetry import TelemetryConfig
+    from edge_agent.runtime import open_model
+
+    rows = []
+    for (kind, _profile), path in sorted(packages.items()):
+        model = open_model(path, public, threads=1, telemetry=TelemetryConfig(capture_rate=0.01))
+        m = model.manifest
+        spec = m.signature.inputs[0]
+        for batch in (1, 32):
+            x = data[kind][:batch]
+            mlp = kind == "digits-mlp"
+            if m.runtime == "onnxruntime":
+                raw = raw_onnx(model.package.model_bytes, spec.runtime_name, x)
+            else:
+                raw = raw_litert(model.package.model_bytes, x)
+            inputs = {spec.name: x}
+            runs = {"digits-mlp": 4000, "digits-cnn": 2000}.get(kind, 200)
+            runs = runs if batch == 1 else max(runs // 10, 60)
+            result = paired(raw, functools.partial(model.predict, inputs), runs)
+            target = f"<= {TARGET_MLP_US:.0f} us" if mlp else f"<= {TARGET_CONV_PCT:.0f} %"
+            met = (
+                result["added_us"] <= TARGET_MLP_US
+                if mlp
+                else result["added_pct"] <= TARGET_CONV_PCT
+            )
+            rows.append(
+                {
+                    "model": kind,
+                    "runtime": m.runtime,
+                    "recipe": m.recipe,
+                    "batch": batch,
+                    **result,
+                    "target": target,
+                    "met": met,
+                }
+            )
+            logger.info("%s %s batch %d: %s", kind, m.runtime, batch, result)
+    return rows
+
+
+def telemetry_cost(
+    packages: dict[tuple[str, str], Path], public: Path, data: dict[str, Any]
+) -> dict[str, float]:
+    """Where the MLP's added time goes: validation alone, telemetry.record alone (us, median)."""
+    from edge_agent.core.signature import validate_inputs
+    from edge_agent.runtime import open_model
+
+    model = open_model(packages[("digits-mlp", PROFILES[0])], public, threads=1)
+    x = data["digits-mlp"][:1]
+    arrays = validate_inputs(model.manifest.signature, {"input": x})
+    outputs = model.loaded.predict(arrays)
+    telemetry = model.telemetry
+    assert telemetry is not None
+
+    def median_us(fn: Callable[[], Any], runs: int = 5000) -> float:
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter_ns()
+            fn()
+            times.append((time.perf_counter_ns() - t0) / 1e3)
+        return statistics.median(times)
+
+    return {
+        "validate_us": median_us(lambda: validate_inputs(model.manifest.signature, {"input": x})),
+        "telemetry_record_us": median_us(lambda: telemetry.record(arrays, outputs, 1e-4)),
+    }
+
+
+# ---------------------------------------------------------------- gRPC
+
+
+def grpc_round_trip(package: Path, public: Path, x: np.ndarray, directory: Path) -> dict[str, Any]:
+    import grpc
+
+    from edge_agent.agent import Agent
+    from edge_agent.local_api import serve
+    from edge_agent.settings import Settings
+    from protos.fleetcast.v1 import scoring_pb2 as pb
+    from protos.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
+
+    state = Path(tempfile.mkdtemp(prefix="fcb-", dir="/tmp"))
+    agent = Agent(Settings(state_dir=state, public_key=public, device_id="bench"))
+    agent.start(background=False)
+    model = agent.install_file(package)
+    name = model.manifest.model_name
+    results: dict[str, Any] = {}
+    row = x[:1]
+    request = pb.PredictRequest(
+        name=name,
+        inputs=[
+            pb.Tensor(name="input", dtype="float32", shape=list(row.shape), data=row.tobytes())
+        ],
+    )
+    runs = 3000
+
+    def median_us(fn: Callable[[], Any]) -> float:
+        for _ in range(200):
+            fn()
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter_ns()
+            fn()
+            times.append((time.perf_counter_ns() - t0) / 1e3)
+        return statistics.median(times)
+
+    results["in_process_us"] = median_us(lambda: agent.predict(name, {"input": row}))
+    for label, address in (
+        ("loopback_tcp", "127.0.0.1:0"),
+        ("unix_socket", f"unix:{state}/a.sock"),
+    ):
+        server, bound = serve(agent, address)
+        with grpc.insecure_channel(bound) as channel:
+            stub = pb_grpc.EdgeScoringStub(channel)
+            results[f"grpc_{label}_us"] = median_us(lambda stub=stub: stub.Predict(request))
+        server.stop(None)
+    agent.close()
+    return results
+
+
+# ---------------------------------------------------------------- memory
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def agent_memory(package: Path, public: Path, x: np.ndarray) -> dict[str, Any]:
+    import grpc
+
+    from protos.fleetcast.v1 import scoring_pb2 as pb
+    from protos.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
+
+    state = Path(tempfile.mkdtemp(prefix="fcm-", dir="/tmp"))
+    env = {
+        **os.environ,
+        "FLEETCAST_AGENT_STATE_DIR": str(state),
+        "FLEETCAST_AGENT_PUBLIC_KEY": str(public),
+        "FLEETCAST_AGENT_DEVICE_ID": "bench",
+        "FLEETCAST_AGENT_LISTEN": "127.0.0.1:0",
+        "FLEETCAST_AGENT_WINDOW_SECONDS": "1",
+        "FLEETCAST_AGENT_CAPTURE_RATE": "0.05",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        address = json.loads(proc.stdout.readline())["address"]
+        time.sleep(0.5)
+        result: dict[str, Any] = {"idle_mb": rss_mb(proc.pid)}
+        subprocess.run(
+            [sys.executable, "-m", "edge_agent", "install", str(package), "--address", address],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        result["loaded_mb"] = rss_mb(proc.pid)
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.EdgeScoringStub(channel)
+            name = "digits-mlp"
+
+            def predict(count: int) -> None:
+                for i in range(count):
+                    row = x[i % len(x) : i % len(x) + 1]
+                    stub.Predict(
+                        pb.PredictRequest(
+                            name=name,
+                            inputs=[
+                                pb.Tensor(
+                                    name="input", dtype="float32", shape=[1, 64], data=row.tobytes()
+                                )
+                            ],
+                        )
+                    )
+
+            predict(2_000)
+            result["after_2k_mb"] = rss_mb(proc.pid)
+            predict(20_000)
+            result["after_22k_mb"] = rss_mb(proc.pid)
+        result["growth_mb"] = result["after_22k_mb"] - result["after_2k_mb"]
+        return result
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+# ---------------------------------------------------------------- size
+
+
+AGENT_ROOTS = (
+    "numpy",
+    "pydantic",
+    "cryptography",
+    "onnxruntime",
+    "ai-edge-litert",
+    "paho-mqtt",
+    "grpcio",
+    "protobuf",
+    "click",
+    "datasketches",
+)
+
+
+def installed_size() -> dict[str, Any]:
+    from packaging.requirements import Requirement
+
+    seen: dict[str, int] = {}
+    todo = list(AGENT_ROOTS)
+    while todo:
+        name = todo.pop()
+        key = name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        seen[key] = sum((f.size or 0) for f in (dist.files or []) if "__pycache__" not in str(f))
+        for spec in dist.requires or []:
+            req = Requirement(spec)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    top = sorted(seen.items(), key=lambda kv: -kv[1])
+    return {
+        "total_mb": sum(seen.values()) / 1e6,
+        "packages": {k: round(v / 1e6, 2) for k, v in top},
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [
+        "## Edge runtime (issue #3)",
+        "",
+        f"Host: {report['host']}; {report['date']}. Reproduce: `make bench` "
+        "(or `.venv/bin/python -m benchmarks runtime`).",
+        "",
+        "### Added time per call: raw runtime vs `Model.predict` with telemetry",
+        "",
+        "| model | runtime | recipe | batch | raw median (us) | with telemetry (us) "
+        "| added (us) | added (%) | target | met |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in report["overhead"]:
+        lines.append(
+            f"| {r['model']} | {r['runtime']} | {r['recipe']} | {r['batch']} "
+            f"| {r['raw_us']:.1f} | {r['wrapped_us']:.1f} | {r['added_us']:.1f} "
+            f"| {r['added_pct']:.1f} | {r['target']} | {'yes' if r['met'] else 'NO'} |"
+        )
+    cost = report["components"]
+    lines += [
+        "",
+        f"Components (MLP, batch 1, median): input validation {cost['validate_us']:.1f} us, "
+        f"telemetry update {cost['telemetry_record_us']:.1f} us.",
+        "",
+        "### Local gRPC Predict (digits MLP, onnxruntime, batch 1, client in-process)",
+        "",
+        "| path | median (us) |",
+        "|---|---:|",
+    ]
+    g = report["grpc"]
+    lines += [
+        f"| in-process `Agent.predict` | {g['in_process_us']:.1f} |",
+        f"| gRPC over loopback TCP | {g['grpc_loopback_tcp_us']:.1f} |",
+        f"| gRPC over a Unix socket | {g['grpc_unix_socket_us']:.1f} |",
+    ]
+    mem = report["memory"]
+    verdict = "met" if mem["after_22k_mb"] <= TARGET_RSS_MB else "NOT met"
+    lines += [
+        "",
+        "### Agent resident memory (`fleetcast-agent run`, digits MLP loaded)",
+        "",
+        "| point | RSS (MB) |",
+        "|---|---:|",
+        f"| started, no model | {mem['idle_mb']:.1f} |",
+        f"| model installed and loaded | {mem['loaded_mb']:.1f} |",
+        f"| after 2,000 gRPC predictions | {mem['after_2k_mb']:.1f} |",
+        f"| after 20,000 more (1 s windows, 5 % captures) | {mem['after_22k_mb']:.1f} |",
+        "",
+        f"Target <= {TARGET_RSS_MB:.0f} MB: {verdict}; "
+        f"growth over the last 20,000 calls {mem['growth_mb']:+.1f} MB.",
+        "",
+        "### Installed size of the `agent` extra",
+        "",
+        f"{report['size']['total_mb']:.0f} MB over {len(report['size']['packages'])} "
+        "distributions; the largest:",
+        "",
+        "| distribution | MB |",
+        "|---|---:|",
+    ]
+    for name, mb in list(report["size"]["packages"].items())[:8]:
+        lines.append(f"| {name} | {mb:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(results_dir: Path) -> str:
+    with tempfile.TemporaryDirectory(prefix="fleetcast-bench-runtime-") as tmp:
+        directory = Path(tmp)
+        packages, public, data = build_packages(directory)
+        report: dict[str, Any] = {
+            "host": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": {
+                n: importlib.metadata.version(n)
+                for n in ("onnxruntime", "ai-edge-litert", "grpcio", "datasketches")
+            },
+            "overhead": overhead_rows(packages, public, data),
+            "components": telemetry_cost(packages, public, data),
+            "grpc": grpc_round_trip(packages[MLP_ONNX], public, data["digits-mlp"], directory),
+            "memory": agent_memory(packages[MLP_ONNX], public, data["digits-mlp"]),
+            "size": installed_size(),
+        }
+    markdown = render(report)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "runtime.md").write_text(markdown)
+    (results_dir / "runtime.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    return markdown
