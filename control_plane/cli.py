@@ -229,6 +229,133 @@ def verify(package: Path, public_key: Path, expected: str | None, this_host: boo
     click.echo(f"ok: {m.package_id} sha256 {checked.sha256} signed by key {m.key_id}")
 
 
+# ------------------------------------------------------------------ serve and fleet admin
+
+
+def _fleet(settings: Settings) -> Any:
+    """The fleet over the data dir's store, for admin commands run beside `fleetcast serve`."""
+    from control_plane.fleet import Fleet
+    from control_plane.signing import PUBLIC_NAME
+    from control_plane.store.db import open_store
+    from edge_agent.package import load_public_key
+
+    store = open_store(settings.data_dir / "fleetcast.db")
+    key = load_public_key(settings.key_dir / PUBLIC_NAME)
+    return Fleet(store, key, settings.data_dir / "catalog")
+
+
+@cli.command()
+@click.option("--grpc", "grpc_address", default="127.0.0.1:50051", show_default=True)
+@click.option(
+    "--mqtt/--no-mqtt", default=False, help="Also serve MQTT through an embedded mosquitto."
+)
+@click.option(
+    "--mqtt-port", default=1883, show_default=True, help="Embedded broker's port (0: any)."
+)
+@click.option(
+    "--mqtt-broker", help="host:port of a broker the fleet already runs (instead of embedded)"
+)
+@click.option("--mqtt-username", envvar="FLEETCAST_MQTT_USERNAME")
+@click.option("--mqtt-password", envvar="FLEETCAST_MQTT_PASSWORD")
+@click.option("--tls-cert", type=click.Path(path_type=Path, exists=True))
+@click.option("--tls-key", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--tls-client-ca", type=click.Path(path_type=Path, exists=True), help="require client certs"
+)
+@click.pass_obj
+def serve(
+    settings: Settings,
+    grpc_address: str,
+    mqtt: bool,
+    mqtt_port: int,
+    mqtt_broker: str | None,
+    mqtt_username: str | None,
+    mqtt_password: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+) -> None:
+    """Serve agents: gRPC always; MQTT with --mqtt (embedded mosquitto) or --mqtt-broker."""
+    import signal
+    import threading
+
+    from control_plane.server import ControlPlane, ServeOptions
+    from control_plane.transport.grpc_server import TlsConfig
+    from control_plane.transport.mqtt import MqttEndpoint
+
+    external = None
+    if mqtt_broker:
+        host, _, port = mqtt_broker.rpartition(":")
+        if not host or not port.isdigit() or not mqtt_username or not mqtt_password:
+            raise click.UsageError("--mqtt-broker HOST:PORT needs --mqtt-username/--mqtt-password")
+        external = MqttEndpoint(host, int(port), mqtt_username, mqtt_password)
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    tls = TlsConfig(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
+    plane = ControlPlane(
+        ServeOptions(
+            data_dir=settings.data_dir,
+            grpc_address=grpc_address,
+            grpc_tls=tls,
+            mqtt=mqtt or external is not None,
+            mqtt_port=mqtt_port,
+            mqtt_external=external,
+        )
+    ).start()
+    click.echo(
+        f"serving gRPC on port {plane.grpc_port}"
+        + (f", MQTT on port {plane.mqtt_port}" if plane.mqtt_port else "")
+        + f"; data in {settings.data_dir}",
+        err=True,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    plane.stop()
+
+
+@cli.group()
+def devices() -> None:
+    """Enrollment tokens, devices, revocation."""
+
+
+@devices.command("token")
+@click.option("--device-id", help="bind the token to this device id")
+@click.pass_obj
+def devices_token(settings: Settings, device_id: str | None) -> None:
+    """Print a one-time enrollment token."""
+    click.echo(_fleet(settings).create_enrollment_token("cli", device_id))
+
+
+@devices.command("list")
+@click.pass_obj
+def devices_list(settings: Settings) -> None:
+    for device in _fleet(settings).devices():
+        click.echo(json.dumps(device, sort_keys=True))
+
+
+@devices.command("revoke")
+@click.argument("device_id")
+@click.pass_obj
+def devices_revoke(settings: Settings, device_id: str) -> None:
+    """Cut a device off both transports (the running server drops its MQTT login)."""
+    _fleet(settings).revoke(device_id, "cli")
+    click.echo(f"revoked {device_id}")
+
+
+@cli.command()
+@click.argument("device_id")
+@click.argument("package", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.pass_obj
+def deploy(settings: Settings, device_id: str, package: Path) -> None:
+    """Add PACKAGE to the catalog (verified) and send DEVICE_ID a deploy command."""
+    fleet = _fleet(settings)
+    sha256 = fleet.add_package(package, "cli")
+    record = fleet.send_command(device_id, "deploy", {"sha256": sha256}, "cli")
+    click.echo(f"command {record.id} (version {record.execution_version}): deploy {sha256}")
+
+
 # ------------------------------------------------------------------ demo
 
 

@@ -171,6 +171,14 @@ class Fleet:
         with self._changed:
             self._changed.notify_all()
 
+    def devices(self) -> list[dict[str, Any]]:
+        with self.store.lock:
+            rows = self.store.db.table("devices").rows_where(order_by="id")
+            return [
+                {k: r[k] for k in ("id", "status", "enrolled_at", "revoked_at", "last_seen")}
+                for r in rows
+            ]
+
     def touch(self, device_id: str) -> None:
         with self.store.lock:
             self.store.db.table("devices").update(device_id, {"last_seen": time.time()})

@@ -10,6 +10,7 @@ operator provisions.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,10 @@ class ControlPlane:
         self.servicer: AgentServicer | None = None
         self.broker: MosquittoBroker | None = None
         self.bridge: MqttBridge | None = None
+        self._stop = threading.Event()
+        self._reconciler: threading.Thread | None = None
+        self._published: set[str] = set()
+        self._removed_logins: set[str] = set()
 
     def start(self) -> ControlPlane:
         o = self.options
@@ -62,7 +67,30 @@ class ControlPlane:
         )
         if o.mqtt:
             self._start_mqtt()
+            self._reconciler = threading.Thread(target=self._reconcile_loop, daemon=True)
+            self._reconciler.start()
         return self
+
+    def _reconcile_loop(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self.reconcile()
+            except Exception:  # keep reconciling whatever one pass hit
+                logger.exception("reconcile")
+
+    def reconcile(self) -> None:
+        """Apply changes other processes made to the store (the CLI): logins and commands."""
+        assert self.fleet is not None
+        for device in self.fleet.devices():
+            if device["status"] == "revoked" and device["id"] not in self._removed_logins:
+                self._removed_logins.add(device["id"])
+                if self.broker is not None:
+                    self.broker.remove_device(device["id"])
+            elif device["status"] == "active" and self.bridge is not None:
+                for record in self.fleet.pending_commands(device["id"]):
+                    if record.id not in self._published:
+                        self._published.add(record.id)
+                        self.bridge.publish_command(record)
 
     def _start_mqtt(self) -> None:
         o = self.options
@@ -83,9 +111,11 @@ class ControlPlane:
                 ca_cert=str(o.mqtt_tls.ca or o.mqtt_tls.cert) if o.mqtt_tls else None,
             )
         self.bridge = MqttBridge(self.fleet, endpoint)
+        self.fleet.on_command.append(lambda record: self._published.add(record.id))
         self.bridge.start()
 
     def _remove_mqtt_login(self, device_id: str, _: str) -> None:
+        self._removed_logins.add(device_id)
         if self.broker is not None:
             self.broker.remove_device(device_id)
 
@@ -107,6 +137,9 @@ class ControlPlane:
         return self.options.mqtt_external.port if self.options.mqtt_external else None
 
     def stop(self) -> None:
+        self._stop.set()
+        if self._reconciler is not None:
+            self._reconciler.join(5)
         if self.bridge is not None:
             self.bridge.stop()
         if self.broker is not None:

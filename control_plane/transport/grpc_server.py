@@ -232,7 +232,7 @@ def start_grpc_server(
         ],
     )
     servicer = AgentServicer(fleet)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     if tls is None:
         port = server.add_insecure_port(address)
     else:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from control_plane.errors import ControlPlaneError
 from control_plane.fleet import CommandRecord, Fleet
@@ -45,7 +46,7 @@ class MqttBridge:
         self.blocks_served = 0
         self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         self._client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            callback_api_version=CallbackAPIVersion.VERSION2,
             client_id="fleetcast-control-plane",
             clean_session=True,
         )
@@ -181,7 +182,7 @@ class MqttBridge:
         payload = json.dumps({"acked": acked, "rejected": rejected, "errors": errors})
         self._publish(f"{TOPIC_ROOT}/{device_id}/telemetry/ack", payload)
 
-    def _serve_block(self, device_id: str, raw: bytes) -> None:
+    def _serve_block(self, device_id: str, raw: bytes | bytearray) -> None:
         topic = f"{TOPIC_ROOT}/{device_id}/blocks/data"
         try:
             request = json.loads(raw)

@@ -39,7 +39,7 @@ class GrpcTls:
 
 
 def make_channel(target: str, tls: GrpcTls | None) -> grpc.Channel:
-    options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+    options: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", 8 << 20)]
     if tls is None:
         return grpc.insecure_channel(target, options=options)
     credentials = grpc.ssl_channel_credentials(
@@ -63,7 +63,7 @@ def enroll(
 ) -> dict[str, str]:
     """Trade a one-time enrollment token for this device's credentials."""
     with make_channel(target, tls) as channel:
-        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             reply = stub.Enroll(
                 agent_pb2.EnrollRequest(
@@ -94,7 +94,7 @@ class GrpcTransport:
         self.chunk_size = chunk_size
         self._metadata = (("authorization", f"Bearer {device_token}"),)
         self._channel = make_channel(target, tls)
-        self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._commands: queue.Queue[Command] = queue.Queue()
         self._outgoing: queue.Queue[Any] = queue.Queue()
         self._closed = threading.Event()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.core.frames import MAX_BLOCK, FrameError, decode_block
 from edge_agent.outbox import OutboxMessage
@@ -52,7 +53,7 @@ class MqttTransport:
         self._fetch_lock = threading.Lock()
         self.connected = threading.Event()
         client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"fleetcast-{device_id}",
             clean_session=False,
         )
@@ -87,7 +88,7 @@ class MqttTransport:
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         leaf = message.topic.removeprefix(self.prefix + "/")
         if leaf == "blocks/data":
-            self._blocks.put(message.payload)
+            self._blocks.put(bytes(message.payload))
             return
         try:
             body = json.loads(message.payload)

@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from paho.mqtt.enums import CallbackAPIVersion
 
 from control_plane.server import ControlPlane
 from edge_agent.transport.grpc import enroll
@@ -39,9 +40,7 @@ class RawMqtt:
         self.connected = threading.Event()
         self.answered = threading.Event()
         self.disconnected = threading.Event()
-        client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id
-        )
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
         if username is not None:
             client.username_pw_set(username, password)
         client.on_connect = self._on_connect
