@@ -53,6 +53,13 @@ MLP_ONNX = ("digits-mlp", PROFILES[0])
 # ---------------------------------------------------------------- packages
 
 
+def mobilenet() -> Any:
+    """The ``--factory`` of the conv net: 10 separable blocks, 32 to 1024 channels, 96x96."""
+    from control_plane.examples import digits
+
+    return digits.mobilenet_like(width=32, blocks=10, image=96, classes=10)
+
+
 def _compile(
     kind: str,
     factory: str,
@@ -83,8 +90,9 @@ def _compile(
 def build_packages(directory: Path) -> tuple[dict[tuple[str, str], Path], Path, dict[str, Any]]:
     """Compile the digits MLP and CNN (trained) and a MobileNet-sized net (random) per profile.
 
-    The MobileNet-sized net (``digits.mobilenet_like``: 3x96x96 input, 6
-    separable blocks, 100 classes) is compiled with the fp32 candidates only:
+    The MobileNet-sized net (:func:`mobilenet`, the same net as the compile
+    benchmark: MobileNet v1's channel ladder, 10 separable blocks, 3x96x96
+    input, 10 classes) is compiled with the fp32 candidates only:
     its weights are random, so int8 fidelity would be meaningless, and the
     runtime's added time does not depend on the recipe.
     """
@@ -122,7 +130,7 @@ def build_packages(directory: Path) -> tuple[dict[tuple[str, str], Path], Path, 
         data[f"digits-{kind}"] = np.ascontiguousarray(x, dtype=np.float32)
 
     torch.manual_seed(0)
-    net = digits.mobilenet_like().eval()
+    net = mobilenet().eval()
     weights = directory / "mobilenet.pt"
     torch.save(net.state_dict(), weights)
     rng = np.random.default_rng(0)
@@ -145,7 +153,7 @@ def build_packages(directory: Path) -> tuple[dict[tuple[str, str], Path], Path, 
     packages.update(
         _compile(
             "mobilenet-like",
-            "control_plane.examples.digits:mobilenet_like",
+            "benchmarks.bench_runtime:mobilenet",
             weights,
             dict(paths),
             fp32_only,
@@ -185,12 +193,16 @@ def raw_litert(model_bytes: bytes, x: np.ndarray) -> Callable[[], Any]:
         feed = np.clip(np.rint(x / scale) + zero, info.min, info.max).astype(detail["dtype"])
     index = detail["index"]
     if len(x) != detail["shape"][0]:  # as the runtime does: resize if the outputs follow
-        interp.resize_tensor_input(index, [len(x), *detail["shape"][1:]])
-        interp.allocate_tensors()
-        interp.set_tensor(index, feed)
-        interp.invoke()
-        if interp.get_tensor(out_index).shape[0] != len(x):
-            interp.resize_tensor_input(index, list(detail["shape"]))
+        try:
+            interp.resize_tensor_input(index, [len(x), *detail["shape"][1:]])
+            interp.allocate_tensors()
+            interp.set_tensor(index, feed)
+            interp.invoke()
+            resized = interp.get_tensor(out_index).shape[0] == len(x)
+        except (RuntimeError, ValueError):
+            resized = False
+        if not resized:
+            interp = Interpreter(model_content=model_bytes, num_threads=1)
             interp.allocate_tensors()
             rows = [feed[i : i + 1] for i in range(len(feed))]
 
@@ -369,11 +381,12 @@ def grpc_round_trip(package: Path, public: Path, x: np.ndarray, directory: Path)
 # ---------------------------------------------------------------- memory
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of a process from /proc (VmRSS, RssAnon: private, RssFile: mapped files)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
 
 
 def agent_memory(package: Path, public: Path, x: np.ndarray) -> dict[str, Any]:
@@ -434,6 +447,8 @@ def agent_memory(package: Path, public: Path, x: np.ndarray) -> dict[str, Any]:
             result["after_2k_mb"] = rss_mb(proc.pid)
             predict(20_000)
             result["after_22k_mb"] = rss_mb(proc.pid)
+            result["after_22k_anon_mb"] = rss_mb(proc.pid, "RssAnon")
+            result["after_22k_file_mb"] = rss_mb(proc.pid, "RssFile")
         result["growth_mb"] = result["after_22k_mb"] - result["after_2k_mb"]
         return result
     finally:
@@ -535,6 +550,8 @@ def render(report: dict[str, Any]) -> str:
         f"| model installed and loaded | {mem['loaded_mb']:.1f} |",
         f"| after 2,000 gRPC predictions | {mem['after_2k_mb']:.1f} |",
         f"| after 20,000 more (1 s windows, 5 % captures) | {mem['after_22k_mb']:.1f} |",
+        f"| of which private (RssAnon) | {mem['after_22k_anon_mb']:.1f} |",
+        f"| of which mapped files, shared (RssFile) | {mem['after_22k_file_mb']:.1f} |",
         "",
         f"Target <= {TARGET_RSS_MB:.0f} MB: {verdict}; "
         f"growth over the last 20,000 calls {mem['growth_mb']:+.1f} MB.",

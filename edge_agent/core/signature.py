@@ -37,9 +37,33 @@ def _check_tensor(spec: TensorSpec, value: object, nan_policy: NanPolicy) -> np.
         raise InvalidInput(f"input {spec.name!r}: empty batch")
     array = np.ascontiguousarray(array, dtype=np.dtype(spec.dtype))
     if nan_policy == "reject" and array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-        raise InvalidInput(f"input {spec.name!r}: {bad} NaN or infinite values")
+        raise_non_finite(spec.name, array)
     return array
+
+
+def raise_non_finite(name: str, array: np.ndarray) -> None:
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    raise InvalidInput(f"input {name!r}: {bad} NaN or infinite values")
+
+
+def check_finite(
+    arrays: Mapping[str, np.ndarray], summaries: Mapping[str, np.ndarray] | None = None
+) -> None:
+    """Raise InvalidInput if an input holds NaN or inf.
+
+    ``summaries`` may hold, per input, values computed as sums or means over the
+    input's elements (telemetry's feature rows): a finite sum proves its
+    elements finite, since NaN and inf propagate through addition. Only when a
+    summary is not finite (a bad value, or an overflow) is the input scanned.
+    """
+    for name, array in arrays.items():
+        if array.dtype.kind != "f":
+            continue
+        summary = summaries.get(name) if summaries is not None else None
+        if summary is not None and np.isfinite(summary).all():
+            continue
+        if not np.isfinite(array).all():
+            raise_non_finite(name, array)
 
 
 def validate_inputs(

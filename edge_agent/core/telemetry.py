@@ -120,7 +120,9 @@ class TensorCounter:
         self._fill = 0
 
     def add(self, array: np.ndarray) -> None:
-        rows = self.binner.rows(array)
+        self.add_rows(self.binner.rows(array))
+
+    def add_rows(self, rows: np.ndarray) -> None:
         batch = rows.shape[0]
         buffer = self._buffer
         if buffer is None or buffer.shape[1:] != rows.shape[1:]:
@@ -243,13 +245,22 @@ class ModelTelemetry:
     def next_prediction_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
 
+    def input_rows(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The inputs' feature rows; compute them right after validation, while the
+        inputs are still in cache (a large model's run evicts them), and pass them
+        to :meth:`record`."""
+        return {n: c.binner.rows(inputs[n]) for n, c in self._inputs.items() if n in inputs}
+
     def record(
         self,
         inputs: Mapping[str, np.ndarray],
         outputs: Mapping[str, np.ndarray],
         latency_s: float,
+        input_rows: Mapping[str, np.ndarray] | None = None,
     ) -> str:
         """Count one successful call; returns its prediction id."""
+        if input_rows is None:
+            input_rows = self.input_rows(inputs)
         prediction_id = f"{self._id_prefix}{next(self._ids):x}"
         latency_ms = latency_s * 1e3
         capture = self._capture_rate > 0.0 and self._rng.random() < self._capture_rate
@@ -261,10 +272,10 @@ class ModelTelemetry:
             self._life_latency.update(latency_ms)
             rows = 0
             for name, counter in self._inputs.items():
-                array = inputs.get(name)
-                if array is not None:
-                    counter.add(array)
-                    rows = array.shape[0]
+                features = input_rows.get(name)
+                if features is not None:
+                    counter.add_rows(features)
+                    rows = features.shape[0]
             window.rows += rows
             for name, counter in self._outputs.items():
                 array = outputs.get(name)

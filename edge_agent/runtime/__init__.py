@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_agent.core.host import HostInfo
 from edge_agent.core.manifest import Manifest, Signature
-from edge_agent.core.signature import NanPolicy, validate_inputs
+from edge_agent.core.signature import NanPolicy, check_finite, validate_inputs
 from edge_agent.core.telemetry import ModelTelemetry, TelemetryConfig
 from edge_agent.errors import EdgeError, InvalidInput, RuntimeUnavailable, ScoringError
 from edge_agent.package import Package, load_public_key, open_package
@@ -79,7 +79,14 @@ class Model:
         started = time.perf_counter()
         telemetry = self.telemetry
         try:
-            arrays = validate_inputs(self.manifest.signature, inputs, self._nan_policy)
+            if telemetry is None:
+                arrays = validate_inputs(self.manifest.signature, inputs, self._nan_policy)
+                rows = None
+            else:  # one pass less over large inputs: the NaN check reuses the feature rows
+                arrays = validate_inputs(self.manifest.signature, inputs, "allow")
+                rows = telemetry.input_rows(arrays)
+                if self._nan_policy == "reject":
+                    check_finite(arrays, rows)
         except InvalidInput:
             if telemetry is not None:
                 telemetry.record_failure("invalid", time.perf_counter() - started)
@@ -96,7 +103,7 @@ class Model:
             raise ScoringError(f"{self.manifest.runtime} failed: {exc}") from exc
         if telemetry is None:
             return outputs, ""
-        return outputs, telemetry.record(arrays, outputs, time.perf_counter() - started)
+        return outputs, telemetry.record(arrays, outputs, time.perf_counter() - started, rows)
 
 
 def open_model(
