@@ -4,8 +4,9 @@
   targets score).
 - ``dynamic_int8``: int8 weights, float activations (``dynamic_wi8_afp32``).
 - ``static_int8``: full integer (``static_wi8_ai8``) calibrated on the
-  calibration set: int8 weights, activations, inputs and outputs, what
-  Coral-style accelerators take. The runtime quantizes at the boundary.
+  calibration set (global min/max, see :func:`_quantize`): int8 weights,
+  activations, inputs and outputs, what Coral-style accelerators take. The
+  runtime quantizes at the boundary.
 """
 
 from __future__ import annotations
@@ -89,15 +90,31 @@ def _quantize(
     if mode == "dynamic":
         q = quantizer.Quantizer(bytearray(float_bytes), recipe.dynamic_wi8_afp32())
         return bytes(q.quantize(enable_progress_report=False).quantized_model)
-    q = quantizer.Quantizer(bytearray(float_bytes), recipe.static_wi8_ai8())
+    from ai_edge_quantizer import calibrator, recipe_manager
+    from ai_edge_quantizer.utils import qsv_utils
+
+    static = recipe.static_wi8_ai8()
     signature_key, keys = _signature_keys(float_bytes)
     rows = min(next(iter(calibration.values())).shape[0], CALIBRATION_ROWS)
     samples = [
         {key: calibration[name][i : i + 1] for key, name in zip(keys, names, strict=True)}
         for i in range(rows)
     ]
-    result = q.calibrate({signature_key: samples}, num_threads=1)
-    return bytes(q.quantize(result, enable_progress_report=False).quantized_model)
+    # Quantizer.calibrate merges each sample's min/max into a moving average
+    # (0.95), so with batch-1 samples the ranges track a typical image, not the
+    # calibration set, and larger activations clip: on the MobileNet-sized
+    # benchmark net that cost 17 dB of output SNR (15 vs 32 dB) and 3 of 200
+    # top-1 flips. The Calibrator with min_max_update keeps the set's range, as
+    # onnxruntime's MinMax does for the ONNX recipe; size and speed are unchanged.
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(static)
+    calib = calibrator.Calibrator(
+        bytearray(float_bytes), num_threads=1, qsv_update_func=qsv_utils.min_max_update
+    )
+    calib.calibrate({signature_key: samples}, manager)
+    q = quantizer.Quantizer(bytearray(float_bytes), static)
+    result = q.quantize(calib.get_model_qsvs(), enable_progress_report=False)
+    return bytes(result.quantized_model)
 
 
 def _signature_keys(model: bytes) -> tuple[str, list[str]]:
