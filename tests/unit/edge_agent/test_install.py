@@ -250,3 +250,59 @@ def test_restart_reverifies_and_serves(tmp_path: Path, edge_packages: Any) -> No
         assert "digits-mlp" not in third.models
     finally:
         third.close()
+
+
+def test_outbox_resends_until_acknowledged_across_restart(
+    tmp_path: Path, edge_packages: Any
+) -> None:
+    transport = InMemoryTransport()
+    transport.online = False
+    agent = make_agent(tmp_path / "state", edge_packages, transport)
+    try:
+        agent.install_file(edge_packages.onnx)
+        agent.predict("digits-mlp", {"input": edge_packages.x[:2]})
+        agent.flush_windows()
+        assert agent.send_outbox() == 0  # offline: nothing acknowledged, nothing lost
+    finally:
+        agent.close()
+    transport.online = True
+    again = make_agent(tmp_path / "state", edge_packages, transport)
+    try:
+        assert again.send_outbox() == 2
+        assert again.send_outbox() == 0  # acknowledged messages are gone
+    finally:
+        again.close()
+    kinds = [m["kind"] for m in transport.delivered]
+    assert kinds == ["status", "telemetry_window"]
+    sequences = [m["sequence"] for m in transport.delivered]
+    assert len(set(sequences)) == 2 and all(m["device_id"] == "dev-1" for m in transport.delivered)
+
+
+def test_agent_memory_stays_flat_over_many_predictions(tmp_path: Path, edge_packages: Any) -> None:
+    import tracemalloc
+
+    agent = make_agent(tmp_path / "state", edge_packages, capture_rate=0.2, max_captures=4)
+    try:
+        agent.install_file(edge_packages.onnx)
+        rows = edge_packages.x
+
+        def run(calls: int) -> None:
+            for i in range(calls):
+                agent.predict("digits-mlp", {"input": rows[i % 300 : i % 300 + 1 + i % 4]})
+                if i % 1000 == 999:
+                    agent.flush_windows()
+                    assert agent.outbox is not None
+                    agent.outbox.ack([m.id for m in agent.outbox.pending(1000)])
+
+        run(3_000)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            run(10_000)
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
+        assert growth < 512 * 1024, f"agent grew by {growth} bytes over 10,000 predictions"
+    finally:
+        agent.close()
