@@ -269,7 +269,6 @@ class ModelTelemetry:
             window.requests += 1
             self._life_requests += 1
             window.latency.update(latency_ms)
-            self._life_latency.update(latency_ms)
             rows = 0
             for name, counter in self._inputs.items():
                 features = input_rows.get(name)
@@ -338,7 +337,9 @@ class ModelTelemetry:
 
     def health(self) -> HealthStats:
         with self._lock:
-            sketch = self._life_latency
+            sketch = kll_floats_sketch(self.config.kll_k)  # closed windows + the open one
+            sketch.merge(self._life_latency)
+            sketch.merge(self._window.latency)
             p95 = None if sketch.is_empty() else float(sketch.get_quantile(0.95))
             return HealthStats(self._life_requests, self._life_failures, p95)
 
@@ -350,6 +351,7 @@ class ModelTelemetry:
         """Close the current window and return it as a JSON-able dict; a new one starts."""
         with self._lock:
             window, self._window = self._window, self._new_window()
+            self._life_latency.merge(window.latency)
             inputs = {n: c.take() for n, c in self._inputs.items()}
             outputs = {n: c.take() for n, c in self._outputs.items()}
         ended = self._window.started_at
