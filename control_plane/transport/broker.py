@@ -138,6 +138,7 @@ class MosquittoBroker:
             "log_type error",
             "log_type warning",
             "log_type notice",
+            "set_tcp_nodelay true",  # no 40 ms Nagle + delayed-ACK stall per block
             "max_inflight_messages 100",
             "max_queued_messages 10000",
             f"listener {self.port} {self.host}",

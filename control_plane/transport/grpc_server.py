@@ -43,6 +43,7 @@ GRPC_STATUS = {
 DEFAULT_CHUNK = 256 * 1024
 MAX_CHUNK = 1024 * 1024
 MAX_MESSAGE = 8 * 1024 * 1024
+DEFAULT_WORKERS = 512
 T = TypeVar("T")
 
 
@@ -219,11 +220,22 @@ class TlsConfig:
 
 
 def start_grpc_server(
-    fleet: Fleet, address: str = "127.0.0.1:0", tls: TlsConfig | None = None, workers: int = 32
+    fleet: Fleet,
+    address: str = "127.0.0.1:0",
+    tls: TlsConfig | None = None,
+    workers: int = DEFAULT_WORKERS,
 ) -> tuple[grpc.Server, int, AgentServicer]:
-    """Start the agent service; returns (server, bound port, servicer)."""
+    """Start the agent service; returns (server, bound port, servicer).
+
+    The synchronous server holds one worker thread per open call, and every
+    connected agent keeps a command stream open: ``workers`` bounds the agents
+    one replica serves at once (plus their downloads). Calls beyond it are
+    refused with RESOURCE_EXHAUSTED rather than queued forever, and the agent
+    retries with backoff.
+    """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-agent"),
+        maximum_concurrent_rpcs=workers,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),

@@ -13,7 +13,9 @@ import json
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -23,10 +25,12 @@ from control_plane.errors import ControlPlaneError
 from control_plane.fleet import CommandRecord, Fleet
 from control_plane.transport.broker import TOPIC_ROOT
 from edge_agent.core.frames import MAX_BLOCK, encode_block
+from edge_agent.transport.mqtt import no_delay
 
 logger = logging.getLogger(__name__)
 
 QOS = 1
+ACTIVE_TTL = 1.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class MqttBridge:
         self.endpoint = endpoint
         self.rejected = 0
         self.blocks_served = 0
+        self._active: dict[str, tuple[bool, float]] = {}  # device -> (active, checked at)
+        self._paths: dict[str, Path] = {}  # content-addressed, so never stale
         self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -76,6 +82,7 @@ class MqttBridge:
         if reason.is_failure:
             logger.error("MQTT bridge: broker refused the connection: %s", reason)
             return
+        no_delay(client)
         for leaf in ("acks", "status", "telemetry", "blocks/request"):
             client.subscribe(f"{TOPIC_ROOT}/+/{leaf}", qos=QOS)
 
@@ -117,7 +124,7 @@ class MqttBridge:
             self._reject(message.topic, "unexpected topic")
             return
         device_id, leaf = parts[root_len], "/".join(parts[root_len + 1 :])
-        if not self.fleet.is_active(device_id):
+        if not self._is_active(device_id):
             self._reject(message.topic, f"device {device_id!r} is not enrolled or is revoked")
             return
         if leaf == "blocks/request":
@@ -142,6 +149,15 @@ class MqttBridge:
             self._telemetry(device_id, body)
         else:
             self._reject(message.topic, "unexpected topic")
+
+    def _is_active(self, device_id: str) -> bool:
+        """Whether a device may talk; cached for a second (revocation also drops its login)."""
+        now = time.monotonic()
+        cached = self._active.get(device_id)
+        if cached is None or now - cached[1] > ACTIVE_TTL:
+            cached = (self.fleet.is_active(device_id), now)
+            self._active[device_id] = cached
+        return cached[0]
 
     def _reject(self, topic: str, reason: str) -> None:
         self.rejected += 1
@@ -188,7 +204,9 @@ class MqttBridge:
             request = json.loads(raw)
             sha256, offset = str(request["sha256"]), int(request["offset"])
             length = min(int(request.get("length") or MAX_BLOCK), MAX_BLOCK)
-            path = self.fleet.package_path(sha256)
+            path = self._paths.get(sha256) or self._paths.setdefault(
+                sha256, self.fleet.package_path(sha256)
+            )
         except (ValueError, KeyError, TypeError, ControlPlaneError) as exc:
             self._reject(topic, f"block request: {exc}")
             self._publish(topic, encode_block({"error": f"block request: {exc}"}, b""))

@@ -234,6 +234,25 @@ def test_commands_acks_and_downloads(
         transport.close()
 
 
+@pytest.fixture()
+def paced_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slow the device's reading to one block per 50 ms, so a cut lands mid-transfer."""
+    import edge_agent.transport.download as download
+
+    original = download._pull
+
+    def paced_pull(blocks: Any, path: Path, offset: int) -> bool:
+        def paced() -> Any:
+            for block in blocks:
+                yield block
+                time.sleep(0.05)
+
+        return original(paced(), path, offset)
+
+    monkeypatch.setattr(download, "_pull", paced_pull)
+
+
+@pytest.mark.usefixtures("paced_download")
 def test_grpc_download_resumes_after_server_restart(
     plane: ControlPlane, package: Path, tmp_path: Path
 ) -> None:
@@ -255,25 +274,10 @@ def test_grpc_download_resumes_after_server_restart(
         cut.set()
 
     thread = threading.Thread(target=cutter)
+    thread.start()
     try:
-        import edge_agent.transport.download as download
-
-        original = download._pull
-
-        def slow_pull(blocks: Any, path: Path, offset: int) -> bool:
-            # read one block at a time and give the cutter a chance to run between blocks
-            def paced() -> Any:
-                for block in blocks:
-                    yield block
-                    time.sleep(0.05)
-
-            return original(paced(), path, offset)
-
-        download._pull = slow_pull
-        thread.start()
         assert transport.fetch_package(sha) == data
     finally:
-        download._pull = original
         thread.join(30)
         transport.close()
     assert cut.is_set()
@@ -282,6 +286,7 @@ def test_grpc_download_resumes_after_server_restart(
     assert not part.exists()
 
 
+@pytest.mark.usefixtures("paced_download")
 def test_mqtt_download_resumes_after_broker_restart(
     plane: ControlPlane, package: Path, tmp_path: Path
 ) -> None:
