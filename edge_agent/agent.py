@@ -15,12 +15,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from edge_agent.commands import CommandLog, CommandResult
 from edge_agent.core.health import HealthDecision, HealthPolicy, evaluate_health
 from edge_agent.core.telemetry import HealthStats, ModelTelemetry, TelemetryConfig
 from edge_agent.errors import EdgeError, InstallError, NotFound
@@ -77,6 +78,7 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._lock_file: IO[str] | None = None
         self.outbox: Outbox | None = None
+        self.window_seconds = settings.window_seconds  # the control plane may change it
 
     # -- life cycle
 
@@ -89,6 +91,7 @@ class Agent:
         except BlockingIOError as exc:
             raise StateLocked(f"another agent is running on {state}") from exc
         self.outbox = Outbox(state / "outbox.sqlite", self.settings.outbox_quota_bytes)
+        self._command_log = CommandLog(state / "commands.sqlite")
         self.installer = Installer(
             state,
             load_public_key(self.settings.public_key),
@@ -119,6 +122,8 @@ class Agent:
         self.flush_windows()
         if self.outbox is not None:
             self.outbox.close()
+        if hasattr(self, "_command_log"):
+            self._command_log.close()
         if self._lock_file is not None:
             self._lock_file.close()
 
@@ -236,17 +241,69 @@ class Agent:
             return model
 
     def handle_command(self, command: Command) -> None:
-        if command.type != "install":
-            self._report(
-                {
-                    "event": "command_rejected",
-                    "command_id": command.id,
-                    "reason": f"unknown command {command.type!r}",
-                },
-                f"command:{command.id}",
+        """Run a control-plane command once per execution version, then ack it.
+
+        A command whose version already ran is acked again with the result it
+        had, and not run twice. Kinds: ``deploy`` (``install``), ``rollback``,
+        ``config``, ``capture``.
+        """
+        log = self._command_log
+        done = log.result(command.execution_version) if command.execution_version else None
+        if done is None:
+            done = self._execute(command)
+            if command.execution_version:
+                log.record(command.execution_version, command.id, done)
+        else:
+            logger.info(
+                "command %s (version %d) already executed", command.id, command.execution_version
             )
-            return
-        ref = str(command.body.get("ref") or command.body.get("sha256"))
+        ack = getattr(self.transport, "ack", None)
+        if ack is not None:
+            ack(command, done.ok, done.error, done.detail)
+
+    def _execute(self, command: Command) -> CommandResult:
+        kind = command.type
+        try:
+            if kind in ("deploy", "install"):
+                return self._deploy(command)
+            if kind == "rollback":
+                name = str(command.body.get("model_name", ""))
+                with self._install_lock:
+                    model = self.installer.rollback(
+                        self.installer.store(name), str(command.body.get("reason", "operator"))
+                    )
+                    with self._lock:
+                        self.models[name] = model
+                return CommandResult(True, "", {"package_id": model.manifest.package_id})
+            if kind == "capture":
+                rate = float(command.body.get("rate", 0.0))
+                if not 0.0 <= rate <= 1.0:
+                    raise ValueError(f"capture rate {rate} is not within [0, 1]")
+                self.telemetry_config = replace(self.telemetry_config, capture_rate=rate)
+                for model in list(self.models.values()):
+                    if model.telemetry is not None:
+                        model.telemetry.set_capture_rate(rate)
+                return CommandResult(True, "", {"capture_rate": rate})
+            if kind == "config":
+                window = float(command.body.get("window_seconds", self.window_seconds))
+                if window <= 0:
+                    raise ValueError(f"window_seconds {window} is not positive")
+                self.window_seconds = window
+                return CommandResult(True, "", {"window_seconds": window})
+        except (EdgeError, ValueError, TypeError) as exc:
+            return CommandResult(False, str(exc), {"kind": kind})
+        self._report(
+            {
+                "event": "command_rejected",
+                "command_id": command.id,
+                "reason": f"unknown command {kind!r}",
+            },
+            f"command:{command.id}",
+        )
+        return CommandResult(False, f"unknown command kind {kind!r}", {})
+
+    def _deploy(self, command: Command) -> CommandResult:
+        ref = str(command.body.get("sha256") or command.body.get("ref") or "")
         try:
             assert self.transport is not None
             data = self.transport.fetch_package(ref)
@@ -261,13 +318,18 @@ class Agent:
                 },
                 f"command:{command.id}:download",
             )
-            return
+            return CommandResult(False, f"download: {exc}", {"step": "download"})
         try:
-            self.install_bytes(
+            model = self.install_bytes(
                 data, expected_sha256=command.body.get("sha256"), context={"command_id": command.id}
             )
         except InstallError as exc:
             logger.warning("command %s: %s", command.id, exc)
+            return CommandResult(False, str(exc), {"step": exc.step, "check": exc.check})
+        m = model.manifest
+        return CommandResult(
+            True, "", {"package_id": m.package_id, "model_name": m.model_name, "release": m.release}
+        )
 
     # -- health watch
 
@@ -345,7 +407,7 @@ class Agent:
 
     def _tick_loop(self) -> None:
         s = self.settings
-        next_window = self.clock() + s.window_seconds
+        next_window = self.clock() + self.window_seconds
         next_send = 0.0
         while not self._stop.wait(0.2):
             now = self.clock()
@@ -353,7 +415,7 @@ class Agent:
                 self.check_health()
                 if now >= next_window:
                     self.flush_windows()
-                    next_window = now + s.window_seconds
+                    next_window = now + self.window_seconds
                 if now >= next_send:
                     self.send_outbox()
                     next_send = now + s.send_interval_seconds

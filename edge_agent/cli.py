@@ -31,22 +31,45 @@ def main(verbose: bool) -> None:
 @click.option("--public-key", type=click.Path(path_type=Path), help="Trusted package key (PEM).")
 @click.option("--device-id", help="This device's id [FLEETCAST_AGENT_DEVICE_ID].")
 @click.option("--listen", help="Local API: unix:PATH or 127.0.0.1:PORT.")
+@click.option("--server", help="grpc://HOST:PORT or mqtt://HOST:PORT [FLEETCAST_AGENT_SERVER].")
+@click.option("--ca-cert", help="CA (PEM) for TLS to the server [FLEETCAST_AGENT_CA_CERT].")
 def run(
-    state_dir: Path | None, public_key: Path | None, device_id: str | None, listen: str | None
+    state_dir: Path | None,
+    public_key: Path | None,
+    device_id: str | None,
+    listen: str | None,
+    server: str | None,
+    ca_cert: str | None,
 ) -> None:
     """Recover the state directory, serve the installed models, and stay up until SIGTERM."""
     from edge_agent.agent import Agent
+    from edge_agent.errors import EdgeError
     from edge_agent.local_api import serve
+    from edge_agent.transport.factory import make_transport
 
     try:
         settings = Settings.from_env(
-            state_dir=state_dir, public_key=public_key, device_id=device_id, listen=listen
+            state_dir=state_dir,
+            public_key=public_key,
+            device_id=device_id,
+            listen=listen,
+            server=server,
+            ca_cert=ca_cert,
         )
-    except SettingsError as exc:
+        transport = (
+            make_transport(
+                settings.server,
+                settings.state_dir,
+                Path(settings.ca_cert) if settings.ca_cert else None,
+            )
+            if settings.server
+            else None
+        )
+    except (SettingsError, EdgeError) as exc:
         raise click.UsageError(str(exc)) from exc
-    agent = Agent(settings)
+    agent = Agent(settings, transport)
     agent.start()
-    server, bound = serve(agent, settings.listen_address)
+    local, bound = serve(agent, settings.listen_address)
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -60,8 +83,45 @@ def run(
     )
     stop.wait()
     logger.info("stopping")
-    server.stop(grace=5).wait()
+    local.stop(grace=5).wait()
     agent.close()
+    if transport is not None:
+        transport.close()
+
+
+@main.command()
+@click.option("--server", required=True, help="The control plane's gRPC address, HOST:PORT.")
+@click.option("--token", required=True, help="One-time enrollment token.")
+@click.option("--device-id", required=True)
+@click.option("--state-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--ca-cert", type=click.Path(path_type=Path, exists=True), help="CA for TLS.")
+def enroll(server: str, token: str, device_id: str, state_dir: Path, ca_cert: Path | None) -> None:
+    """Trade an enrollment token for this device's credentials (kept 0600 in the state dir)."""
+    from dataclasses import asdict
+
+    from edge_agent.host import detect_host
+    from edge_agent.transport.base import TransportError
+    from edge_agent.transport.factory import save_credentials
+    from edge_agent.transport.grpc import GrpcTls
+    from edge_agent.transport.grpc import enroll as grpc_enroll
+
+    host = asdict(detect_host())
+    facts = {
+        "os": host["os"],
+        "arch": host["arch"],
+        "cpu_features": sorted(host["cpu_features"]),
+        "runtimes": sorted(host["runtimes"]),
+        "execution_providers": sorted(host["execution_providers"]),
+        "agent_version": "0.1.0",
+    }
+    try:
+        creds = grpc_enroll(server, token, device_id, facts, GrpcTls(ca_cert) if ca_cert else None)
+    except TransportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    path = save_credentials(state_dir, creds)
+    click.echo(
+        json.dumps({"event": "enrolled", "device_id": creds["device_id"], "credentials": str(path)})
+    )
 
 
 @main.command()

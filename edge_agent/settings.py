@@ -35,6 +35,10 @@ class Settings:
     grpc_workers: int = 8
     max_request_bytes: int = 4 * 1024 * 1024
     max_batch: int = 1024
+    server: str | None = None
+    """The control plane: ``grpc://HOST:PORT`` or ``mqtt://HOST:PORT`` (none: local only)."""
+    ca_cert: str | None = None
+    """CA certificate (PEM) for TLS to the control plane or broker."""
     crash_at: str | None = None
     """Test hook: SIGKILL the agent at this install checkpoint (see install.CRASH_POINTS)."""
 

@@ -343,6 +343,10 @@ class ModelTelemetry:
             p95 = None if sketch.is_empty() else float(sketch.get_quantile(0.95))
             return HealthStats(self._life_requests, self._life_failures, p95)
 
+    def set_capture_rate(self, rate: float) -> None:
+        """Change the sampled-capture rate (the control plane's ``capture`` command)."""
+        self._capture_rate = rate
+
     def pending_requests(self) -> int:
         with self._lock:
             return self._window.requests + len(self._window.captures)
