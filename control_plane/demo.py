@@ -16,6 +16,7 @@ from rich.table import Table
 
 from control_plane.compiler.pipeline import CompileRequest, ProfileOutcome, compile_model
 from control_plane.core.hardware import load_profiles
+from control_plane.demo_fleet import run_fleet_demo
 from control_plane.settings import Settings
 from control_plane.signing import PRIVATE_NAME, PUBLIC_NAME, generate_keypair
 from edge_agent.host import detect_host
@@ -40,6 +41,8 @@ def run_demo(settings: Settings, workdir: Path) -> None:
     profiles = load_profiles(settings.profiles_dir)
     host = detect_host()
     runnable = [p for p in profiles.values() if not p.host_mismatches(host)]
+    fleet_package: Path | None = None
+    fleet_x = split.x_validation
     table = Table(title="packages (held-out digits scored through edge_agent.runtime)")
     for column in ("model", "profile", "package", "size", "top-1 agree", "accuracy", "p50 ms"):
         table.add_column(column)
@@ -82,6 +85,8 @@ def run_demo(settings: Settings, workdir: Path) -> None:
         )
         for outcome in outcomes:
             _add_row(table, kind, outcome, key_dir / PUBLIC_NAME, x_val, split.y_validation, host)
+            if kind == "mlp" and outcome.profile == "x86-64-generic":
+                fleet_package, fleet_x = outcome.path, x_val
     console.print(table)
     console.print(
         "[bold]4. every package verified[/] (sha256 + ed25519 signature); those whose profile "
@@ -89,6 +94,8 @@ def run_demo(settings: Settings, workdir: Path) -> None:
         f"{workdir / 'packages'}\n   Inspect one: fleetcast inspect "
         f"{workdir / 'packages' / 'digits-mlp-1-x86-64-generic-r1.fcpkg'}"
     )
+    assert fleet_package is not None
+    run_fleet_demo(console, workdir, key_dir, fleet_package, fleet_x, split.y_validation)
 
 
 def _add_row(

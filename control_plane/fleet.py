@@ -271,6 +271,21 @@ class Fleet:
             )
             return [_command(r) for r in rows]
 
+    def all_pending_commands(self) -> list[CommandRecord]:
+        """Pending commands of every active device, in version order (one query)."""
+        with self.store.lock:
+            rows = self.store.db.query(
+                "SELECT c.* FROM commands c JOIN devices d ON d.id = c.device_id "
+                "WHERE c.status = 'pending' AND d.status = 'active' "
+                "ORDER BY c.device_id, c.execution_version"
+            )
+            return [_command(r) for r in rows]
+
+    def revoked_devices(self) -> list[str]:
+        with self.store.lock:
+            rows = self.store.db.query("SELECT id FROM devices WHERE status = 'revoked'")
+            return [r["id"] for r in rows]
+
     def command(self, command_id: str) -> CommandRecord:
         with self.store.lock:
             rows = list(self.store.db.table("commands").rows_where("id = ?", [command_id]))

@@ -26,6 +26,8 @@ from edge_agent.package import load_public_key
 
 logger = logging.getLogger(__name__)
 
+RECONCILE_SECONDS = 0.25
+
 
 @dataclass(frozen=True)
 class ServeOptions:
@@ -72,7 +74,7 @@ class ControlPlane:
         return self
 
     def _reconcile_loop(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(RECONCILE_SECONDS):
             try:
                 self.reconcile()
             except Exception:  # keep reconciling whatever one pass hit
@@ -81,16 +83,16 @@ class ControlPlane:
     def reconcile(self) -> None:
         """Apply changes other processes made to the store (the CLI): logins and commands."""
         assert self.fleet is not None
-        for device in self.fleet.devices():
-            if device["status"] == "revoked" and device["id"] not in self._removed_logins:
-                self._removed_logins.add(device["id"])
+        for device_id in self.fleet.revoked_devices():
+            if device_id not in self._removed_logins:
+                self._removed_logins.add(device_id)
                 if self.broker is not None:
-                    self.broker.remove_device(device["id"])
-            elif device["status"] == "active" and self.bridge is not None:
-                for record in self.fleet.pending_commands(device["id"]):
-                    if record.id not in self._published:
-                        self._published.add(record.id)
-                        self.bridge.publish_command(record)
+                    self.broker.remove_device(device_id)
+        if self.bridge is not None:
+            for record in self.fleet.all_pending_commands():
+                if record.id not in self._published:
+                    self._published.add(record.id)
+                    self.bridge.publish_command(record)
 
     def _start_mqtt(self) -> None:
         o = self.options
