@@ -16,7 +16,11 @@ PROTOS = sorted(PROTO_DIR.glob("*.proto"))
 def _generate(into: Path) -> None:
     shutil.copytree(ROOT / "protos", into / "protos", ignore=shutil.ignore_patterns("*_pb2*"))
     args = [
-        "grpc_tools.protoc", "-I", str(into), f"--python_out={into}", f"--pyi_out={into}",
+        "grpc_tools.protoc",
+        "-I",
+        str(into),
+        f"--python_out={into}",
+        f"--pyi_out={into}",
         f"--grpc_python_out={into}",
         *(str(into / p.relative_to(ROOT)) for p in PROTOS),
     ]
