@@ -110,7 +110,8 @@ class ControlPlane:
                 self.broker.port,
                 CONTROL_PLANE_USER,
                 self.broker.password,
-                ca_cert=str(o.mqtt_tls.ca or o.mqtt_tls.cert) if o.mqtt_tls else None,
+                tls=o.mqtt_tls is not None,
+                ca_cert=str(o.mqtt_tls.ca) if o.mqtt_tls and o.mqtt_tls.ca else None,
             )
         self.bridge = MqttBridge(self.fleet, endpoint)
         self.fleet.on_command.append(lambda record: self._published.add(record.id))

@@ -80,9 +80,13 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
 
 @dataclass(frozen=True)
 class BrokerTls:
+    """The broker's certificate; ``ca`` signed it (clients verify with it), and with
+    ``require_client_cert`` clients must present a certificate ``ca`` signed."""
+
     cert: Path
     key: Path
     ca: Path | None = None
+    require_client_cert: bool = False
 
 
 class MosquittoBroker:
@@ -145,7 +149,7 @@ class MosquittoBroker:
         ]
         if self.tls is not None:
             conf += [f"certfile {self.tls.cert}", f"keyfile {self.tls.key}"]
-            if self.tls.ca is not None:
+            if self.tls.require_client_cert and self.tls.ca is not None:
                 conf += [f"cafile {self.tls.ca}", "require_certificate true"]
         self.conf.write_text("\n".join(conf) + "\n")
 

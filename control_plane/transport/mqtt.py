@@ -39,7 +39,8 @@ class MqttEndpoint:
     port: int
     username: str
     password: str
-    ca_cert: str | None = None
+    tls: bool = False
+    ca_cert: str | None = None  # None with tls: the system's CAs
 
 
 class MqttBridge:
@@ -58,7 +59,7 @@ class MqttBridge:
         )
         self._client.enable_logger(logger)
         self._client.username_pw_set(endpoint.username, endpoint.password)
-        if endpoint.ca_cert:
+        if endpoint.tls or endpoint.ca_cert:
             self._client.tls_set(ca_certs=endpoint.ca_cert)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.max_queued_messages_set(0)

@@ -1,0 +1,172 @@
+"""`fleetcast serve` and the admin CLI as an operator runs them, plus MQTT over TLS."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control_plane.server import ControlPlane, ServeOptions
+from control_plane.transport.broker import BrokerTls
+from edge_agent.transport.mqtt import MqttTransport
+from tests.integration.transport_support import RawMqtt, enroll_device, make_certs
+
+pytestmark = pytest.mark.integration
+
+
+def _wait(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return bool(predicate())
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_serve_enroll_deploy_revoke_through_the_clis(
+    tmp_path: Path, keys: Any, digits_mlp: Any, compile_digits: Any
+) -> None:
+    (outcome,) = compile_digits(digits_mlp, ["x86-64-generic"])
+    data_dir = tmp_path / "data"
+    (data_dir / "keys").mkdir(parents=True)
+    (data_dir / "keys" / "fleetcast.pub").write_bytes(keys.public.read_bytes())
+    env = {
+        **os.environ,
+        "FLEETCAST_DATA_DIR": str(data_dir),
+        "PATH": os.environ.get("PATH", "") + ":/usr/sbin",
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "control_plane",
+            "serve",
+            "--grpc",
+            "127.0.0.1:0",
+            "--mqtt",
+            "--mqtt-port",
+            "0",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        line = server.stderr.readline()
+        match = re.search(r"gRPC on port (\d+), MQTT on port (\d+)", line)
+        assert match, line
+        grpc_port, mqtt_port = int(match.group(1)), int(match.group(2))
+
+        token = _cli(env, "control_plane", "devices", "token", "--device-id", "dev-cli")
+        assert token.returncode == 0, token.stderr
+        state = tmp_path / "device"
+        enrolled = _cli(
+            env,
+            "edge_agent",
+            "enroll",
+            "--server",
+            f"127.0.0.1:{grpc_port}",
+            "--token",
+            token.stdout.strip(),
+            "--device-id",
+            "dev-cli",
+            "--state-dir",
+            str(state),
+        )
+        assert enrolled.returncode == 0, enrolled.stderr
+        creds = json.loads((state / "credentials.json").read_text())
+        assert oct((state / "credentials.json").stat().st_mode & 0o777) == "0o600"
+        reused = _cli(
+            env,
+            "edge_agent",
+            "enroll",
+            "--server",
+            f"127.0.0.1:{grpc_port}",
+            "--token",
+            token.stdout.strip(),
+            "--device-id",
+            "dev-cli",
+            "--state-dir",
+            str(tmp_path / "again"),
+        )
+        assert reused.returncode != 0 and "already used" in reused.stderr
+
+        device = MqttTransport(
+            "127.0.0.1", mqtt_port, "dev-cli", creds["mqtt_password"], tmp_path / "dl"
+        )
+        try:
+            assert device.connected.wait(10)
+            deployed = _cli(env, "control_plane", "deploy", "dev-cli", str(outcome.path))
+            assert deployed.returncode == 0, deployed.stderr
+            commands: list[Any] = []
+            # the command was written by another process; the server picks it up and publishes
+            assert _wait(lambda: commands.extend(device.poll_commands(0.2)) or commands)
+            sha = hashlib.sha256(Path(outcome.path).read_bytes()).hexdigest()
+            assert commands[0].type == "deploy" and commands[0].body["sha256"] == sha
+            assert device.fetch_package(sha) == Path(outcome.path).read_bytes()
+
+            revoked = _cli(env, "control_plane", "devices", "revoke", "dev-cli")
+            assert revoked.returncode == 0, revoked.stderr
+            assert _wait(lambda: not device.connected.is_set())
+            again = RawMqtt(mqtt_port, "dev-cli", creds["mqtt_password"], "dev-cli-2")
+            assert again.connect_result is not None and again.connect_result.is_failure
+            again.close()
+        finally:
+            device.close()
+        listed = _cli(env, "control_plane", "devices", "list")
+        assert json.loads(listed.stdout)["status"] == "revoked"
+    finally:
+        server.terminate()
+        assert server.wait(20) == 0
+
+
+def test_mqtt_over_tls(tmp_path: Path, keys: Any) -> None:
+    certs = make_certs(tmp_path / "certs")
+    plane = ControlPlane(
+        ServeOptions(
+            data_dir=tmp_path / "cp",
+            public_key=keys.public,
+            grpc_address="127.0.0.1:0",
+            mqtt=True,
+            mqtt_tls=BrokerTls(cert=certs.server_cert, key=certs.server_key, ca=certs.ca),
+        )
+    ).start()
+    try:
+        assert plane.fleet is not None and plane.mqtt_port is not None
+        creds = enroll_device(plane, "dev-tls")
+        device = MqttTransport(
+            "localhost",
+            plane.mqtt_port,
+            "dev-tls",
+            creds["mqtt_password"],
+            tmp_path / "dl",
+            ca_cert=certs.ca,
+        )
+        try:
+            assert device.connected.wait(10)
+            record = plane.fleet.send_command("dev-tls", "config", {"window_seconds": 5}, "op")
+            commands: list[Any] = []
+            assert _wait(lambda: commands.extend(device.poll_commands(0.2)) or commands)
+            assert commands[0].id == record.id
+        finally:
+            device.close()
+        plain = RawMqtt(plane.mqtt_port, "dev-tls", creds["mqtt_password"], "dev-tls-plain")
+        assert not plain.connected.is_set()  # a plain-text client gets no session on a TLS port
+        plain.close()
+    finally:
+        plane.stop()
