@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -144,10 +145,13 @@ class AgentProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(20)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGUSR1)  # faulthandler: every stack to the log
+                time.sleep(1)
                 self.proc.kill()
                 self.proc.wait(10)
+                print(f"agent did not stop on SIGTERM; its log:\n{self.log.read_text()[-8000:]}")
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return int(self.proc.returncode)
