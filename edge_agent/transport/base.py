@@ -8,6 +8,7 @@ transports implement the same methods; :mod:`.memory` is the in-process fake.
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +30,19 @@ class Command:
     body: dict[str, Any] = field(default_factory=dict)
     execution_version: int = 0
     """Increases per device; a version already executed is acked again, not re-run."""
+
+
+def drain(commands: queue.Queue[Command], timeout: float) -> list[Command]:
+    """Every queued command, waiting up to ``timeout`` for the first."""
+    try:
+        batch = [commands.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    while True:
+        try:
+            batch.append(commands.get_nowait())
+        except queue.Empty:
+            return batch
 
 
 class Transport(Protocol):

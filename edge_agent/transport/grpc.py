@@ -20,7 +20,7 @@ import grpc
 
 from edge_agent.core.backoff import Backoff
 from edge_agent.outbox import OutboxMessage
-from edge_agent.transport.base import Command, TransportError
+from edge_agent.transport.base import Command, TransportError, drain
 from edge_agent.transport.download import Block, Fatal, resumable_download
 from protos.fleetcast.v1 import agent_pb2, agent_pb2_grpc
 
@@ -145,13 +145,7 @@ class GrpcTransport:
             self._closed.wait(backoff.next())
 
     def poll_commands(self, timeout: float) -> list[Command]:
-        try:
-            commands = [self._commands.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while not self._commands.empty():
-            commands.append(self._commands.get_nowait())
-        return commands
+        return drain(self._commands, timeout)
 
     def ack(
         self, command: Command, ok: bool, error: str = "", detail: dict[str, Any] | None = None

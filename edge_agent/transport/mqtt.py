@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.core.frames import MAX_BLOCK, FrameError, decode_block
 from edge_agent.outbox import OutboxMessage
-from edge_agent.transport.base import Command, TransportError
+from edge_agent.transport.base import Command, TransportError, drain
 from edge_agent.transport.download import Block, Fatal, resumable_download
 
 logger = logging.getLogger(__name__)
@@ -126,13 +126,7 @@ class MqttTransport:
     # -- commands
 
     def poll_commands(self, timeout: float) -> list[Command]:
-        try:
-            commands = [self._commands.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while not self._commands.empty():
-            commands.append(self._commands.get_nowait())
-        return commands
+        return drain(self._commands, timeout)
 
     def ack(
         self, command: Command, ok: bool, error: str = "", detail: dict[str, Any] | None = None

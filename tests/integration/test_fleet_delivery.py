@@ -5,50 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from control_plane.server import ControlPlane, ServeOptions
+from control_plane.server import ControlPlane
 from edge_agent.agent import Agent
 from edge_agent.settings import Settings
 from edge_agent.transport.factory import make_transport, save_credentials
-from tests.integration.transport_support import enroll_device
+from tests.integration.transport_support import enroll_device, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _wait(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
-
-
-@pytest.fixture(scope="module")
-def package(digits_mlp: Any, compile_digits: Any) -> Path:
-    (outcome,) = compile_digits(digits_mlp, ["x86-64-generic"])
-    return Path(outcome.path)
-
-
-@pytest.fixture()
-def plane(tmp_path: Path, keys: Any, package: Path) -> Iterator[ControlPlane]:
-    cp = ControlPlane(
-        ServeOptions(
-            data_dir=tmp_path / "cp", public_key=keys.public, grpc_address="127.0.0.1:0", mqtt=True
-        )
-    ).start()
-    assert cp.fleet is not None
-    cp.fleet.add_package(package, "test-operator")
-    try:
-        yield cp
-    finally:
-        cp.stop()
 
 
 def _agent(plane: ControlPlane, kind: str, device_id: str, keys: Any, tmp_path: Path) -> Agent:
@@ -75,7 +44,7 @@ def _deploy(plane: ControlPlane, agent: Agent, package: Path) -> str:
     record = plane.fleet.send_command(
         agent.settings.device_id, "deploy", {"sha256": sha}, "test-operator"
     )
-    assert _wait(lambda: plane.fleet.command(record.id).status != "pending")  # type: ignore[union-attr]
+    assert wait_until(lambda: plane.fleet.command(record.id).status != "pending")  # type: ignore[union-attr]
     return plane.fleet.command(record.id).status
 
 
@@ -126,7 +95,7 @@ def test_every_window_arrives_once_across_an_outage(
             plane.broker.start()
         scored += _score(agent, rows, 1.0)
         agent.flush_windows()
-        assert _wait(lambda: _ingested_rows(plane, agent.settings.device_id)[0] >= scored, 60)
+        assert wait_until(lambda: _ingested_rows(plane, agent.settings.device_id)[0] >= scored, 60)
         time.sleep(1.0)  # anything resent late would show up now as a duplicate
         ingested, windows = _ingested_rows(plane, agent.settings.device_id)
         assert ingested == scored
@@ -170,7 +139,7 @@ def test_commands_run_once_and_bad_packages_are_refused(
             plane.fleet.send_command(agent.settings.device_id, "deploy", {"sha256": "e" * 64}, "op")
         # a command kind the agent does not know is acked as failed, and it keeps serving
         odd = plane.fleet.send_command(agent.settings.device_id, "capture", {"rate": 7}, "op")
-        assert _wait(lambda: plane.fleet.command(odd.id).status == "failed")  # type: ignore[union-attr]
+        assert wait_until(lambda: plane.fleet.command(odd.id).status == "failed")  # type: ignore[union-attr]
         result = json.loads(plane.fleet.store.db.table("commands").get(odd.id)["result_json"])
         assert "capture rate 7.0 is not within [0, 1]" in result["error"]
         outputs, _ = agent.predict("digits-mlp", {"input": np.zeros((1, 64), np.float32)})

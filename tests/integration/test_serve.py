@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,9 @@ import pytest
 from control_plane.server import ControlPlane, ServeOptions
 from control_plane.transport.broker import BrokerTls
 from edge_agent.transport.mqtt import MqttTransport
-from tests.integration.transport_support import RawMqtt, enroll_device, make_certs
+from tests.integration.transport_support import RawMqtt, enroll_device, make_certs, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _wait(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return bool(predicate())
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -115,14 +105,14 @@ def test_serve_enroll_deploy_revoke_through_the_clis(
             assert deployed.returncode == 0, deployed.stderr
             commands: list[Any] = []
             # the command was written by another process; the server picks it up and publishes
-            assert _wait(lambda: commands.extend(device.poll_commands(0.2)) or commands)
+            assert wait_until(lambda: commands.extend(device.poll_commands(0.2)) or commands)
             sha = hashlib.sha256(Path(outcome.path).read_bytes()).hexdigest()
             assert commands[0].type == "deploy" and commands[0].body["sha256"] == sha
             assert device.fetch_package(sha) == Path(outcome.path).read_bytes()
 
             revoked = _cli(env, "control_plane", "devices", "revoke", "dev-cli")
             assert revoked.returncode == 0, revoked.stderr
-            assert _wait(lambda: not device.connected.is_set())
+            assert wait_until(lambda: not device.connected.is_set())
             again = RawMqtt(mqtt_port, "dev-cli", creds["mqtt_password"], "dev-cli-2")
             assert again.connect_result is not None and again.connect_result.is_failure
             again.close()
@@ -161,7 +151,7 @@ def test_mqtt_over_tls(tmp_path: Path, keys: Any) -> None:
             assert device.connected.wait(10)
             record = plane.fleet.send_command("dev-tls", "config", {"window_seconds": 5}, "op")
             commands: list[Any] = []
-            assert _wait(lambda: commands.extend(device.poll_commands(0.2)) or commands)
+            assert wait_until(lambda: commands.extend(device.poll_commands(0.2)) or commands)
             assert commands[0].id == record.id
         finally:
             device.close()

@@ -6,7 +6,6 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,39 +22,9 @@ from edge_agent.transport.download import Fatal
 from edge_agent.transport.grpc import GrpcTls, GrpcTransport
 from edge_agent.transport.mqtt import MqttTransport
 from protos.fleetcast.v1 import agent_pb2, agent_pb2_grpc
-from tests.integration.transport_support import RawMqtt, enroll_device, make_certs
+from tests.integration.transport_support import RawMqtt, enroll_device, make_certs, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _wait(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
-
-
-@pytest.fixture(scope="module")
-def package(digits_mlp: Any, compile_digits: Any) -> Path:
-    (outcome,) = compile_digits(digits_mlp, ["x86-64-generic"])
-    return Path(outcome.path)
-
-
-@pytest.fixture()
-def plane(tmp_path: Path, keys: Any, package: Path) -> Iterator[ControlPlane]:
-    cp = ControlPlane(
-        ServeOptions(
-            data_dir=tmp_path / "cp", public_key=keys.public, grpc_address="127.0.0.1:0", mqtt=True
-        )
-    ).start()
-    assert cp.fleet is not None
-    cp.fleet.add_package(package, "test-operator")
-    try:
-        yield cp
-    finally:
-        cp.stop()
 
 
 def _msg(msg_id: int, device: str, seq: int, kind: str = "status") -> OutboxMessage:
@@ -157,7 +126,9 @@ def test_mqtt_devices_touch_only_their_own_topics(plane: ControlPlane, package: 
         sha = hashlib.sha256(package.read_bytes()).hexdigest()
         plane.fleet.send_command("dev-b", "deploy", {"sha256": sha}, "test-operator")
         plane.fleet.send_command("dev-a", "config", {"window_seconds": 10}, "test-operator")
-        assert _wait(lambda: any(m.topic.endswith("dev-a/commands") for m in intruder.messages))
+        assert wait_until(
+            lambda: any(m.topic.endswith("dev-a/commands") for m in intruder.messages)
+        )
         time.sleep(0.5)
         assert not any("dev-b" in m.topic for m in intruder.messages)
 
@@ -182,7 +153,7 @@ def test_mqtt_devices_touch_only_their_own_topics(plane: ControlPlane, package: 
             ]
         }
         intruder.publish(f"{TOPIC_ROOT}/dev-a/telemetry", json.dumps(own_item))
-        assert _wait(lambda: len(plane.fleet.uploads("dev-a")) == 1)  # type: ignore[union-attr]
+        assert wait_until(lambda: len(plane.fleet.uploads("dev-a")) == 1)  # type: ignore[union-attr]
         time.sleep(0.3)
         assert plane.fleet.uploads("dev-b") == []
     finally:
@@ -215,13 +186,13 @@ def test_commands_acks_and_downloads(
         sha = hashlib.sha256(package.read_bytes()).hexdigest()
         record = plane.fleet.send_command("dev-a", "deploy", {"sha256": sha}, "test-operator")
         commands = []
-        assert _wait(lambda: commands.extend(transport.poll_commands(0.2)) or commands)
+        assert wait_until(lambda: commands.extend(transport.poll_commands(0.2)) or commands)
         command = commands[0]
         assert (command.id, command.type, command.execution_version) == (record.id, "deploy", 1)
         assert command.body["sha256"] == sha
         assert transport.fetch_package(sha) == package.read_bytes()
         transport.ack(command, True, detail={"installed": "digits-mlp-1-x86-64-generic-r1"})
-        assert _wait(lambda: plane.fleet.command(record.id).status == "ok")  # type: ignore[union-attr]
+        assert wait_until(lambda: plane.fleet.command(record.id).status == "ok")  # type: ignore[union-attr]
         transport.ack(command, False, error="late duplicate")  # a second ack changes nothing
         time.sleep(0.3)
         assert plane.fleet.command(record.id).status == "ok"
@@ -269,7 +240,7 @@ def test_grpc_download_resumes_after_server_restart(
     cut = threading.Event()
 
     def cutter() -> None:
-        _wait(lambda: part.exists() and part.stat().st_size >= len(data) // 2, 30)
+        wait_until(lambda: part.exists() and part.stat().st_size >= len(data) // 2, 30)
         plane.restart_grpc()  # a real server restart, mid-transfer
         cut.set()
 
@@ -308,7 +279,7 @@ def test_mqtt_download_resumes_after_broker_restart(
     restarted = threading.Event()
 
     def cutter() -> None:
-        _wait(lambda: part.exists() and part.stat().st_size >= len(data) // 2, 30)
+        wait_until(lambda: part.exists() and part.stat().st_size >= len(data) // 2, 30)
         plane.broker.restart()  # type: ignore[union-attr]
         restarted.set()
 
@@ -375,8 +346,8 @@ def test_mqtt_malformed_payloads_are_rejected_and_the_bridge_lives(plane: Contro
         device.publish(f"{TOPIC_ROOT}/dev-a/telemetry", b"\x00\x01 not json")
         device.publish(f"{TOPIC_ROOT}/dev-a/acks", b"[1, 2, 3]")
         device.publish(f"{TOPIC_ROOT}/dev-a/blocks/request", b'{"sha256": 5}')
-        assert _wait(lambda: plane.bridge.rejected >= 3)  # type: ignore[union-attr]
-        assert _wait(lambda: any(b"not a JSON object" in m.payload for m in device.messages))
+        assert wait_until(lambda: plane.bridge.rejected >= 3)  # type: ignore[union-attr]
+        assert wait_until(lambda: any(b"not a JSON object" in m.payload for m in device.messages))
         good = {
             "items": [
                 {
@@ -387,7 +358,7 @@ def test_mqtt_malformed_payloads_are_rejected_and_the_bridge_lives(plane: Contro
             ]
         }
         device.publish(f"{TOPIC_ROOT}/dev-a/telemetry", json.dumps(good))
-        assert _wait(lambda: [u["seq"] for u in plane.fleet.uploads("dev-a")] == [9])  # type: ignore[union-attr]
+        assert wait_until(lambda: [u["seq"] for u in plane.fleet.uploads("dev-a")] == [9])  # type: ignore[union-attr]
     finally:
         device.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,3 +152,13 @@ def make_certs(directory: Path) -> Certs:
     _write_key(paths.server_key, server_key)
     _write_key(paths.client_key, client_key)
     return paths
+
+
+def wait_until(predicate: Any, timeout: float = 20.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
