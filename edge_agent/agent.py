@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from edge_agent.commands import CommandLog, CommandResult
 from edge_agent.core.health import HealthDecision, HealthPolicy, evaluate_health
-from edge_agent.core.telemetry import HealthStats, ModelTelemetry, TelemetryConfig
+from edge_agent.core.telemetry import ModelTelemetry, TelemetryConfig
 from edge_agent.errors import EdgeError, InstallError, NotFound
 from edge_agent.host import detect_host
 from edge_agent.install import Installer
@@ -33,19 +33,13 @@ from edge_agent.runtime import Model, load_model_bytes
 from edge_agent.settings import Settings
 from edge_agent.slots import Pointer, model_stores
 from edge_agent.transport.base import Command, Transport, TransportError
+from edge_agent.watchlist import Watch, WatchList
 
 logger = logging.getLogger(__name__)
 
 
 class StateLocked(EdgeError):
     """Another agent process holds this state directory."""
-
-
-@dataclass
-class _Watch:
-    started_at: float
-    baseline: HealthStats | None
-    package_id: str
 
 
 class Agent:
@@ -71,7 +65,6 @@ class Agent:
         )
         self.models: dict[str, Model] = {}
         self.unloaded: set[str] = set()
-        self._watches: dict[str, _Watch] = {}
         self._lock = threading.RLock()
         self._install_lock = threading.Lock()
         self._stop = threading.Event()
@@ -92,6 +85,7 @@ class Agent:
             raise StateLocked(f"another agent is running on {state}") from exc
         self.outbox = Outbox(state / "outbox.sqlite", self.settings.outbox_quota_bytes)
         self._command_log = CommandLog(state / "commands.sqlite")
+        self.watchlist = WatchList(state / "health-watches.json")
         self.installer = Installer(
             state,
             load_public_key(self.settings.public_key),
@@ -231,10 +225,13 @@ class Agent:
                 old = self.models.get(name)
                 self.models[name] = model
                 self.unloaded.discard(name)
-                self._watches[name] = _Watch(
-                    self.clock(),
-                    old.telemetry.health() if old is not None and old.telemetry else None,
-                    model.manifest.package_id,
+                self.watchlist.start(
+                    name,
+                    Watch(
+                        self.clock(),
+                        old.telemetry.health() if old is not None and old.telemetry else None,
+                        model.manifest.package_id,
+                    ),
                 )
             if old is not None:
                 self._enqueue_window(old)
@@ -304,6 +301,14 @@ class Agent:
 
     def _deploy(self, command: Command) -> CommandResult:
         ref = str(command.body.get("sha256") or command.body.get("ref") or "")
+        reason = self.watchlist.quarantine.get(ref)
+        if reason is not None and not command.body.get("force"):
+            return CommandResult(
+                False,
+                f"package {ref[:16]} was rolled back on this device after a health breach "
+                f"({reason}); deploy it with force=true to install it again",
+                {"step": "quarantine"},
+            )
         try:
             assert self.transport is not None
             data = self.transport.fetch_package(ref)
@@ -337,14 +342,14 @@ class Agent:
         """Evaluate every running watch; roll back the models that breached."""
         decisions: dict[str, HealthDecision] = {}
         now = self.clock()
-        for name, watch in list(self._watches.items()):
+        for name, watch in list(self.watchlist.watches.items()):
             model = self.models.get(name)
             if (
                 model is None
                 or model.telemetry is None
                 or model.manifest.package_id != watch.package_id
             ):
-                self._watches.pop(name, None)
+                self.watchlist.end(name)
                 continue
             decision = evaluate_health(
                 self.policy, watch.baseline, model.telemetry.health(), now - watch.started_at
@@ -352,7 +357,7 @@ class Agent:
             decisions[name] = decision
             if decision.verdict == "pending":
                 continue
-            self._watches.pop(name, None)
+            self.watchlist.end(name)
             if decision.verdict == "healthy":
                 self._report(
                     {
@@ -372,6 +377,7 @@ class Agent:
                     continue
                 with self._lock:
                     self.models[name] = previous
+                self.watchlist.add_quarantine(model.package.sha256, decision.reason)
             self._enqueue_window(model)
         return decisions
 
