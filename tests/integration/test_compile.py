@@ -84,7 +84,7 @@ def test_benchmarked_only_where_this_host_can_run_the_target(mlp_outcomes: dict[
             measured = [r for r in outcome.rows if "latency_ms" in r]
             assert len(measured) >= 2, outcome.rows
             chosen = next(r for r in outcome.rows if r["status"] == "chosen")
-            assert chosen["latency_ms"] <= 1.12 * min(r["latency_ms"] for r in measured)
+            assert chosen["latency_ms"] <= 1.035 * min(r["latency_ms"] for r in measured)
         else:
             assert summary["latency_ms"] is None
             assert "not benchmarked here" in outcome.decision
