@@ -17,6 +17,7 @@ import numpy as np
 
 FeatureAxis = Literal["element", "channel", "class"]
 MAX_ELEMENT_FEATURES = 256
+_FLOAT32 = np.dtype(np.float32)
 
 
 def choose_feature_axis(row_shape: tuple[int, ...]) -> FeatureAxis:
@@ -32,17 +33,33 @@ def feature_matrix(array: np.ndarray, axis: FeatureAxis) -> np.ndarray:
     if axis == "element":
         return array.reshape(batch, -1).astype(np.float64, copy=False)
     if axis == "channel":
-        # float32 pairwise sums (SIMD; ``mean(dtype=...)`` takes a slower casting path),
-        # divided in float64. Compiler and device both call this, so they agree exactly.
-        rows = array.reshape(batch, array.shape[1], -1)
-        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN inputs give inf/NaN
-            if array.dtype == np.float32:
-                sums = np.add.reduce(rows, axis=2).astype(np.float64)
-            else:
-                sums = np.add.reduce(rows, axis=2, dtype=np.float64)
-        result: np.ndarray = sums / rows.shape[2]
+        result: np.ndarray = channel_sums(array).astype(np.float64) / channel_size(array)
         return result
     raise ValueError(f"feature axis {axis!r} does not apply to inputs")
+
+
+@np.errstate(over="ignore", invalid="ignore")  # inf/NaN inputs give inf/NaN, quietly
+def channel_sums(array: np.ndarray) -> np.ndarray:
+    """(batch, channels) sums over all axes but the channel axis (axis 1).
+
+    float32 input is summed pairwise in float32 (SIMD; ``mean(dtype=...)`` takes
+    a slower casting path), anything else in float64. The ``channel`` feature is
+    these sums, in float64, divided by :func:`channel_size`: compiler and device
+    both compute it from here, so they agree exactly (the device divides a
+    buffer of sums at once, which gives the same float64 quotients).
+    """
+    rows = array.reshape(array.shape[0], array.shape[1], -1)
+    if rows.dtype is _FLOAT32 or rows.dtype == np.float32:  # `is`: the usual, cheapest check
+        sums: np.ndarray = np.add.reduce(rows, axis=2)
+    else:
+        sums = np.add.reduce(rows, axis=2, dtype=np.float64)
+    return sums
+
+
+def channel_size(array: np.ndarray) -> int:
+    """How many elements one channel of one row holds (the divisor of the channel means)."""
+    per_row = array.shape[0] * array.shape[1]
+    return array.size // per_row if per_row else 1
 
 
 def class_features(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Literal
 
@@ -60,8 +61,16 @@ def check_finite(
         if array.dtype.kind != "f":
             continue
         summary = summaries.get(name) if summaries is not None else None
-        if summary is not None and np.isfinite(summary).all():
-            continue
+        if summary is not None:
+            # A few values (the channel sums of a small batch) are added up in
+            # Python: numpy's reduction machinery costs more once a large model
+            # has pushed it out of the CPU caches. A sum of floats is finite only
+            # if every term is; an overflow of the sum only costs the full scan.
+            if summary.size <= 64 and summary.ndim == 2:
+                if math.isfinite(sum(map(sum, summary.tolist()))):
+                    continue
+            elif np.isfinite(summary).all():
+                continue
         if not np.isfinite(array).all():
             raise_non_finite(name, array)
 
@@ -90,3 +99,60 @@ def validate_inputs(
     if len(batches) > 1:
         raise InvalidInput(f"inputs disagree on batch size: {sorted(batches)}")
     return arrays
+
+
+class InputValidator:
+    """:func:`validate_inputs` for one signature, with a fast path for the usual request.
+
+    A request whose every input is already a C-contiguous ``np.ndarray`` of the
+    declared dtype and shape is accepted after attribute comparisons only (the
+    arrays are returned as given, as ``validate_inputs`` would return them);
+    anything else goes through ``validate_inputs``, which converts or explains.
+    """
+
+    def __init__(self, signature: Signature, nan_policy: NanPolicy = "reject") -> None:
+        self.signature = signature
+        self.nan_policy: NanPolicy = nan_policy
+        self._specs = tuple(
+            (spec.name, np.dtype(spec.dtype), *_shape_check(spec.shape))
+            for spec in signature.inputs
+        )
+        self._check_nan = nan_policy == "reject"
+
+    def __call__(self, inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
+        specs = self._specs
+        if len(inputs) == len(specs):
+            if len(specs) == 1:
+                values: list[object] = list(inputs.values())
+            else:
+                values = [inputs.get(spec[0]) for spec in specs]
+            arrays = {}
+            batch = -1
+            for (name, dtype, full, tail), value in zip(specs, values, strict=True):
+                if (
+                    type(value) is not np.ndarray
+                    or (value.dtype is not dtype and value.dtype != dtype)
+                    or not value.flags.c_contiguous
+                    or not (value.shape == full or (tail is not None and value.shape[1:] == tail))
+                    or value.shape[0] == 0
+                    or (batch != -1 and value.shape[0] != batch)
+                ):
+                    break
+                if self._check_nan and dtype.kind == "f" and not np.isfinite(value).all():
+                    raise_non_finite(name, value)
+                batch = value.shape[0]
+                arrays[name] = value
+            else:
+                return arrays
+        return validate_inputs(self.signature, inputs, self.nan_policy)
+
+
+def _shape_check(shape: tuple[int, ...]) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """The full shape to compare with when every axis is fixed, else the rows' shape when
+    only the batch axis is free, else neither (the slow path checks axis by axis)."""
+    shape = tuple(shape)
+    if -1 not in shape:
+        return shape, None
+    if shape[0] == -1 and -1 not in shape[1:]:
+        return None, shape[1:]
+    return None, None

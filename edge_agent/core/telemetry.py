@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import itertools
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,11 +30,12 @@ from typing import Any, Literal
 import numpy as np
 from datasketches import kll_floats_sketch
 
-from edge_agent.core.bins import class_features, feature_matrix
+from edge_agent.core.bins import channel_sums, class_features, feature_matrix
 from edge_agent.core.manifest import FeatureStats, Manifest, TensorStats
 
 FailureKind = Literal["invalid", "error"]
 QUANTILES = (0.5, 0.95, 0.99)
+LATENCY_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class TensorBinner:
 
     def __init__(self, stats: TensorStats) -> None:
         self.stats = stats
+        # :meth:`partial_rows` without the method call, for the per-call loops
+        self.partial_rows_of: Callable[[np.ndarray], np.ndarray] = (
+            channel_sums if stats.feature_axis == "channel" else self._flat_rows
+        )
         inner = [_inner_edges(f) for f in stats.features]
         width = max((e.size for e in inner), default=0)
         self._inner = np.full((len(inner), max(width, 1)), np.inf)
@@ -77,6 +83,17 @@ class TensorBinner:
         if self.stats.feature_axis == "class":
             return array.reshape(array.shape[0], -1)
         return feature_matrix(array, self.stats.feature_axis)
+
+    def partial_rows(self, array: np.ndarray) -> np.ndarray:
+        """:meth:`rows` as a call buffers them, (batch, features): ``channel`` features
+        as sums, still to be divided by the channel size (``array.size // rows.size``,
+        1 for the other axes), ``element`` features in the input's own dtype (the
+        float64 buffer widens them exactly as ``rows`` would)."""
+        return self.partial_rows_of(array)
+
+    @staticmethod
+    def _flat_rows(array: np.ndarray) -> np.ndarray:
+        return array if array.ndim == 2 else array.reshape(array.shape[0], -1)
 
     def feature_values(self, rows: np.ndarray) -> np.ndarray:
         if self.stats.feature_axis == "class":
@@ -104,32 +121,70 @@ class TensorBinner:
 
 
 class TensorCounter:
-    """Per-call rows go into a fixed buffer; they are binned ``capacity`` rows at a time.
+    """Per-call rows are buffered and binned ``capacity`` rows at a time.
 
-    A call then costs one copy into the buffer; the comparison and bincount
-    run once per buffer, so their fixed numpy cost is shared by many calls.
-    Not thread-safe: :class:`ModelTelemetry` holds its lock around it.
+    A call costs one copy into the buffer; the division of channel sums into
+    means, the comparison and the bincount run once per buffer, so their fixed
+    numpy cost is shared by many calls. Small calls (at most ``SMALL_ROWS``
+    values: a batch-1 image's channel sums, a class score vector) are kept as
+    Python floats: ``tolist`` is cheaper than a numpy assignment once a large
+    model's run has pushed numpy's code out of the CPU caches, and the values
+    (float32 widened to float64) are the ones the numpy buffer would hold; the
+    list stays under ~150 KB. Not thread-safe: :class:`ModelTelemetry` holds
+    its lock around it.
     """
+
+    SMALL_ROWS = 16
 
     def __init__(self, binner: TensorBinner, capacity: int = 256) -> None:
         self.binner = binner
         self.capacity = capacity
         self.counts = np.zeros(binner.total, dtype=np.int64)
         self.mismatched = 0
+        self._features = -1  # the width of the buffered rows
+        self._divisor = 1
         self._buffer: np.ndarray | None = None
         self._fill = 0
+        self._small: list[list[float]] = []
+        self._small_rows = 0
 
-    def add(self, array: np.ndarray) -> None:
-        self.add_rows(self.binner.rows(array))
+    def add(self, array: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Count a tensor; ``rows``, if given, are ``binner.partial_rows(array)``."""
+        if rows is None:
+            rows = self.binner.partial_rows_of(array)
+        batch, features = rows.shape
+        size = batch * features
+        divisor = array.size // size if size else 1  # the channel size, or 1
+        if (
+            size <= self.SMALL_ROWS
+            and features == self._features
+            and divisor == self._divisor
+            and self._small_rows < self.capacity
+        ):  # the usual call, inline
+            self._small += rows.tolist()
+            self._small_rows += batch
+            return
+        self.add_rows(rows, divisor)
 
-    def add_rows(self, rows: np.ndarray) -> None:
-        batch = rows.shape[0]
+    def add_rows(self, rows: np.ndarray, divisor: int = 1) -> None:
+        """Add (batch, features) rows; with ``divisor`` they are sums still to be divided by it."""
+        batch, features = rows.shape
+        if features != self._features or divisor != self._divisor:
+            self.flush()
+            self._features = features
+            self._divisor = divisor
+            self._buffer = None
+        if batch * features <= self.SMALL_ROWS:
+            if self._small_rows >= self.capacity:
+                self._flush_small()
+            self._small += rows.tolist()
+            self._small_rows += batch
+            return
         buffer = self._buffer
-        if buffer is None or buffer.shape[1:] != rows.shape[1:]:
-            self.flush()
-            buffer = self._buffer = np.empty((self.capacity, *rows.shape[1:]), np.float64)
+        if buffer is None:
+            buffer = self._buffer = np.empty((self.capacity, features), np.float64)
         if self._fill + batch > self.capacity:
-            self.flush()
+            self._flush_buffer()
             if batch > self.capacity:
                 self._count(rows)
                 return
@@ -137,19 +192,31 @@ class TensorCounter:
         self._fill += batch
 
     def _count(self, rows: np.ndarray) -> None:
+        if self._divisor != 1:  # the float64 quotients feature_matrix computes, row for row
+            rows = rows.astype(np.float64) / self._divisor
         counts = self.binner.count_rows(rows)
         if counts is None:
             self.mismatched += rows.shape[0]
         else:
             self.counts += counts
 
-    def flush(self) -> None:
+    def _flush_buffer(self) -> None:
         if self._buffer is not None and self._fill:
             self._count(self._buffer[: self._fill])
         self._fill = 0
 
+    def _flush_small(self) -> None:
+        if self._small_rows:
+            self._count(np.array(self._small, dtype=np.float64))
+        self._small = []
+        self._small_rows = 0
+
+    def flush(self) -> None:
+        self._flush_buffer()
+        self._flush_small()
+
     def take(self) -> np.ndarray:
-        """The counts so far (buffer included); the counter starts again from zero."""
+        """The counts so far (buffers included); the counter starts again from zero."""
         self.flush()
         counts, self.counts = self.counts, np.zeros_like(self.counts)
         return counts
@@ -166,9 +233,19 @@ class _Window:
     latency: kll_floats_sketch = field(init=False)
     captures: list[dict[str, Any]] = field(default_factory=list)
     captures_dropped: int = 0
+    # latencies (ms) not yet in the sketch: one vectorised sketch update per
+    # LATENCY_BATCH calls instead of one extension call per call
+    pending_ms: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.latency = kll_floats_sketch(self.k)
+
+    def flush_latency(self) -> kll_floats_sketch:
+        """The sketch with every latency so far (same values, same order as one by one)."""
+        if self.pending_ms:
+            self.latency.update(np.array(self.pending_ms, dtype=np.float32))
+            self.pending_ms = []
+        return self.latency
 
 
 @dataclass(frozen=True)
@@ -226,12 +303,16 @@ class ModelTelemetry:
         self.config = config or TelemetryConfig()
         self._clock = clock
         self._lock = threading.Lock()
-        self._rng = np.random.default_rng(seed)
+        self._random = random.Random(seed).random  # ~30 ns a draw, numpy's takes ~300
         self._capture_rate = self.config.capture_rate
         self._inputs = {s.tensor: TensorCounter(TensorBinner(s)) for s in manifest.reference.inputs}
         self._outputs = {
             s.tensor: TensorCounter(TensorBinner(s)) for s in manifest.reference.outputs
         }
+        # per-call loops run over these tuples (no dict views, no attribute chains)
+        self._input_rows = tuple((n, c.binner.partial_rows_of) for n, c in self._inputs.items())
+        self._input_adds = tuple((n, c.add) for n, c in self._inputs.items())
+        self._output_adds = tuple((n, c.add) for n, c in self._outputs.items())
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.urandom(4).hex()}-"
         self._window = self._new_window()
@@ -246,10 +327,16 @@ class ModelTelemetry:
         return f"{self._id_prefix}{next(self._ids):x}"
 
     def input_rows(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The inputs' feature rows; compute them right after validation, while the
-        inputs are still in cache (a large model's run evicts them), and pass them
-        to :meth:`record`."""
-        return {n: c.binner.rows(inputs[n]) for n, c in self._inputs.items() if n in inputs}
+        """The inputs' feature rows (channel features as sums, not yet divided into
+        means: finite exactly when the means are); compute them right after
+        validation, while the inputs are still in cache (a large model's run evicts
+        them), and pass them to :meth:`record`."""
+        rows = {}
+        for name, to_rows in self._input_rows:
+            array = inputs.get(name)
+            if array is not None:
+                rows[name] = to_rows(array)
+        return rows
 
     def record(
         self,
@@ -261,25 +348,27 @@ class ModelTelemetry:
         """Count one successful call; returns its prediction id."""
         if input_rows is None:
             input_rows = self.input_rows(inputs)
-        prediction_id = f"{self._id_prefix}{next(self._ids):x}"
-        latency_ms = latency_s * 1e3
-        capture = self._capture_rate > 0.0 and self._rng.random() < self._capture_rate
+        prediction_id = self._id_prefix + hex(next(self._ids))[2:]  # no format-spec parsing
+        capture = self._capture_rate > 0.0 and self._random() < self._capture_rate
         with self._lock:
             window = self._window
             window.requests += 1
             self._life_requests += 1
-            window.latency.update(latency_ms)
+            pending = window.pending_ms
+            pending.append(latency_s * 1e3)
+            if len(pending) >= LATENCY_BATCH:
+                window.flush_latency()
             rows = 0
-            for name, counter in self._inputs.items():
+            for name, add in self._input_adds:
                 features = input_rows.get(name)
                 if features is not None:
-                    counter.add_rows(features)
+                    add(inputs[name], features)
                     rows = features.shape[0]
             window.rows += rows
-            for name, counter in self._outputs.items():
+            for name, add in self._output_adds:
                 array = outputs.get(name)
                 if array is not None:
-                    counter.add(array)
+                    add(array)
             if capture:
                 self._add_capture(window, inputs, outputs, prediction_id, "sampled")
         return prediction_id
@@ -339,7 +428,7 @@ class ModelTelemetry:
         with self._lock:
             sketch = kll_floats_sketch(self.config.kll_k)  # closed windows + the open one
             sketch.merge(self._life_latency)
-            sketch.merge(self._window.latency)
+            sketch.merge(self._window.flush_latency())
             p95 = None if sketch.is_empty() else float(sketch.get_quantile(0.95))
             return HealthStats(self._life_requests, self._life_failures, p95)
 
@@ -355,7 +444,7 @@ class ModelTelemetry:
         """Close the current window and return it as a JSON-able dict; a new one starts."""
         with self._lock:
             window, self._window = self._window, self._new_window()
-            self._life_latency.merge(window.latency)
+            self._life_latency.merge(window.flush_latency())
             inputs = {n: c.take() for n, c in self._inputs.items()}
             outputs = {n: c.take() for n, c in self._outputs.items()}
         ended = self._window.started_at

@@ -12,15 +12,15 @@ window (see :mod:`edge_agent.core.telemetry`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from pathlib import Path
+from time import perf_counter
 
 import numpy as np
 
 from edge_agent.core.host import HostInfo
 from edge_agent.core.manifest import Manifest, Signature
-from edge_agent.core.signature import NanPolicy, check_finite, validate_inputs
+from edge_agent.core.signature import InputValidator, NanPolicy, check_finite
 from edge_agent.core.telemetry import ModelTelemetry, TelemetryConfig
 from edge_agent.errors import EdgeError, InvalidInput, RuntimeUnavailable, ScoringError
 from edge_agent.package import Package, load_public_key, open_package
@@ -70,40 +70,44 @@ class Model:
         self.loaded = loaded
         self.telemetry = telemetry
         self._nan_policy: NanPolicy = nan_policy
+        # with telemetry the NaN check reuses the feature rows (one pass less over the input)
+        self._validate = InputValidator(
+            self.manifest.signature, nan_policy if telemetry is None else "allow"
+        )
+        self._check_finite = telemetry is not None and nan_policy == "reject"
 
     def predict(self, inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
         return self.predict_with_id(inputs)[0]
 
     def predict_with_id(self, inputs: Mapping[str, object]) -> tuple[dict[str, np.ndarray], str]:
         """Outputs and the prediction id (for captures and delayed labels)."""
-        started = time.perf_counter()
+        started = perf_counter()
         telemetry = self.telemetry
         try:
+            arrays = self._validate(inputs)
             if telemetry is None:
-                arrays = validate_inputs(self.manifest.signature, inputs, self._nan_policy)
                 rows = None
-            else:  # one pass less over large inputs: the NaN check reuses the feature rows
-                arrays = validate_inputs(self.manifest.signature, inputs, "allow")
+            else:  # computed while the inputs are in cache; the NaN check reuses them
                 rows = telemetry.input_rows(arrays)
-                if self._nan_policy == "reject":
+                if self._check_finite:
                     check_finite(arrays, rows)
         except InvalidInput:
             if telemetry is not None:
-                telemetry.record_failure("invalid", time.perf_counter() - started)
+                telemetry.record_failure("invalid", perf_counter() - started)
             raise
         try:
             outputs = self.loaded.predict(arrays)
         except EdgeError:
             if telemetry is not None:
-                telemetry.record_failure("error", time.perf_counter() - started)
+                telemetry.record_failure("error", perf_counter() - started)
             raise
         except Exception as exc:  # a runtime's own error types
             if telemetry is not None:
-                telemetry.record_failure("error", time.perf_counter() - started)
+                telemetry.record_failure("error", perf_counter() - started)
             raise ScoringError(f"{self.manifest.runtime} failed: {exc}") from exc
         if telemetry is None:
             return outputs, ""
-        return outputs, telemetry.record(arrays, outputs, time.perf_counter() - started, rows)
+        return outputs, telemetry.record(arrays, outputs, perf_counter() - started, rows)
 
 
 def open_model(

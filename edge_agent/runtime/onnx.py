@@ -10,6 +10,8 @@ import numpy as np
 from edge_agent.core.manifest import Signature
 from edge_agent.errors import PackageError, RuntimeUnavailable
 
+_FLOAT32 = np.dtype(np.float32)
+
 
 class OnnxModel:
     def __init__(self, session: Any, signature: Signature) -> None:
@@ -23,7 +25,10 @@ class OnnxModel:
         feed = {runtime: inputs[public] for public, runtime in self._input_names}
         results = self._session.run(self._output_names, feed)
         return {
-            name: np.asarray(value, dtype=np.float32)
+            name: value
+            if type(value) is np.ndarray and value.dtype is _FLOAT32
+            # onnxruntime's float32 arrays carry numpy's one float32 dtype: no conversion
+            else np.asarray(value, dtype=np.float32)
             for name, value in zip(self._public_outputs, results, strict=True)
         }
 

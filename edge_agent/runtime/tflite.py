@@ -99,7 +99,12 @@ class TfliteModel:
 def _to_float(spec: TensorSpec, value: np.ndarray) -> np.ndarray:
     if spec.quantization is not None:
         return dequantize(value, spec.quantization.scale, spec.quantization.zero_point)
+    if type(value) is np.ndarray and value.dtype is _FLOAT32:
+        return value  # get_tensor returns a copy already
     return np.array(value, dtype=np.float32)
+
+
+_FLOAT32 = np.dtype(np.float32)
 
 
 class TfliteRuntime:
