@@ -14,7 +14,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from control_plane.compiler.pipeline import CompileRequest, ProfileOutcome, compile_model
+from control_plane.compiler.pipeline import CompileRequest, compile_model
+from control_plane.compiler.report import ProfileOutcome
 from control_plane.core.hardware import load_profiles
 from control_plane.demo_fleet import run_fleet_demo
 from control_plane.settings import Settings
