@@ -397,7 +397,8 @@ def _write(results_dir: Path, rows: list[dict[str, Any]]) -> str:
         "Time-to-all-installed runs from the deploy command to the last ack; each device "
         "verifies hash and signature and writes the package before acking. Command latency: "
         "median time from the deploy command (written to the store by another process, as the "
-        "CLI does; the server polls for it every 0.2-0.25 s) to the device receiving it. The "
+        "CLI does; the server notices other processes' commits within 50 ms) to the device "
+        "receiving it. The "
         "HTTP baseline is a plain GET of the same file with no command step. Clients and the "
         "control plane share this 2-core host.",
     ]

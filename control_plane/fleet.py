@@ -82,6 +82,7 @@ class Fleet:
         self.public_key = public_key
         self.package_dir = package_dir
         self._changed = threading.Condition()
+        self._data_version: int | None = None
         self.on_enroll: list[DeviceHook] = []
         self.on_revoke: list[DeviceHook] = []
         self.on_command: list[Callable[[CommandRecord], None]] = []
@@ -318,6 +319,23 @@ class Fleet:
     def wait_for_change(self, timeout: float) -> None:
         with self._changed:
             self._changed.wait(timeout)
+
+    def notice_external_changes(self) -> bool:
+        """Wake waiters if another process (the CLI) committed to the store since last asked.
+
+        SQLite's ``data_version`` changes only for other connections' commits, so
+        this costs one pragma and never fires for this process's own writes.
+        """
+        with self.store.lock:
+            (version,) = self.store.db.execute("PRAGMA data_version").fetchone()
+        if version == self._data_version:
+            return False
+        first = self._data_version is None
+        self._data_version = version
+        if not first:
+            with self._changed:
+                self._changed.notify_all()
+        return not first
 
     # -- uploads (telemetry windows, status reports)
 

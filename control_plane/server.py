@@ -26,7 +26,8 @@ from edge_agent.package import load_public_key
 
 logger = logging.getLogger(__name__)
 
-RECONCILE_SECONDS = 0.25
+WATCH_SECONDS = 0.05
+BACKSTOP_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -69,15 +70,25 @@ class ControlPlane:
         )
         if o.mqtt:
             self._start_mqtt()
-            self._reconciler = threading.Thread(target=self._reconcile_loop, daemon=True)
-            self._reconciler.start()
+        self._reconciler = threading.Thread(target=self._reconcile_loop, daemon=True)
+        self._reconciler.start()
         return self
 
     def _reconcile_loop(self) -> None:
-        while not self._stop.wait(RECONCILE_SECONDS):
+        """Watch the store for other processes' commits (the CLI) and apply them.
+
+        One pragma every 50 ms; the command streams and the MQTT side only query
+        when something changed (or every few seconds, as a backstop).
+        """
+        idle = 0.0
+        while not self._stop.wait(WATCH_SECONDS):
+            idle += WATCH_SECONDS
             try:
-                self.reconcile()
-            except Exception:  # keep reconciling whatever one pass hit
+                assert self.fleet is not None
+                if self.fleet.notice_external_changes() or idle >= BACKSTOP_SECONDS:
+                    idle = 0.0
+                    self.reconcile()
+            except Exception:  # keep watching whatever one pass hit
                 logger.exception("reconcile")
 
     def reconcile(self) -> None:

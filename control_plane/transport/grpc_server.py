@@ -92,7 +92,7 @@ class TransferStats:
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, fleet: Fleet, poll_seconds: float = 0.2) -> None:
+    def __init__(self, fleet: Fleet, poll_seconds: float = 2.0) -> None:
         self.fleet = fleet
         self.poll_seconds = poll_seconds
         self.transfers = TransferStats()
