@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -31,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from control_plane.server import ServeProcess
 
 logger = logging.getLogger(__name__)
 
@@ -102,45 +102,6 @@ def _build_package(work: Path, hidden: int, name: str) -> Path:
     )
     assert outcome.path is not None
     return outcome.path
-
-
-class Server:
-    """`fleetcast serve --mqtt` in a child process."""
-
-    def __init__(self, data_dir: Path) -> None:
-        env = {
-            **os.environ,
-            "FLEETCAST_DATA_DIR": str(data_dir),
-            "PATH": os.environ.get("PATH", "") + ":/usr/sbin",
-        }
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "control_plane",
-                "serve",
-                "--grpc",
-                "127.0.0.1:0",
-                "--mqtt",
-                "--mqtt-port",
-                "0",
-            ],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
-        match = re.search(r"gRPC on port (\d+), MQTT on port (\d+)", line)
-        if not match:
-            self.proc.kill()
-            raise RuntimeError(f"fleetcast serve did not start: {line}{self.proc.stderr.read()}")
-        self.grpc_port, self.mqtt_port = int(match.group(1)), int(match.group(2))
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
 
 
 def _verify(data: bytes, public_key: Any, directory: Path) -> None:
@@ -239,7 +200,7 @@ def run(results_dir: Path) -> str:
             "1 MB": _build_package(work, 480, "bench-1mb"),
             "20 MB": _build_package(work, 2200, "bench-20mb"),
         }
-        server = Server(work / "data")
+        server = ServeProcess(work / "data")
         http = subprocess.Popen(
             [
                 sys.executable,
@@ -325,7 +286,7 @@ def run(results_dir: Path) -> str:
 
 
 def _connect(
-    kind: str, creds: list[dict[str, str]], target: str, server: Server, dirs: list[Path]
+    kind: str, creds: list[dict[str, str]], target: str, server: ServeProcess, dirs: list[Path]
 ) -> list[Any]:
     from edge_agent.transport.grpc import GrpcTransport
     from edge_agent.transport.mqtt import MqttTransport

@@ -10,6 +10,10 @@ operator provisions.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,3 +166,34 @@ class ControlPlane:
             self.grpc.stop(grace=1).wait(5)
         if self.store is not None:
             self.store.close()
+
+
+class ServeProcess:
+    """`fleetcast serve --mqtt` as a child process on free loopback ports.
+
+    For benchmarks and tests that need the control plane in its own process,
+    as operators run it; ``env`` is the environment to give the admin CLI.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.env = {
+            **os.environ,
+            "FLEETCAST_DATA_DIR": str(data_dir),
+            "PATH": os.environ.get("PATH", "") + ":/usr/sbin",
+        }
+        command = [sys.executable, "-m", "control_plane", "serve", "--grpc", "127.0.0.1:0",
+                   "--mqtt", "--mqtt-port", "0"]  # fmt: skip
+        self.proc = subprocess.Popen(command, env=self.env, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        match = re.search(r"gRPC on port (\d+), MQTT on port (\d+)", line)
+        if not match:
+            self.proc.kill()
+            raise RuntimeError(f"fleetcast serve did not start: {line}{self.proc.stderr.read()}")
+        self.grpc_port, self.mqtt_port = int(match.group(1)), int(match.group(2))
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
+
+    def stop(self) -> int:
+        """SIGTERM and wait; the exit code (0 for a clean shutdown)."""
+        self.proc.terminate()
+        return self.proc.wait(20)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.server import ControlPlane, ServeOptions
+from control_plane.server import ControlPlane, ServeOptions, ServeProcess
 from control_plane.transport.broker import BrokerTls
 from edge_agent.transport.mqtt import MqttTransport
 from tests.integration.transport_support import RawMqtt, enroll_device, make_certs, wait_until
@@ -34,33 +32,10 @@ def test_serve_enroll_deploy_revoke_through_the_clis(
     data_dir = tmp_path / "data"
     (data_dir / "keys").mkdir(parents=True)
     (data_dir / "keys" / "fleetcast.pub").write_bytes(keys.public.read_bytes())
-    env = {
-        **os.environ,
-        "FLEETCAST_DATA_DIR": str(data_dir),
-        "PATH": os.environ.get("PATH", "") + ":/usr/sbin",
-    }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "control_plane",
-            "serve",
-            "--grpc",
-            "127.0.0.1:0",
-            "--mqtt",
-            "--mqtt-port",
-            "0",
-        ],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = ServeProcess(data_dir)
+    env = server.env
     try:
-        assert server.stderr is not None
-        line = server.stderr.readline()
-        match = re.search(r"gRPC on port (\d+), MQTT on port (\d+)", line)
-        assert match, line
-        grpc_port, mqtt_port = int(match.group(1)), int(match.group(2))
+        grpc_port, mqtt_port = server.grpc_port, server.mqtt_port
 
         token = _cli(env, "control_plane", "devices", "token", "--device-id", "dev-cli")
         assert token.returncode == 0, token.stderr
@@ -121,8 +96,7 @@ def test_serve_enroll_deploy_revoke_through_the_clis(
         listed = _cli(env, "control_plane", "devices", "list")
         assert json.loads(listed.stdout)["status"] == "revoked"
     finally:
-        server.terminate()
-        assert server.wait(20) == 0
+        assert server.stop() == 0
 
 
 def test_mqtt_over_tls(tmp_path: Path, keys: Any) -> None:
