@@ -161,3 +161,18 @@ class AgentProcess:
         while self.proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.stop()
+
+
+def tracemalloc_growth(run: Callable[[int], object], warmup: int, calls: int) -> int:
+    """Bytes Python allocated and kept over ``calls`` calls of ``run``, after a warm-up."""
+    import tracemalloc
+
+    run(warmup)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        run(calls)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    return sum(s.size_diff for s in after.compare_to(before, "filename"))

@@ -25,6 +25,14 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _enroll(
+    env: dict[str, str], grpc_port: int, token: str, state: Path
+) -> subprocess.CompletedProcess[str]:
+    """`fleetcast-agent enroll` as dev-cli into ``state``."""
+    return _cli(env, "edge_agent", "enroll", "--server", f"127.0.0.1:{grpc_port}", "--token",
+                token, "--device-id", "dev-cli", "--state-dir", str(state))  # fmt: skip
+
+
 def test_serve_enroll_deploy_revoke_through_the_clis(
     tmp_path: Path, keys: Any, digits_mlp: Any, compile_digits: Any
 ) -> None:
@@ -40,35 +48,11 @@ def test_serve_enroll_deploy_revoke_through_the_clis(
         token = _cli(env, "control_plane", "devices", "token", "--device-id", "dev-cli")
         assert token.returncode == 0, token.stderr
         state = tmp_path / "device"
-        enrolled = _cli(
-            env,
-            "edge_agent",
-            "enroll",
-            "--server",
-            f"127.0.0.1:{grpc_port}",
-            "--token",
-            token.stdout.strip(),
-            "--device-id",
-            "dev-cli",
-            "--state-dir",
-            str(state),
-        )
+        enrolled = _enroll(env, grpc_port, token.stdout.strip(), state)
         assert enrolled.returncode == 0, enrolled.stderr
         creds = json.loads((state / "credentials.json").read_text())
         assert oct((state / "credentials.json").stat().st_mode & 0o777) == "0o600"
-        reused = _cli(
-            env,
-            "edge_agent",
-            "enroll",
-            "--server",
-            f"127.0.0.1:{grpc_port}",
-            "--token",
-            token.stdout.strip(),
-            "--device-id",
-            "dev-cli",
-            "--state-dir",
-            str(tmp_path / "again"),
-        )
+        reused = _enroll(env, grpc_port, token.stdout.strip(), tmp_path / "again")
         assert reused.returncode != 0 and "already used" in reused.stderr
 
         device = MqttTransport(

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from edge_support import tracemalloc_growth
 
 from edge_agent.agent import Agent
 from edge_agent.errors import InstallError, NotFound
@@ -279,7 +280,6 @@ def test_outbox_resends_until_acknowledged_across_restart(
 
 
 def test_agent_memory_stays_flat_over_many_predictions(tmp_path: Path, edge_packages: Any) -> None:
-    import tracemalloc
 
     agent = make_agent(tmp_path / "state", edge_packages, capture_rate=0.2, max_captures=4)
     try:
@@ -294,15 +294,7 @@ def test_agent_memory_stays_flat_over_many_predictions(tmp_path: Path, edge_pack
                     assert agent.outbox is not None
                     agent.outbox.ack([m.id for m in agent.outbox.pending(1000)])
 
-        run(3_000)
-        tracemalloc.start()
-        try:
-            before = tracemalloc.take_snapshot()
-            run(10_000)
-            after = tracemalloc.take_snapshot()
-        finally:
-            tracemalloc.stop()
-        growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
+        growth = tracemalloc_growth(run, warmup=3_000, calls=10_000)
         assert growth < 512 * 1024, f"agent grew by {growth} bytes over 10,000 predictions"
     finally:
         agent.close()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-import tracemalloc
 
 import numpy as np
 import pytest
 from datasketches import kll_floats_sketch
+from edge_support import tracemalloc_growth
 from manifests import make_manifest
 
 from edge_agent.core.bins import bin_counts, class_features, feature_matrix
@@ -115,15 +115,7 @@ def test_memory_stays_flat_over_a_long_run() -> None:
             if i % 500 == 499:
                 telemetry.close_window("d", i)
 
-    run(2_000)  # warm up: sketches reach their steady size
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        run(10_000)
-        after = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    growth = tracemalloc_growth(run, warmup=2_000, calls=10_000)
     assert growth < 256 * 1024, f"telemetry grew by {growth} bytes over 10k calls"
 
 
