@@ -1,0 +1,192 @@
+"""What the repositories return: frozen rows, a page of them, and the fields a caller supplies.
+
+Times are seconds since the epoch (float), JSON-shaped fields are plain dicts;
+nothing here knows SQL, so services and the core can use these types freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+DEVICE_STATUSES = frozenset({"active", "revoked"})
+COMMAND_STATUSES = frozenset({"pending", "ok", "failed"})
+ROLES = ("viewer", "operator", "admin")  # each role can do what the ones before it can
+STAGES = ("registered", "compiled", "staged", "production", "deprecated", "retired")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list; ``next_offset`` is None on the last page."""
+
+    items: list[T]
+    next_offset: int | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    token_hash: str
+    status: str
+    host: dict[str, Any]
+    labels: dict[str, str]
+    profile_id: str | None
+    agent_version: str | None
+    slots: dict[str, Any]
+    enrolled_at: float
+    revoked_at: float | None
+    last_seen: float | None
+    next_version: int
+
+
+@dataclass(frozen=True)
+class NewDevice:
+    id: str
+    token_hash: str
+    host: Mapping[str, Any] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    profile_id: str | None = None
+    agent_version: str | None = None
+
+
+@dataclass(frozen=True)
+class EnrollmentToken:
+    token_hash: str
+    device_id: str | None  # bound to this device, or None for any
+    created_at: float
+    expires_at: float | None
+    used_by: str | None
+    used_at: float | None
+
+
+@dataclass(frozen=True)
+class Command:
+    id: str
+    device_id: str
+    execution_version: int
+    kind: str
+    body: dict[str, Any]
+    status: str
+    created_at: float
+    acked_at: float | None
+    result: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Package:
+    sha256: str
+    package_id: str
+    model_name: str
+    model_version: str
+    profile_id: str
+    release: int
+    size_bytes: int
+    path: str
+    manifest: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class NewUpload:
+    seq: int
+    kind: str
+    body_json: str
+
+
+@dataclass(frozen=True)
+class Upload:
+    device_id: str
+    seq: int
+    kind: str
+    body_json: str
+    received_at: float
+    transport: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: float
+    actor: str
+    action: str
+    subject: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    description: str
+    owner: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a version is for and how it was made (immutable with the version)."""
+
+    intended_use: str
+    training_data: str
+    owner: str
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    model: str
+    version: str
+    card: ModelCard
+    source_sha256: str | None
+    stage: str
+    created_at: float
+    stage_changed_at: float
+
+
+@dataclass(frozen=True)
+class Alias:
+    model: str
+    alias: str
+    version: str
+    previous_version: str | None  # where it pointed before the last move
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    id: str
+    name: str
+    token_hash: str
+    role: str
+    created_by: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    last_used_at: float | None
+
+
+@dataclass(frozen=True)
+class CompileJob:
+    id: str
+    model: str
+    version: str
+    profiles: Sequence[str]
+    state: str
+    progress: float
+    log: str
+    report: dict[str, Any] | None
+    error: str | None
+    requested_by: str
+    worker: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None

@@ -1,0 +1,284 @@
+"""The repositories the control plane's services use, as Protocols.
+
+Two backends implement them with the same SQL (``store/sql/``): SQLite
+(``store/sqlite/``, the embedded default, ``:memory:`` for unit tests) and
+PostgreSQL (``store/postgres/``, for several replicas). Every method is one
+transaction. Errors come from :mod:`control_plane.errors`: ``NotFound`` for a
+missing row, ``Conflict`` for a clash with stored state (duplicate id, token
+already used, stage moved meanwhile), ``InvalidInput`` for a bad value or page.
+Lists take ``limit``/``offset`` and equality filters and return a :class:`Page`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from control_plane.store.notify import ChangeNotifier
+from control_plane.store.records import (
+    DEFAULT_LIMIT,
+    Alias,
+    ApiToken,
+    AuditEntry,
+    Command,
+    CompileJob,
+    Device,
+    EnrollmentToken,
+    Model,
+    ModelCard,
+    ModelVersion,
+    NewDevice,
+    NewUpload,
+    Package,
+    Page,
+    Upload,
+)
+
+
+class DeviceRepo(Protocol):
+    def enroll(self, device: NewDevice, token_hash: str, at: float) -> Device:
+        """Use an enrollment token and add the device, atomically.
+
+        Raises NotFound (unknown token), Conflict (token used, expired, bound to
+        another device; device already enrolled).
+        """
+        ...
+
+    def add(self, device: NewDevice, at: float) -> Device: ...
+    def get(self, device_id: str) -> Device: ...
+    def find(self, device_id: str) -> Device | None: ...
+    def revoked_ids(self) -> list[str]: ...
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        profile_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[Device]: ...
+    def revoke(self, device_id: str, at: float) -> Device: ...
+    def touch(self, device_id: str, at: float) -> None: ...
+    def set_labels(self, device_id: str, labels: Mapping[str, str]) -> Device: ...
+    def report(
+        self,
+        device_id: str,
+        *,
+        agent_version: str | None = None,
+        profile_id: str | None = None,
+        slots: Mapping[str, Any] | None = None,
+    ) -> Device: ...
+
+
+class EnrollmentTokenRepo(Protocol):
+    def add(
+        self, token_hash: str, device_id: str | None, created_at: float, expires_at: float | None
+    ) -> EnrollmentToken: ...
+    def get(self, token_hash: str) -> EnrollmentToken: ...
+    def list(
+        self, *, unused_only: bool = False, limit: int = DEFAULT_LIMIT, offset: int = 0
+    ) -> Page[EnrollmentToken]: ...
+
+
+class CommandRepo(Protocol):
+    def add(self, device_id: str, kind: str, body: Mapping[str, Any], at: float) -> Command:
+        """Queue a command with the device's next execution version."""
+        ...
+
+    def get(self, command_id: str) -> Command: ...
+    def pending(self, device_id: str | None = None) -> list[Command]:
+        """Pending commands of active devices, by device and execution version."""
+        ...
+
+    def ack(
+        self, command_id: str, device_id: str, ok: bool, result: Mapping[str, Any], at: float
+    ) -> Command:
+        """Record the device's ack; a second ack changes nothing."""
+        ...
+
+    def list(
+        self,
+        *,
+        device_id: str | None = None,
+        status: str | None = None,
+        kind: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[Command]: ...
+
+
+class PackageRepo(Protocol):
+    def put(self, package: Package) -> Package:
+        """Register a package; the same sha256 again returns the stored row."""
+        ...
+
+    def get(self, sha256: str) -> Package: ...
+    def find(self, model_name: str, model_version: str, profile_id: str) -> Package | None: ...
+    def list(
+        self,
+        *,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        profile_id: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[Package]: ...
+
+
+class UploadRepo(Protocol):
+    def add(
+        self, device_id: str, items: Sequence[NewUpload], transport: str, at: float
+    ) -> list[int]:
+        """Store each (device, seq) once; returns the sequence numbers new to the store."""
+        ...
+
+    def list(
+        self,
+        *,
+        device_id: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[Upload]: ...
+
+
+class AuditRepo(Protocol):
+    def add(
+        self,
+        actor: str,
+        action: str,
+        subject: str,
+        at: float,
+        *,
+        before: Mapping[str, Any] | None = None,
+        after: Mapping[str, Any] | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> AuditEntry: ...
+    def list(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        subject: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[AuditEntry]:
+        """Newest first."""
+        ...
+
+
+class ModelRepo(Protocol):
+    def add(self, name: str, description: str, owner: str, at: float) -> Model: ...
+    def get(self, name: str) -> Model: ...
+    def list(
+        self, *, owner: str | None = None, limit: int = DEFAULT_LIMIT, offset: int = 0
+    ) -> Page[Model]: ...
+
+
+class VersionRepo(Protocol):
+    def add(
+        self, model: str, version: str, card: ModelCard, source_sha256: str | None, at: float
+    ) -> ModelVersion:
+        """Register an immutable version (stage ``registered``); Conflict if it exists."""
+        ...
+
+    def get(self, model: str, version: str) -> ModelVersion: ...
+    def list(
+        self, model: str, *, stage: str | None = None, limit: int = DEFAULT_LIMIT, offset: int = 0
+    ) -> Page[ModelVersion]: ...
+    def set_stage(
+        self, model: str, version: str, expected: str, stage: str, at: float
+    ) -> ModelVersion:
+        """Move the stage from ``expected`` (compare-and-set; Conflict if it moved meanwhile)."""
+        ...
+
+
+class AliasRepo(Protocol):
+    def set(self, model: str, alias: str, version: str, at: float) -> Alias:
+        """Point ``alias`` at ``version`` (NotFound if the version is not registered)."""
+        ...
+
+    def get(self, model: str, alias: str) -> Alias: ...
+    def list(self, model: str) -> list[Alias]: ...
+    def delete(self, model: str, alias: str) -> None: ...
+
+
+class ApiTokenRepo(Protocol):
+    def add(
+        self,
+        name: str,
+        token_hash: str,
+        role: str,
+        created_by: str,
+        at: float,
+        expires_at: float | None = None,
+    ) -> ApiToken: ...
+    def get(self, token_id: str) -> ApiToken: ...
+    def by_hash(self, token_hash: str) -> ApiToken | None: ...
+    def list(
+        self,
+        *,
+        role: str | None = None,
+        include_revoked: bool = False,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[ApiToken]: ...
+    def revoke(self, token_id: str, at: float) -> ApiToken: ...
+    def touch(self, token_id: str, at: float) -> None: ...
+
+
+class CompileJobRepo(Protocol):
+    def add(
+        self, model: str, version: str, profiles: Sequence[str], requested_by: str, at: float
+    ) -> CompileJob: ...
+    def get(self, job_id: str) -> CompileJob: ...
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        model: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[CompileJob]: ...
+    def claim(self, worker: str, at: float) -> CompileJob | None:
+        """Take the oldest queued job (``running``); None when there is none to take."""
+        ...
+
+    def progress(self, job_id: str, progress: float, log: str = "") -> CompileJob:
+        """Set progress (0..1) and append ``log`` to a running job."""
+        ...
+
+    def finish(
+        self,
+        job_id: str,
+        state: str,
+        at: float,
+        *,
+        report: Mapping[str, Any] | None = None,
+        error: str | None = None,
+    ) -> CompileJob: ...
+
+
+class Repositories(Protocol):
+    """Every repository over one database, with its change notifier."""
+
+    devices: DeviceRepo
+    enrollment_tokens: EnrollmentTokenRepo
+    commands: CommandRepo
+    packages: PackageRepo
+    uploads: UploadRepo
+    audit: AuditRepo
+    models: ModelRepo
+    versions: VersionRepo
+    aliases: AliasRepo
+    api_tokens: ApiTokenRepo
+    compile_jobs: CompileJobRepo
+
+    @property
+    def notifier(self) -> ChangeNotifier: ...
+
+    def schema_version(self) -> int: ...
+    def close(self) -> None: ...

@@ -1,0 +1,104 @@
+"""What the shared SQL repositories need from a backend, and helpers they share."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from control_plane.errors import InvalidInput
+from control_plane.store.notify import ChangeNotifier
+from control_plane.store.records import DEFAULT_LIMIT, MAX_LIMIT, Page, T
+
+Row = dict[str, Any]
+Params = Sequence[object]
+
+
+class Tx(Protocol):
+    """One transaction: statements use ``?`` placeholders whatever the backend."""
+
+    def execute(self, sql: str, params: Params = ()) -> int:
+        """Run a statement; returns the number of rows it changed."""
+        ...
+
+    def rows(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+    def row(self, sql: str, params: Params = ()) -> Row | None: ...
+
+    def changed(self, topic: str) -> None:
+        """Tell subscribers about ``topic`` once this transaction commits."""
+        ...
+
+
+class Database(Protocol):
+    @property
+    def notifier(self) -> ChangeNotifier: ...
+
+    def transaction(self) -> AbstractContextManager[Tx]:
+        """A read-write transaction, committed on normal exit and rolled back on error."""
+        ...
+
+    def migrate(self) -> int:
+        """Apply the pending migrations (idempotent); returns the schema version."""
+        ...
+
+    def schema_version(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def check_page(limit: int, offset: int) -> tuple[int, int]:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit {limit}: expected 1..{MAX_LIMIT}")
+    if offset < 0:
+        raise InvalidInput(f"offset {offset}: expected 0 or more")
+    return limit, offset
+
+
+def page(
+    tx: Tx,
+    select: str,
+    where: Mapping[str, object | None],
+    order_by: str,
+    limit: int = DEFAULT_LIMIT,
+    offset: int = 0,
+    extra: Sequence[tuple[str, Params]] = (),
+) -> tuple[list[Row], int | None]:
+    """Rows of ``select`` filtered by equality on the non-None ``where`` fields.
+
+    ``extra`` adds raw conditions with their parameters (ranges, EXISTS ...).
+    One more row than asked tells whether another page follows.
+    """
+    limit, offset = check_page(limit, offset)
+    conds: list[str] = []
+    params: list[object] = []
+    for column, value in where.items():
+        if value is not None:
+            conds.append(f"{column} = ?")
+            params.append(value)
+    for cond, cond_params in extra:
+        conds.append(cond)
+        params.extend(cond_params)
+    sql = select + (" WHERE " + " AND ".join(conds) if conds else "")
+    sql += f" ORDER BY {order_by} LIMIT ? OFFSET ?"
+    rows = tx.rows(sql, [*params, limit + 1, offset])
+    more = len(rows) > limit
+    return rows[:limit], (offset + limit if more else None)
+
+
+def to_page(items: list[T], next_offset: int | None) -> Page[T]:
+    return Page(items, next_offset)
+
+
+def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,312 @@
+"""Commands (per-device execution versions), packages, uploads (exactly once) and audit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from control_plane.errors import InvalidInput, NotFound
+from control_plane.store.notify import CATALOG, COMMANDS
+from control_plane.store.records import (
+    COMMAND_STATUSES,
+    DEFAULT_LIMIT,
+    AuditEntry,
+    Command,
+    NewUpload,
+    Package,
+    Page,
+    Upload,
+)
+from control_plane.store.sql.base import Database, Row, Tx, dumps, loads, page
+
+
+class SqlCommandRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add(self, device_id: str, kind: str, body: Mapping[str, Any], at: float) -> Command:
+        command_id = uuid.uuid4().hex
+        with self.db.transaction() as tx:
+            # the row lock taken by this UPDATE orders concurrent writers (PostgreSQL)
+            bumped = tx.row(
+                "UPDATE devices SET next_version = next_version + 1 WHERE id = ?"
+                " RETURNING next_version",
+                [device_id],
+            )
+            if bumped is None:
+                raise NotFound(f"device {device_id!r} is not enrolled")
+            tx.execute(
+                "INSERT INTO commands (id, device_id, execution_version, kind, body_json,"
+                " status, created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                [
+                    command_id,
+                    device_id,
+                    int(bumped["next_version"]) - 1,
+                    kind,
+                    dumps(dict(body)),
+                    at,
+                ],
+            )
+            tx.changed(COMMANDS)
+            return _get(tx, command_id)
+
+    def get(self, command_id: str) -> Command:
+        with self.db.transaction() as tx:
+            return _get(tx, command_id)
+
+    def pending(self, device_id: str | None = None) -> list[Command]:
+        sql = (
+            "SELECT c.* FROM commands c JOIN devices d ON d.id = c.device_id"
+            " WHERE c.status = 'pending' AND d.status = 'active'"
+        )
+        params: list[object] = []
+        if device_id is not None:
+            sql += " AND c.device_id = ?"
+            params.append(device_id)
+        with self.db.transaction() as tx:
+            rows = tx.rows(sql + " ORDER BY c.device_id, c.execution_version", params)
+            return [_command(r) for r in rows]
+
+    def ack(
+        self, command_id: str, device_id: str, ok: bool, result: Mapping[str, Any], at: float
+    ) -> Command:
+        with self.db.transaction() as tx:
+            row = tx.row(
+                "SELECT * FROM commands WHERE id = ? AND device_id = ?", [command_id, device_id]
+            )
+            if row is None:
+                raise NotFound(f"command {command_id!r} is not for device {device_id!r}")
+            if tx.execute(
+                "UPDATE commands SET status = ?, acked_at = ?, result_json = ?"
+                " WHERE id = ? AND status = 'pending'",
+                ["ok" if ok else "failed", at, dumps(dict(result)), command_id],
+            ):
+                tx.changed(COMMANDS)
+            return _get(tx, command_id)
+
+    def list(
+        self,
+        *,
+        device_id: str | None = None,
+        status: str | None = None,
+        kind: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[Command]:
+        if status is not None and status not in COMMAND_STATUSES:
+            raise InvalidInput(
+                f"command status {status!r}: expected one of {sorted(COMMAND_STATUSES)}"
+            )
+        with self.db.transaction() as tx:
+            rows, more = page(
+                tx,
+                "SELECT * FROM commands",
+                {"device_id": device_id, "status": status, "kind": kind},
+                "created_at, device_id, execution_version",
+                limit,
+                offset,
+            )
+            return Page([_command(r) for r in rows], more)
+
+
+class SqlPackageRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def put(self, package: Package) -> Package:
+        with self.db.transaction() as tx:
+            if tx.execute(
+                "INSERT INTO packages (sha256, package_id, model_name, model_version, profile_id,"
+                " release, size_bytes, path, manifest_json, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+                [
+                    package.sha256,
+                    package.package_id,
+                    package.model_name,
+                    package.model_version,
+                    package.profile_id,
+                    package.release,
+                    package.size_bytes,
+                    package.path,
+                    dumps(package.manifest),
+                    package.created_at,
+                ],
+            ):
+                tx.changed(CATALOG)
+            return _package(_package_row(tx, package.sha256))
+
+    def get(self, sha256: str) -> Package:
+        with self.db.transaction() as tx:
+            return _package(_package_row(tx, sha256))
+
+    def find(self, model_name: str, model_version: str, profile_id: str) -> Package | None:
+        with self.db.transaction() as tx:
+            row = tx.row(
+                "SELECT * FROM packages WHERE model_name = ? AND model_version = ?"
+                " AND profile_id = ? ORDER BY release DESC, created_at DESC LIMIT 1",
+                [model_name, model_version, profile_id],
+            )
+            return None if row is None else _package(row)
+
+    def list(
+        self,
+        *,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        profile_id: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[Package]:
+        where = {"model_name": model_name, "model_version": model_version, "profile_id": profile_id}
+        with self.db.transaction() as tx:
+            rows, more = page(
+                tx,
+                "SELECT * FROM packages",
+                where,
+                "model_name, model_version, profile_id, release, sha256",
+                limit,
+                offset,
+            )
+            return Page([_package(r) for r in rows], more)
+
+
+class SqlUploadRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add(
+        self, device_id: str, items: Sequence[NewUpload], transport: str, at: float
+    ) -> list[int]:
+        stored: list[int] = []
+        with self.db.transaction() as tx:
+            for item in items:
+                if tx.execute(
+                    "INSERT INTO uploads (device_id, seq, kind, body_json, received_at, transport)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING",
+                    [device_id, item.seq, item.kind, item.body_json, at, transport],
+                ):
+                    stored.append(item.seq)
+        return stored
+
+    def list(
+        self,
+        *,
+        device_id: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[Upload]:
+        extra = [] if since is None else [("received_at >= ?", [since])]
+        with self.db.transaction() as tx:
+            rows, more = page(
+                tx,
+                "SELECT * FROM uploads",
+                {"device_id": device_id, "kind": kind},
+                "device_id, seq",
+                limit,
+                offset,
+                extra,
+            )
+            return Page([Upload(**r) for r in rows], more)
+
+
+class SqlAuditRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add(
+        self,
+        actor: str,
+        action: str,
+        subject: str,
+        at: float,
+        *,
+        before: Mapping[str, Any] | None = None,
+        after: Mapping[str, Any] | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> AuditEntry:
+        with self.db.transaction() as tx:
+            row = tx.row(
+                "INSERT INTO audit (at, actor, action, subject, before_json, after_json,"
+                " detail_json) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                [
+                    at,
+                    actor,
+                    action,
+                    subject,
+                    None if before is None else dumps(dict(before)),
+                    None if after is None else dumps(dict(after)),
+                    dumps(dict(detail or {})),
+                ],
+            )
+            assert row is not None
+            return _audit(row)
+
+    def list(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        subject: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[AuditEntry]:
+        extra: list[tuple[str, list[object]]] = []
+        if since is not None:
+            extra.append(("at >= ?", [since]))
+        if until is not None:
+            extra.append(("at < ?", [until]))
+        where = {"actor": actor, "action": action, "subject": subject}
+        with self.db.transaction() as tx:
+            rows, more = page(tx, "SELECT * FROM audit", where, "id DESC", limit, offset, extra)
+            return Page([_audit(r) for r in rows], more)
+
+
+def _get(tx: Tx, command_id: str) -> Command:
+    row = tx.row("SELECT * FROM commands WHERE id = ?", [command_id])
+    if row is None:
+        raise NotFound(f"command {command_id!r} does not exist")
+    return _command(row)
+
+
+def _command(row: Row) -> Command:
+    return Command(
+        id=row["id"],
+        device_id=row["device_id"],
+        execution_version=int(row["execution_version"]),
+        kind=row["kind"],
+        body=loads(row["body_json"]),
+        status=row["status"],
+        created_at=row["created_at"],
+        acked_at=row["acked_at"],
+        result=loads(row["result_json"]),
+    )
+
+
+def _package_row(tx: Tx, sha256: str) -> Row:
+    row = tx.row("SELECT * FROM packages WHERE sha256 = ?", [sha256])
+    if row is None:
+        raise NotFound(f"package {sha256} is not in the catalog")
+    return row
+
+
+def _package(row: Row) -> Package:
+    fields = {k: v for k, v in row.items() if k != "manifest_json"}
+    return Package(**fields, manifest=loads(row["manifest_json"]))
+
+
+def _audit(row: Row) -> AuditEntry:
+    return AuditEntry(
+        id=int(row["id"]),
+        at=float(row["at"]),
+        actor=row["actor"],
+        action=row["action"],
+        subject=row["subject"],
+        before=loads(row["before_json"]),
+        after=loads(row["after_json"]),
+        detail=loads(row["detail_json"]),
+    )

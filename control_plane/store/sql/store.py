@@ -1,0 +1,51 @@
+"""Every repository over one :class:`Database`: what both backends hand to the services."""
+
+from __future__ import annotations
+
+from control_plane.store.notify import ChangeNotifier
+from control_plane.store import repos
+from control_plane.store.sql.access import SqlApiTokenRepo, SqlCompileJobRepo
+from control_plane.store.sql.base import Database
+from control_plane.store.sql.catalog import SqlAliasRepo, SqlModelRepo, SqlVersionRepo
+from control_plane.store.sql.devices import SqlDeviceRepo, SqlEnrollmentTokenRepo
+from control_plane.store.sql.fleet import (
+    SqlAuditRepo,
+    SqlCommandRepo,
+    SqlPackageRepo,
+    SqlUploadRepo,
+)
+
+
+class SqlRepositories:
+    """Implements :class:`control_plane.store.repos.Repositories` over ``db`` (migrated here)."""
+
+    def __init__(self, db: Database, *, migrate: bool = True) -> None:
+        self.db = db
+        if migrate:
+            db.migrate()
+        self.devices: repos.DeviceRepo = SqlDeviceRepo(db)
+        self.enrollment_tokens: repos.EnrollmentTokenRepo = SqlEnrollmentTokenRepo(db)
+        self.commands: repos.CommandRepo = SqlCommandRepo(db)
+        self.packages: repos.PackageRepo = SqlPackageRepo(db)
+        self.uploads: repos.UploadRepo = SqlUploadRepo(db)
+        self.audit: repos.AuditRepo = SqlAuditRepo(db)
+        self.models: repos.ModelRepo = SqlModelRepo(db)
+        self.versions: repos.VersionRepo = SqlVersionRepo(db)
+        self.aliases: repos.AliasRepo = SqlAliasRepo(db)
+        self.api_tokens: repos.ApiTokenRepo = SqlApiTokenRepo(db)
+        self.compile_jobs: repos.CompileJobRepo = SqlCompileJobRepo(db)
+
+    @property
+    def notifier(self) -> ChangeNotifier:
+        return self.db.notifier
+
+    def schema_version(self) -> int:
+        return self.db.schema_version()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _conforms(store: SqlRepositories) -> repos.Repositories:
+    """mypy checks here that the SQL repositories implement every Protocol."""
+    return store

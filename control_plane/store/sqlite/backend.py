@@ -1,0 +1,182 @@
+"""SQLite: one connection per store behind a lock, WAL, a short busy timeout.
+
+Writers from other processes (another ``fleetcast`` process) are noticed by one
+thread polling ``PRAGMA data_version`` on the store's connection: the number
+moves only when *another* connection commits, so this process's own commits are
+announced at commit time instead, with their topics.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from control_plane.errors import Conflict
+from control_plane.store import migrations
+from control_plane.store.notify import ANY, Broadcast, Subscription
+from control_plane.store.sql.base import Params, Row
+from control_plane.store.sql.store import SqlRepositories
+
+logger = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 2000  # short: a write transaction here lasts milliseconds
+POLL_SECONDS = 0.05
+
+
+class _SqliteTx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.topics: set[str] = set()
+
+    def execute(self, sql: str, params: Params = ()) -> int:
+        try:
+            return self.conn.execute(sql, list(params)).rowcount
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"the store refused a write: {exc}") from exc
+
+    def rows(self, sql: str, params: Params = ()) -> list[Row]:
+        try:
+            cursor = self.conn.execute(sql, list(params))
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"the store refused a write: {exc}") from exc
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+
+    def row(self, sql: str, params: Params = ()) -> Row | None:
+        rows = self.rows(sql, params)
+        return rows[0] if rows else None
+
+    def changed(self, topic: str) -> None:
+        self.topics.add(topic)
+
+
+class SqliteNotifier:
+    """Local commits fan out at once; other processes' commits through ``data_version``."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+        self.hub = Broadcast()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def subscribe(self) -> Subscription:
+        if self._db.path is not None:  # ":memory:" has no other connections to watch
+            with self._start_lock:
+                if self._thread is None and not self._stop.is_set():
+                    self._thread = threading.Thread(
+                        target=self._poll, name="sqlite-data-version", daemon=True
+                    )
+                    self._thread.start()
+        return self.hub.subscribe()
+
+    def _poll(self) -> None:
+        last = self._db.data_version()
+        while not self._stop.wait(POLL_SECONDS):
+            try:
+                version = self._db.data_version()
+            except sqlite3.Error:  # closed under us, or a transient lock
+                logger.debug("data_version poll failed", exc_info=True)
+                continue
+            if version != last:
+                last = version
+                self.hub.publish({ANY})
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class SqliteDatabase:
+    """Implements :class:`control_plane.store.sql.base.Database` on one SQLite connection."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        if path is None:
+            self.conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+            self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.lock = threading.RLock()
+        self.notifier = SqliteNotifier(self)
+
+    @contextmanager
+    def transaction(self) -> Iterator[_SqliteTx]:
+        with self.lock:
+            # IMMEDIATE takes the write lock up front: no deadlock upgrading a read later
+            self.conn.execute("BEGIN IMMEDIATE")
+            tx = _SqliteTx(self.conn)
+            try:
+                yield tx
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        self.notifier.hub.publish(tx.topics)
+
+    def data_version(self) -> int:
+        with self.lock:
+            (version,) = self.conn.execute("PRAGMA data_version").fetchone()
+            return int(version)
+
+    def schema_version(self) -> int:
+        with self.lock:
+            self.conn.execute(migrations.CREATE_TABLE)
+            (version,) = self.conn.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+            ).fetchone()
+            return int(version)
+
+    def migrate(self) -> int:
+        steps = migrations.load_migrations("control_plane.store.sqlite.migrations")
+        with self.transaction() as tx:
+            tx.execute(migrations.CREATE_TABLE)
+            current = tx.row("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
+            assert current is not None
+            for step in migrations.pending(steps, int(current["v"])):
+                for statement in _statements(step.sql):
+                    tx.execute(statement)
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    [step.version, step.name, time.time()],
+                )
+                logger.info("sqlite store: applied migration %04d_%s", step.version, step.name)
+            latest = steps[-1].version if steps else 0
+            tx.execute(f"PRAGMA user_version = {latest}")
+        return self.schema_version()
+
+    def close(self) -> None:
+        self.notifier.close()
+        with self.lock:
+            self.conn.close()
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements (``executescript`` would commit mid-transaction)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        if not pending and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    if pending.strip():
+        yield pending.strip()
+
+
+def open_sqlite(path: Path | None) -> SqlRepositories:
+    """Repositories on a SQLite file (created and migrated), or in memory with ``None``."""
+    return SqlRepositories(SqliteDatabase(path))
