@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from control_plane.store.notify import ChangeNotifier
 from control_plane.store import repos
+from control_plane.store.notify import ChangeNotifier
 from control_plane.store.sql.access import SqlApiTokenRepo, SqlCompileJobRepo
 from control_plane.store.sql.base import Database
 from control_plane.store.sql.catalog import SqlAliasRepo, SqlModelRepo, SqlVersionRepo
