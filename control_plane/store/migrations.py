@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 
 from control_plane.errors import ControlPlaneError
 
@@ -33,10 +34,11 @@ class Migration:
     sql: str
 
 
-def load_migrations(package: str) -> list[Migration]:
-    """The migrations shipped in ``package`` in order, numbered 1, 2, 3 ... without gaps."""
+def load_migrations(source: str | Traversable) -> list[Migration]:
+    """The migrations in a package (dotted name) or directory, numbered 1, 2, 3 ... no gaps."""
+    folder = resources.files(source) if isinstance(source, str) else source
     found = []
-    for entry in resources.files(package).iterdir():
+    for entry in folder.iterdir():
         if not entry.name.endswith(".sql"):
             continue
         match = _FILE.fullmatch(entry.name)
@@ -47,7 +49,7 @@ def load_migrations(package: str) -> list[Migration]:
     for expected, migration in enumerate(found, start=1):
         if migration.version != expected:
             raise MigrationError(
-                f"{package}: migration {migration.version:04d} found where {expected:04d} belongs"
+                f"{folder}: migration {migration.version:04d} found where {expected:04d} belongs"
             )
     return found
 

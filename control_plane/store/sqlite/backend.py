@@ -69,14 +69,17 @@ class SqliteNotifier:
         if self._db.path is not None:  # ":memory:" has no other connections to watch
             with self._start_lock:
                 if self._thread is None and not self._stop.is_set():
+                    # read the baseline now: a commit right after subscribe() is not missed
                     self._thread = threading.Thread(
-                        target=self._poll, name="sqlite-data-version", daemon=True
+                        target=self._poll,
+                        args=(self._db.data_version(),),
+                        name="sqlite-data-version",
+                        daemon=True,
                     )
                     self._thread.start()
         return self.hub.subscribe()
 
-    def _poll(self) -> None:
-        last = self._db.data_version()
+    def _poll(self, last: int) -> None:
         while not self._stop.wait(POLL_SECONDS):
             try:
                 version = self._db.data_version()

@@ -7,11 +7,12 @@ every test gets a fresh database on it, migrated by the store it opens.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pg_support import INSTALL_HINT, PostgresServer, find_pg_bin
+from store_support import OpenStore
 
 from control_plane.store.factory import open_repositories
 from control_plane.store.sql.store import SqlRepositories
@@ -32,9 +33,6 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
-
-
-OpenStore = Callable[[], SqlRepositories]
 
 
 @pytest.fixture(params=BACKENDS)
