@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from control_plane.errors import Conflict, ControlPlaneError
 from control_plane.store import migrations
@@ -116,7 +116,9 @@ class PostgresNotifier:
 class PostgresDatabase:
     """Implements :class:`control_plane.store.sql.base.Database` over a psycopg pool."""
 
-    def __init__(self, conninfo: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self, conninfo: str, *, min_size: int = 1, max_size: int = 10, open_timeout: float = 10.0
+    ) -> None:
         self.conninfo = conninfo
         self.pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             conninfo,
@@ -127,8 +129,8 @@ class PostgresDatabase:
             name="fleetcast-store",
         )
         try:
-            self.pool.open(wait=True, timeout=10)
-        except psycopg.pool.PoolTimeout as exc:  # type: ignore[attr-defined]
+            self.pool.open(wait=True, timeout=open_timeout)
+        except PoolTimeout as exc:
             self.pool.close()
             raise StoreUnavailable(f"PostgreSQL at {_where(conninfo)} is unreachable") from exc
         self.notifier = PostgresNotifier(conninfo)
@@ -177,6 +179,6 @@ def _where(conninfo: str) -> str:
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
-def open_postgres(conninfo: str) -> SqlRepositories:
+def open_postgres(conninfo: str, *, open_timeout: float = 10.0) -> SqlRepositories:
     """Repositories on a PostgreSQL database (``postgresql://user@host:port/db``), migrated."""
-    return SqlRepositories(PostgresDatabase(conninfo))
+    return SqlRepositories(PostgresDatabase(conninfo, open_timeout=open_timeout))

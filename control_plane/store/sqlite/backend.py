@@ -148,6 +148,11 @@ class SqliteDatabase:
             tx.execute(migrations.CREATE_TABLE)
             current = tx.row("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
             assert current is not None
+            if not current["v"] and tx.row("SELECT name FROM sqlite_master WHERE name = 'devices'"):
+                raise migrations.MigrationError(
+                    f"{self.path} holds tables of the old store (control_plane/store/db.py)"
+                    " and no migration record: open a new file for this store"
+                )
             for step in migrations.pending(steps, int(current["v"])):
                 for statement in _statements(step.sql):
                     tx.execute(statement)

@@ -1,0 +1,103 @@
+"""The store's pure parts and the in-memory store: no server, milliseconds."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from control_plane.errors import InvalidInput
+from control_plane.store.db import open_store as open_legacy_store
+from control_plane.store.factory import open_repositories
+from control_plane.store.migrations import MigrationError, load_migrations, pending
+from control_plane.store.notify import COMMANDS, DEVICES, Broadcast
+from control_plane.store.postgres.backend import StoreUnavailable, open_postgres
+from control_plane.store.records import NewDevice
+
+
+def test_memory_store_is_migrated_and_usable() -> None:
+    repos = open_repositories(":memory:")
+    try:
+        assert repos.schema_version() == 1
+        repos.devices.add(NewDevice("d1", "h"), at=1.0)
+        sub = repos.notifier.subscribe()
+        repos.commands.add("d1", "deploy", {}, at=2.0)
+        assert sub.wait(1.0) == {COMMANDS}
+    finally:
+        repos.close()
+
+
+@pytest.mark.parametrize("url", ["sqlite:///{tmp}/a.db", "{tmp}/b.db"])
+def test_sqlite_urls_and_paths_open_a_file(url: str, tmp_path: Path) -> None:
+    repos = open_repositories(url.format(tmp=tmp_path))
+    repos.close()
+    assert len(list(tmp_path.glob("*.db"))) == 1
+
+
+def test_unknown_store_scheme_is_named() -> None:
+    with pytest.raises(InvalidInput, match="mysql://x"):
+        open_repositories("mysql://x")
+
+
+def test_unreachable_postgres_is_a_clear_error() -> None:
+    with pytest.raises(StoreUnavailable, match="127.0.0.1:1/fleet"):
+        open_postgres("postgresql://u@127.0.0.1:1/fleet?connect_timeout=1", open_timeout=0.5)
+
+
+def test_a_file_of_the_old_store_is_refused_by_name(tmp_path: Path) -> None:
+    open_legacy_store(tmp_path / "old.db").close()
+    with pytest.raises(MigrationError, match="old store"):
+        open_repositories(tmp_path / "old.db")
+
+
+def _write(folder: Path, *names: str) -> Path:
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_text("SELECT 1;\n")
+    return folder
+
+
+def test_migrations_load_in_order(tmp_path: Path) -> None:
+    folder = _write(tmp_path / "m", "0002_more.sql", "0001_initial.sql", "README")
+    assert [(m.version, m.name) for m in load_migrations(folder)] == [(1, "initial"), (2, "more")]
+    assert [m.version for m in pending(load_migrations(folder), 1)] == [2]
+
+
+def test_a_gap_or_a_bad_name_or_a_newer_database_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(MigrationError, match="0003 found where 0002 belongs"):
+        load_migrations(_write(tmp_path / "gap", "0001_a.sql", "0003_c.sql"))
+    with pytest.raises(MigrationError, match="NNNN_name.sql"):
+        load_migrations(_write(tmp_path / "bad", "1_a.sql"))
+    with pytest.raises(MigrationError, match="newer than this code"):
+        pending(load_migrations(_write(tmp_path / "ok", "0001_a.sql")), 2)
+
+
+def test_shipped_migrations_match_between_backends() -> None:
+    sqlite = load_migrations("control_plane.store.sqlite.migrations")
+    postgres = load_migrations("control_plane.store.postgres.migrations")
+    assert [(m.version, m.name) for m in sqlite] == [(m.version, m.name) for m in postgres]
+
+
+def test_broadcast_reaches_every_subscription_and_collects_topics() -> None:
+    hub = Broadcast()
+    first, second = hub.subscribe(), hub.subscribe()
+    hub.publish({COMMANDS})
+    hub.publish({DEVICES})
+    assert first.wait(0.0) == {COMMANDS, DEVICES}
+    assert first.wait(0.0) == frozenset()
+    assert second.wait(0.0) == {COMMANDS, DEVICES}
+    second.close()
+    hub.publish({COMMANDS})
+    assert second.wait(0.0) == frozenset()
+
+
+def test_broadcast_wakes_a_waiting_thread() -> None:
+    hub = Broadcast()
+    sub = hub.subscribe()
+    seen: list[frozenset[str]] = []
+    waiter = threading.Thread(target=lambda: seen.append(sub.wait(10.0)))
+    waiter.start()
+    hub.publish({DEVICES})
+    waiter.join(15)
+    assert seen == [{DEVICES}]
