@@ -9,9 +9,9 @@ PROTOS := $(wildcard protos/fleetcast/v1/*.proto)
 # pytest's own timeout per test; generous, it only catches hangs
 PYTEST_FLAGS ?= --timeout=600
 
-.PHONY: setup os-packages protos lint typecheck test test-fast bench demo clean
+.PHONY: setup os-packages postgres-package protos lint typecheck test test-fast bench demo clean
 
-setup: $(STAMP) os-packages protos
+setup: $(STAMP) os-packages postgres-package protos
 
 # The virtualenv with every extra. torch comes first and pinned, so that the
 # resolver takes the CPU wheel on this disk and never a CUDA build.
@@ -29,6 +29,15 @@ os-packages:
 	  if [ "$$(id -u)" = "0" ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
 	  else echo "mosquitto missing: run 'sudo apt-get install -y mosquitto'"; exit 1; fi; \
+	fi
+
+# PostgreSQL 15 (Debian's postgresql) for the store tests, which start their own server
+# in a temporary directory (tests/pg_support.py); installed when missing.
+postgres-package:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "postgresql missing: run 'sudo apt-get install -y postgresql'"; exit 1; fi; \
 	fi
 
 protos: $(STAMP)
