@@ -5,6 +5,7 @@ ControlPlaneError
 │   └── ProfileError  a hardware profile file does not load (names file and field)
 ├── NotFound          a named thing does not exist
 ├── Conflict          the request clashes with current state
+│   └── LifecycleError  a version's stage cannot move that way (names from → to)
 ├── Unauthenticated   no, unknown or revoked credential
 ├── PermissionDenied  a credential acting beyond its rights (another device, operator routes)
 └── CompileError      a model cannot be compiled for a target (names the op or step)
@@ -43,3 +44,12 @@ class PermissionDenied(ControlPlaneError):
 
 class CompileError(ControlPlaneError):
     pass
+
+
+class LifecycleError(Conflict):
+    """A lifecycle transition that is not allowed; ``current`` and ``target`` name it."""
+
+    def __init__(self, current: str, target: str, message: str) -> None:
+        super().__init__(message)
+        self.current = current
+        self.target = target

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from control_plane.core.lifecycle import STAGES as STAGES  # the lifecycle owns the names
+
 T = TypeVar("T")
 
 DEFAULT_LIMIT = 100
@@ -18,7 +20,6 @@ MAX_LIMIT = 1000
 DEVICE_STATUSES = frozenset({"active", "revoked"})
 COMMAND_STATUSES = frozenset({"pending", "ok", "failed"})
 ROLES = ("viewer", "operator", "admin")  # each role can do what the ones before it can
-STAGES = ("registered", "compiled", "staged", "production", "deprecated", "retired")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 JOB_FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
