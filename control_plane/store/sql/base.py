@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from control_plane.errors import InvalidInput
 from control_plane.store.notify import ChangeNotifier
-from control_plane.store.records import DEFAULT_LIMIT, MAX_LIMIT, Page, T
+from control_plane.store.records import DEFAULT_LIMIT, MAX_LIMIT
 
 Row = dict[str, Any]
 Params = Sequence[object]
@@ -94,11 +94,3 @@ def page(
     more = len(rows) > limit
     return rows[:limit], (offset + limit if more else None)
 
-
-def to_page(items: list[T], next_offset: int | None) -> Page[T]:
-    return Page(items, next_offset)
-
-
-def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
