@@ -8,7 +8,8 @@ ControlPlaneError
 │   └── LifecycleError  a version's stage cannot move that way (names from → to)
 ├── Unauthenticated   no, unknown or revoked credential
 ├── PermissionDenied  a credential acting beyond its rights (another device, operator routes)
-└── CompileError      a model cannot be compiled for a target (names the op or step)
+├── CompileError      a model cannot be compiled for a target (names the op or step)
+└── StoreUnavailable  the database cannot be reached, or stays locked (names the server)
 """
 
 from __future__ import annotations
@@ -53,3 +54,7 @@ class LifecycleError(Conflict):
         super().__init__(message)
         self.current = current
         self.target = target
+
+
+class StoreUnavailable(ControlPlaneError):
+    """The store's database cannot be reached or stays busy; the request may be retried."""

@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from control_plane.errors import Conflict, ControlPlaneError
+from control_plane.errors import Conflict, StoreUnavailable
 from control_plane.store import migrations
 from control_plane.store.notify import ANY, Broadcast, Subscription
 from control_plane.store.sql.base import Params, Row
@@ -30,10 +30,6 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "fleetcast_changes"
 _MIGRATION_LOCK = 0x666C6374  # pg_advisory_xact_lock key: "flct"
-
-
-class StoreUnavailable(ControlPlaneError):
-    """The PostgreSQL server cannot be reached (names the server, never the password)."""
 
 
 def _sql(sql: str) -> str:
@@ -47,16 +43,18 @@ class _PgTx:
         self.topics: set[str] = set()
 
     def execute(self, sql: str, params: Params = ()) -> int:
-        try:
-            return self.conn.execute(_sql(sql), list(params)).rowcount
-        except psycopg.errors.IntegrityError as exc:
-            raise Conflict(f"the store refused a write: {exc}") from exc
+        return self._run(sql, params).rowcount
 
     def rows(self, sql: str, params: Params = ()) -> list[Row]:
+        return self._run(sql, params).fetchall()
+
+    def _run(self, sql: str, params: Params) -> psycopg.Cursor[Row]:
         try:
-            return self.conn.execute(_sql(sql), list(params)).fetchall()
+            return self.conn.execute(_sql(sql), list(params))
         except psycopg.errors.IntegrityError as exc:
             raise Conflict(f"the store refused a write: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL store: {exc}") from exc
 
     def row(self, sql: str, params: Params = ()) -> Row | None:
         rows = self.rows(sql, params)

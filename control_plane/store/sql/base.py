@@ -93,4 +93,3 @@ def page(
     rows = tx.rows(sql, [*params, limit + 1, offset])
     more = len(rows) > limit
     return rows[:limit], (offset + limit if more else None)
-

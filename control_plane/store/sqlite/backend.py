@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from control_plane.errors import Conflict
+from control_plane.errors import Conflict, StoreUnavailable
 from control_plane.store import migrations
 from control_plane.store.notify import ANY, Broadcast, Subscription
 from control_plane.store.sql.base import Params, Row
@@ -28,22 +28,27 @@ BUSY_TIMEOUT_MS = 2000  # short: a write transaction here lasts milliseconds
 POLL_SECONDS = 0.05
 
 
+def _run(conn: sqlite3.Connection, sql: str, params: Params = ()) -> sqlite3.Cursor:
+    try:
+        return conn.execute(sql, list(params))
+    except sqlite3.IntegrityError as exc:
+        raise Conflict(f"the store refused a write: {exc}") from exc
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise StoreUnavailable(f"SQLite store stays locked: {exc}") from exc
+        raise
+
+
 class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.topics: set[str] = set()
 
     def execute(self, sql: str, params: Params = ()) -> int:
-        try:
-            return self.conn.execute(sql, list(params)).rowcount
-        except sqlite3.IntegrityError as exc:
-            raise Conflict(f"the store refused a write: {exc}") from exc
+        return _run(self.conn, sql, params).rowcount
 
     def rows(self, sql: str, params: Params = ()) -> list[Row]:
-        try:
-            cursor = self.conn.execute(sql, list(params))
-        except sqlite3.IntegrityError as exc:
-            raise Conflict(f"the store refused a write: {exc}") from exc
+        cursor = _run(self.conn, sql, params)
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
 
@@ -99,17 +104,17 @@ class SqliteNotifier:
 class SqliteDatabase:
     """Implements :class:`control_plane.store.sql.base.Database` on one SQLite connection."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = path
         if path is None:
             self.conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(
-                path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+                path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_ms / 1000
             )
             self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.lock = threading.RLock()
@@ -119,14 +124,15 @@ class SqliteDatabase:
     def transaction(self) -> Iterator[_SqliteTx]:
         with self.lock:
             # IMMEDIATE takes the write lock up front: no deadlock upgrading a read later
-            self.conn.execute("BEGIN IMMEDIATE")
+            _run(self.conn, "BEGIN IMMEDIATE")
             tx = _SqliteTx(self.conn)
             try:
                 yield tx
+                _run(self.conn, "COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise
-            self.conn.execute("COMMIT")
         self.notifier.hub.publish(tx.topics)
 
     def data_version(self) -> int:

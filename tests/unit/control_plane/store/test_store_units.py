@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
-from control_plane.errors import InvalidInput
+from control_plane.errors import InvalidInput, StoreUnavailable
 from control_plane.store.db import open_store as open_legacy_store
 from control_plane.store.factory import open_repositories
 from control_plane.store.migrations import MigrationError, load_migrations, pending
 from control_plane.store.notify import COMMANDS, DEVICES, Broadcast
-from control_plane.store.postgres.backend import StoreUnavailable, open_postgres
+from control_plane.store.postgres.backend import open_postgres
 from control_plane.store.records import NewDevice
+from control_plane.store.sql.store import SqlRepositories
+from control_plane.store.sqlite.backend import SqliteDatabase
 
 
 def test_memory_store_is_migrated_and_usable() -> None:
@@ -43,6 +46,21 @@ def test_unknown_store_scheme_is_named() -> None:
 def test_unreachable_postgres_is_a_clear_error() -> None:
     with pytest.raises(StoreUnavailable, match="127.0.0.1:1/fleet"):
         open_postgres("postgresql://u@127.0.0.1:1/fleet?connect_timeout=1", open_timeout=0.5)
+
+
+def test_a_sqlite_file_locked_by_another_writer_is_store_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    repos = SqlRepositories(SqliteDatabase(path, busy_timeout_ms=50))
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable, match="locked"):
+            repos.devices.add(NewDevice("d1", "h"), at=1.0)
+        other.execute("ROLLBACK")
+        assert repos.devices.add(NewDevice("d1", "h"), at=1.0).id == "d1"  # usable again
+    finally:
+        other.close()
+        repos.close()
 
 
 def test_a_file_of_the_old_store_is_refused_by_name(tmp_path: Path) -> None:
