@@ -14,9 +14,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from pg_support import PostgresServer
 from store_support import OpenStore
 
 from control_plane.errors import Conflict
+from control_plane.store.factory import open_repositories
 from control_plane.store.notify import ANY, COMMANDS, DEVICES
 from control_plane.store.records import ModelCard, NewDevice
 from control_plane.store.sql.store import SqlRepositories
@@ -184,3 +186,24 @@ def test_two_instances_migrating_a_fresh_database_at_once(open_store: OpenStore)
     for thread in threads:
         thread.join(60)
     assert (errors, results) == ([], [1, 1, 1])
+
+
+def test_postgres_listener_reconnects_and_announces_a_possible_gap(
+    postgres_server: PostgresServer,
+) -> None:
+    repos = open_repositories(postgres_server.create_database())
+    try:
+        repos.devices.add(NewDevice("d1", "h"), at=1.0)
+        sub = repos.notifier.subscribe()
+        sub.wait(0.2)  # the enrollment's own news
+        with repos.db.transaction() as tx:
+            killed = tx.rows(
+                "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+            )
+        assert [row["ok"] for row in killed] == [True]
+        assert sub.wait(WAIT) == {ANY}  # notifications may have been lost meanwhile
+        repos.commands.add("d1", "deploy", {}, at=2.0)
+        assert sub.wait(WAIT) == {COMMANDS}
+    finally:
+        repos.close()
