@@ -7,6 +7,8 @@ ControlPlaneError
 ├── Conflict          the request clashes with current state
 ├── Unauthenticated   no, unknown or revoked credential
 ├── PermissionDenied  a credential acting beyond its rights (another device, operator routes)
+├── ResourceExhausted a device over its quota or call limit (retry later)
+├── Unavailable       the store is busy or locked (retry later)
 └── CompileError      a model cannot be compiled for a target (names the op or step)
 """
 
@@ -38,6 +40,14 @@ class Unauthenticated(ControlPlaneError):
 
 
 class PermissionDenied(ControlPlaneError):
+    pass
+
+
+class ResourceExhausted(ControlPlaneError):
+    pass
+
+
+class Unavailable(ControlPlaneError):
     pass
 
 
