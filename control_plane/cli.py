@@ -345,6 +345,8 @@ def serve(
         )
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    if mqtt and external is None and tls_cert and not (tls_ca or tls_client_ca):
+        raise click.UsageError("--mqtt with --tls-cert needs --tls-ca (the CA that signed it)")
     tls = TlsConfig(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
     broker_tls = (
         BrokerTls(tls_cert, tls_key, tls_client_ca or tls_ca, tls_client_ca is not None)

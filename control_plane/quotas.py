@@ -53,13 +53,15 @@ class IngestQuota:
             bucket.bytes = min(lim.burst_bytes, bucket.bytes + elapsed * lim.bytes_per_second)
             bucket.items = min(lim.burst_items, bucket.items + elapsed * lim.items_per_second)
             bucket.at = now
-            if size > bucket.bytes:
+            # an upload larger than the burst passes on a full bucket and leaves a debt,
+            # so a device is slowed down but never stuck behind one big message
+            if min(size, lim.burst_bytes) > bucket.bytes:
                 return (
                     f"device {device_id!r} is over its upload quota "
                     f"({size} bytes asked, {int(bucket.bytes)} left; "
                     f"{int(lim.bytes_per_second)} bytes/s): retry later"
                 )
-            if items > bucket.items:
+            if min(items, lim.burst_items) > bucket.items:
                 return (
                     f"device {device_id!r} is over its upload rate "
                     f"({items} items asked, {int(bucket.items)} left; "

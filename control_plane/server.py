@@ -26,7 +26,12 @@ from control_plane.fleet import Fleet
 from control_plane.signing import PUBLIC_NAME, load_fleet_public_key
 from control_plane.store.db import Store, open_store
 from control_plane.transport.broker import CONTROL_PLANE_USER, BrokerTls, MosquittoBroker
-from control_plane.transport.grpc_server import AgentServicer, TlsConfig, start_grpc_server
+from control_plane.transport.grpc_server import (
+    DEFAULT_WORKERS,
+    AgentServicer,
+    TlsConfig,
+    start_grpc_server,
+)
 from control_plane.transport.mqtt import MqttBridge, MqttEndpoint
 from edge_agent.core.netaddr import is_loopback, split_host_port
 
@@ -49,6 +54,7 @@ class ServeOptions:
     public_key: Path | None = None
     grpc_address: str = "127.0.0.1:50051"
     grpc_tls: TlsConfig | None = None
+    grpc_workers: int = DEFAULT_WORKERS
     mqtt: bool = False
     mqtt_host: str = "127.0.0.1"  # embedded broker's listen address
     mqtt_port: int = 0  # embedded broker's port; 0 picks a free one
@@ -125,7 +131,7 @@ class ControlPlane:
             )
         self.fleet = Fleet(self.store, public_key, o.data_dir / "catalog")
         self.grpc, self.grpc_port, self.servicer = start_grpc_server(
-            self.fleet, o.grpc_address, o.grpc_tls
+            self.fleet, o.grpc_address, o.grpc_tls, o.grpc_workers
         )
         if o.mqtt:
             self._start_mqtt()
@@ -213,7 +219,9 @@ class ControlPlane:
         assert self.fleet is not None and self.grpc is not None
         self.grpc.stop(grace=None).wait(5)
         address = f"127.0.0.1:{self.grpc_port}"
-        self.grpc, port, servicer = start_grpc_server(self.fleet, address, self.options.grpc_tls)
+        self.grpc, port, servicer = start_grpc_server(
+            self.fleet, address, self.options.grpc_tls, self.options.grpc_workers
+        )
         assert port == self.grpc_port
         if self.servicer is not None:  # keep counting transfers across the restart
             servicer.transfers = self.servicer.transfers
@@ -253,14 +261,14 @@ class ServeProcess:
     as operators run it; ``env`` is the environment to give the admin CLI.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *extra: str) -> None:
         self.env = {
             **os.environ,
             "FLEETCAST_DATA_DIR": str(data_dir),
             "PATH": os.environ.get("PATH", "") + ":/usr/sbin",
         }
         command = [sys.executable, "-m", "control_plane", "serve", "--grpc", "127.0.0.1:0",
-                   "--mqtt", "--mqtt-port", "0"]  # fmt: skip
+                   "--mqtt", "--mqtt-port", "0", *extra]  # fmt: skip
         self.proc = subprocess.Popen(command, env=self.env, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         seen, match = "", None
