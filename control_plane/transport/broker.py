@@ -184,6 +184,7 @@ class MosquittoBroker:
                 conf.append(f"cafile {self.tls.ca}")
             if self.tls.require_client_cert and self.tls.ca is not None:
                 conf.append("require_certificate true")
+        private_file(self.log)  # mosquitto appends to it; it names devices and addresses
         private_file(self.conf)
         self.conf.write_text("\n".join(conf) + "\n")
 
