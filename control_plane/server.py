@@ -90,6 +90,15 @@ def check_plaintext(o: ServeOptions) -> list[str]:
     return exposures
 
 
+def write_insecure_notice(data_dir: Path, exposures: list[str]) -> None:
+    """Record what serve runs in clear (nothing: remove the record) for `devices list`."""
+    marker = data_dir / INSECURE_MARKER
+    if exposures:
+        marker.write_text(json.dumps({"exposures": exposures}))
+    else:
+        marker.unlink(missing_ok=True)
+
+
 def insecure_notice(data_dir: Path) -> str | None:
     """The warning `fleetcast devices list` shows while serve runs with --insecure."""
     marker = data_dir / INSECURE_MARKER
@@ -135,13 +144,9 @@ class ControlPlane:
         )
         if o.mqtt:
             self._start_mqtt()
-        marker = o.data_dir / INSECURE_MARKER
-        if exposures:
-            for exposure in exposures:
-                logger.warning("--insecure: serving %s; credentials travel in clear", exposure)
-            marker.write_text(json.dumps({"exposures": exposures}))
-        else:
-            marker.unlink(missing_ok=True)
+        for exposure in exposures:
+            logger.warning("--insecure: serving %s; credentials travel in clear", exposure)
+        write_insecure_notice(o.data_dir, exposures)
         self._reconciler = threading.Thread(target=self._reconcile_loop, daemon=True)
         self._reconciler.start()
         return self
@@ -237,7 +242,7 @@ class ControlPlane:
         self._stop.set()
         if self._reconciler is not None:
             self._reconciler.join(5)
-        (self.options.data_dir / INSECURE_MARKER).unlink(missing_ok=True)
+        write_insecure_notice(self.options.data_dir, [])
         if self.bridge is not None:
             self.bridge.stop()
         if self.broker is not None:
