@@ -371,15 +371,15 @@ def serve(
     except BaseException:
         plane.stop()
         raise
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     click.echo(
         f"serving gRPC on port {plane.grpc_port}"
         + (f", MQTT on port {plane.mqtt_port}" if plane.mqtt_port else "")
         + f"; data in {settings.data_dir}",
         err=True,
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     plane.stop()
 
