@@ -137,7 +137,14 @@ def make_server_cert(directory: Path, hosts: list[str]) -> Issued:
         _builder(_name(hosts[0] if hosts else "localhost"), ca_cert.subject, key, LEAF_DAYS)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_san(hosts), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            # client auth too: the control plane's MQTT bridge presents it to a broker
+            # that requires client certificates (mutual TLS)
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     return _write(Issued(directory / "server.pem", directory / "server.key"), cert, key)

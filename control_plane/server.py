@@ -9,6 +9,7 @@ operator provisions.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -210,6 +211,11 @@ class ControlPlane:
                 tls=o.mqtt_tls is not None,
                 ca_cert=str(o.mqtt_tls.ca) if o.mqtt_tls and o.mqtt_tls.ca else None,
             )
+            if o.mqtt_tls is not None and o.mqtt_tls.require_client_cert:
+                # mutual TLS: the bridge presents the server's certificate as its own
+                endpoint = dataclasses.replace(
+                    endpoint, client_cert=str(o.mqtt_tls.cert), client_key=str(o.mqtt_tls.key)
+                )
         self.bridge = MqttBridge(self.fleet, endpoint)
         self.fleet.on_command.append(lambda record: self._published.add(record.id))
         self.bridge.start()

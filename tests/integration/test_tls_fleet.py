@@ -174,3 +174,56 @@ def test_a_fleet_over_tls_with_fleetcast_certs(
         assert "insecure" not in listed.stderr
     finally:
         assert server.stop() == 0
+
+
+def test_mutual_tls_on_both_transports(tmp_path: Path, keys: Any) -> None:
+    from control_plane.certs import make_ca, make_device_cert, make_server_cert
+    from control_plane.server import ControlPlane
+    from control_plane.transport.broker import BrokerTls
+    from edge_agent.transport.factory import save_credentials
+    from edge_agent.transport.grpc import GrpcTls
+    from tests.integration.transport_support import enroll_device
+
+    tls = tmp_path / "tls"
+    ca = make_ca(tls)
+    server = make_server_cert(tls, ["localhost"])
+    device = make_device_cert(tls, "dev-m")
+    plane = ControlPlane(
+        ServeOptions(
+            data_dir=tmp_path / "cp",
+            public_key=keys.public,
+            grpc_address="127.0.0.1:0",
+            grpc_tls=TlsConfig(server.cert, server.key, client_ca=ca.cert),
+            mqtt=True,
+            mqtt_tls=BrokerTls(server.cert, server.key, ca.cert, require_client_cert=True),
+        )
+    ).start()
+    try:
+        assert plane.fleet is not None
+        client = GrpcTls(ca=ca.cert, cert=device.cert, key=device.key)
+        state = tmp_path / "state"
+        save_credentials(state, enroll_device(plane, "dev-m", tls=client))
+        for scheme, port in (("grpc", plane.grpc_port), ("mqtt", plane.mqtt_port)):
+            transport: Any = make_transport(
+                f"{scheme}://localhost:{port}", state, ca.cert,
+                client_cert=device.cert, client_key=device.key,
+            )  # fmt: skip
+            try:
+                if scheme == "mqtt":
+                    assert transport.connected.wait(10)
+                record = plane.fleet.send_command("dev-m", "config", {"window_seconds": 5}, "op")
+                got: list[Any] = []
+                assert wait_until(lambda t=transport, c=got: c.extend(t.poll_commands(0.2)) or c)
+                commands = got
+                assert commands[-1].id == record.id
+                transport.ack(commands[-1], True)
+            finally:
+                transport.close()
+        # the CA alone is not enough on MQTT either: no client certificate, no session
+        no_cert: Any = make_transport(f"mqtt://localhost:{plane.mqtt_port}", state, ca.cert)
+        try:
+            assert not no_cert.connected.wait(2)
+        finally:
+            no_cert.close()
+    finally:
+        plane.stop()
