@@ -157,10 +157,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def _command_stream(
         self, device_id: str, slot: Slot, request_iterator: Any, context: grpc.ServicerContext
     ) -> Iterator[Any]:
-        self.fleet.wake()  # a stream this one replaces ends at once
+        if slot.replacing:
+            self.fleet.wake()  # the stream this one replaces ends at once
         done = threading.Event()
         context.add_callback(done.set)
-        context.add_callback(self.fleet.wake)
         reader = threading.Thread(
             target=self._read_acks, args=(device_id, request_iterator, done), daemon=True
         )

@@ -30,6 +30,7 @@ class Slot:
     device_id: str
     long: bool
     replaced: threading.Event = field(default_factory=threading.Event)
+    replacing: bool = False  # this stream replaced an older one of the same device
     _released: bool = False
 
     def release(self) -> None:
@@ -64,6 +65,7 @@ class CallLimiter:
                 old = self._streams.get(device_id)
                 if old is not None:
                     old.replaced.set()
+                    slot.replacing = True
                 self._streams[device_id] = slot
             return slot
 

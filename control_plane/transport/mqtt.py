@@ -20,7 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from control_plane.errors import ControlPlaneError, ResourceExhausted
+from control_plane.errors import ControlPlaneError, ResourceExhausted, Unavailable
 from control_plane.fleet import CommandRecord, Fleet
 from control_plane.quotas import MAX_MESSAGE_BYTES
 from edge_agent.core.frames import MAX_BLOCK, encode_block
@@ -203,7 +203,7 @@ class MqttBridge:
                     bad.append(seq)
         try:
             result = self.fleet.ingest(device_id, parsed, "mqtt")
-        except ResourceExhausted as exc:  # not stored, not acked: the device sends it again later
+        except (ResourceExhausted, Unavailable) as exc:  # not stored: the device resends later
             self._telemetry_ack(device_id, [], [], [str(exc)])
             return
         self._telemetry_ack(device_id, result.acked, result.rejected + bad, result.errors + errors)

@@ -213,10 +213,13 @@ def test_mutual_tls_on_both_transports(tmp_path: Path, keys: Any) -> None:
                     assert transport.connected.wait(10)
                 record = plane.fleet.send_command("dev-m", "config", {"window_seconds": 5}, "op")
                 got: list[Any] = []
-                assert wait_until(lambda t=transport, c=got: c.extend(t.poll_commands(0.2)) or c)
-                commands = got
-                assert commands[-1].id == record.id
-                transport.ack(commands[-1], True)
+                assert wait_until(
+                    lambda t=transport, c=got, r=record: (
+                        c.extend(t.poll_commands(0.2)) or r.id in [x.id for x in c]
+                    )
+                )
+                transport.ack(next(c for c in got if c.id == record.id), True)
+                assert wait_until(lambda r=record, f=plane.fleet: f.command(r.id).status == "ok")
             finally:
                 transport.close()
         # the CA alone is not enough on MQTT either: no client certificate, no session

@@ -94,3 +94,27 @@ def test_call_limiter_one_stream_per_device_and_a_reserve_for_short_calls() -> N
         limiter.admit("z", long=True)
     assert limiter.admit("z") is not None  # short calls (Enroll, uploads) still admitted
     assert len(longs) + 1 == limiter.long_calls < 16
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800)]
+)
+def test_token_ttl_durations(text: str, seconds: float) -> None:
+    from control_plane.cli import _duration
+
+    assert _duration(text) == seconds
+
+
+def test_token_ttl_is_stored_and_bounded(tmp_path: Path) -> None:
+    from control_plane.enrollment import Enrollment
+    from control_plane.store.db import open_store
+
+    store = open_store(None)
+    enrollment = Enrollment(store, lambda: 1000.0)
+    enrollment.create_token("dev-a", ttl=90)
+    with store.session() as db:
+        (row,) = db.query("SELECT created_at, expires_at FROM enrollment_tokens")
+    assert (row["created_at"], row["expires_at"]) == (1000.0, 1090.0)
+    for bad in (0, -5, 400 * 86400):
+        with pytest.raises(InvalidInput, match="token ttl"):
+            enrollment.create_token(None, ttl=bad)
