@@ -282,6 +282,9 @@ def _duration(value: str) -> float:
     help="CA (PEM) to verify the external broker's TLS certificate (turns TLS on).",
 )
 @click.option(
+    "--mqtt-tls", is_flag=True, help="TLS to the external broker, verified with the system's CAs."
+)
+@click.option(
     "--tls-cert",
     type=click.Path(path_type=Path, exists=True),
     help="Server certificate (PEM) for gRPC and the embedded broker (`fleetcast certs init`).",
@@ -311,6 +314,7 @@ def serve(
     mqtt_username: str | None,
     mqtt_password: str | None,
     mqtt_ca: Path | None,
+    mqtt_tls: bool,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
@@ -340,7 +344,7 @@ def serve(
             int(port),
             mqtt_username,
             mqtt_password,
-            tls=mqtt_ca is not None,
+            tls=mqtt_tls or mqtt_ca is not None,
             ca_cert=str(mqtt_ca) if mqtt_ca else None,
         )
     if (tls_cert is None) != (tls_key is None):

@@ -118,3 +118,29 @@ def test_token_ttl_is_stored_and_bounded(tmp_path: Path) -> None:
     for bad in (0, -5, 400 * 86400):
         with pytest.raises(InvalidInput, match="token ttl"):
             enrollment.create_token(None, ttl=bad)
+
+
+def test_an_older_store_gains_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    from control_plane.store.db import open_store
+
+    path = tmp_path / "data" / "fleetcast.db"
+    path.parent.mkdir()
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE devices (id TEXT PRIMARY KEY, token_hash TEXT, status TEXT)")
+    old.execute(
+        "CREATE TABLE enrollment_tokens (token_hash TEXT PRIMARY KEY, device_id TEXT, "
+        "created_at FLOAT, used_by TEXT, used_at FLOAT)"
+    )
+    old.commit()
+    old.close()
+    path.chmod(0o644)
+    store = open_store(path)
+    try:
+        assert "uploads_refused" in store.db.table("devices").columns_dict
+        assert "expires_at" in store.db.table("enrollment_tokens").columns_dict
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    finally:
+        store.close()
