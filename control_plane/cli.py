@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from control_plane.cli_certs import certs
 from control_plane.errors import ControlPlaneError
 from control_plane.settings import Settings
 from edge_agent.errors import EdgeError
@@ -25,6 +28,12 @@ class _Errors(click.Group):
             return super().invoke(ctx)
         except (ControlPlaneError, EdgeError) as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:  # a missing, unreadable or unwritable file: name it
+            raise click.ClickException(
+                f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+            ) from exc
+        except sqlite3.DatabaseError as exc:
+            raise click.ClickException(f"the store in the data directory: {exc}") from exc
 
 
 @click.group(cls=_Errors)
@@ -232,16 +241,23 @@ def verify(package: Path, public_key: Path, expected: str | None, this_host: boo
 # ------------------------------------------------------------------ serve and fleet admin
 
 
-def _fleet(settings: Settings) -> Any:
+def _fleet(settings: Settings, need_key: bool = False) -> Any:
     """The fleet over the data dir's store, for admin commands run beside `fleetcast serve`."""
     from control_plane.fleet import Fleet
-    from control_plane.signing import PUBLIC_NAME
+    from control_plane.signing import PUBLIC_NAME, load_fleet_public_key
     from control_plane.store.db import open_store
-    from edge_agent.package import load_public_key
 
-    store = open_store(settings.data_dir / "fleetcast.db")
-    key = load_public_key(settings.key_dir / PUBLIC_NAME)
+    key = load_fleet_public_key(settings.key_dir / PUBLIC_NAME, required=need_key)
+    store = open_store(settings.data_dir / "fleetcast.db", busy_timeout=10.0)
     return Fleet(store, key, settings.data_dir / "catalog")
+
+
+def _duration(value: str) -> float:
+    """``90``, ``90s``, ``30m``, ``24h`` or ``7d`` -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
+    if not match:
+        raise click.BadParameter(f"{value!r}: expected a duration such as 90s, 30m, 24h or 7d")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
 @cli.command()
@@ -253,14 +269,39 @@ def _fleet(settings: Settings) -> Any:
     "--mqtt-port", default=1883, show_default=True, help="Embedded broker's port (0: any)."
 )
 @click.option(
+    "--mqtt-bind", default="127.0.0.1", show_default=True, help="Embedded broker's address."
+)
+@click.option(
     "--mqtt-broker", help="host:port of a broker the fleet already runs (instead of embedded)"
 )
 @click.option("--mqtt-username", envvar="FLEETCAST_MQTT_USERNAME")
 @click.option("--mqtt-password", envvar="FLEETCAST_MQTT_PASSWORD")
-@click.option("--tls-cert", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--mqtt-ca",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="CA (PEM) to verify the external broker's TLS certificate (turns TLS on).",
+)
+@click.option(
+    "--mqtt-tls", is_flag=True, help="TLS to the external broker, verified with the system's CAs."
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, exists=True),
+    help="Server certificate (PEM) for gRPC and the embedded broker (`fleetcast certs init`).",
+)
 @click.option("--tls-key", type=click.Path(path_type=Path, exists=True))
 @click.option(
+    "--tls-ca",
+    type=click.Path(path_type=Path, exists=True),
+    help="The CA that signed --tls-cert (the embedded broker's cafile).",
+)
+@click.option(
     "--tls-client-ca", type=click.Path(path_type=Path, exists=True), help="require client certs"
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow plaintext on a non-loopback address (tokens and credentials in clear).",
 )
 @click.pass_obj
 def serve(
@@ -268,18 +309,28 @@ def serve(
     grpc_address: str,
     mqtt: bool,
     mqtt_port: int,
+    mqtt_bind: str,
     mqtt_broker: str | None,
     mqtt_username: str | None,
     mqtt_password: str | None,
+    mqtt_ca: Path | None,
+    mqtt_tls: bool,
     tls_cert: Path | None,
     tls_key: Path | None,
+    tls_ca: Path | None,
     tls_client_ca: Path | None,
+    insecure: bool,
 ) -> None:
-    """Serve agents: gRPC always; MQTT with --mqtt (embedded mosquitto) or --mqtt-broker."""
+    """Serve agents: gRPC always; MQTT with --mqtt (embedded mosquitto) or --mqtt-broker.
+
+    Off this host, TLS is required (--tls-cert/--tls-key; --mqtt-ca for an
+    external broker) unless --insecure is given.
+    """
     import signal
     import threading
 
     from control_plane.server import ControlPlane, ServeOptions
+    from control_plane.transport.broker import BrokerTls
     from control_plane.transport.grpc_server import TlsConfig
     from control_plane.transport.mqtt import MqttEndpoint
 
@@ -288,29 +339,51 @@ def serve(
         host, _, port = mqtt_broker.rpartition(":")
         if not host or not port.isdigit() or not mqtt_username or not mqtt_password:
             raise click.UsageError("--mqtt-broker HOST:PORT needs --mqtt-username/--mqtt-password")
-        external = MqttEndpoint(host, int(port), mqtt_username, mqtt_password)
+        external = MqttEndpoint(
+            host,
+            int(port),
+            mqtt_username,
+            mqtt_password,
+            tls=mqtt_tls or mqtt_ca is not None,
+            ca_cert=str(mqtt_ca) if mqtt_ca else None,
+        )
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    if mqtt and external is None and tls_cert and not (tls_ca or tls_client_ca):
+        raise click.UsageError("--mqtt with --tls-cert needs --tls-ca (the CA that signed it)")
     tls = TlsConfig(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
+    broker_tls = (
+        BrokerTls(tls_cert, tls_key, tls_client_ca or tls_ca, tls_client_ca is not None)
+        if tls_cert and tls_key
+        else None
+    )
     plane = ControlPlane(
         ServeOptions(
             data_dir=settings.data_dir,
             grpc_address=grpc_address,
             grpc_tls=tls,
             mqtt=mqtt or external is not None,
+            mqtt_host=mqtt_bind,
             mqtt_port=mqtt_port,
+            mqtt_tls=broker_tls if external is None else None,
             mqtt_external=external,
+            insecure=insecure,
         )
-    ).start()
+    )
+    try:
+        plane.start()
+    except BaseException:
+        plane.stop()
+        raise
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     click.echo(
         f"serving gRPC on port {plane.grpc_port}"
         + (f", MQTT on port {plane.mqtt_port}" if plane.mqtt_port else "")
         + f"; data in {settings.data_dir}",
         err=True,
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     plane.stop()
 
@@ -322,15 +395,24 @@ def devices() -> None:
 
 @devices.command("token")
 @click.option("--device-id", help="bind the token to this device id")
+@click.option(
+    "--ttl", default="24h", show_default=True, help="How long the token is valid (90s, 30m, 7d)."
+)
 @click.pass_obj
-def devices_token(settings: Settings, device_id: str | None) -> None:
+def devices_token(settings: Settings, device_id: str | None, ttl: str) -> None:
     """Print a one-time enrollment token."""
-    click.echo(_fleet(settings).create_enrollment_token("cli", device_id))
+    click.echo(_fleet(settings).create_enrollment_token("cli", device_id, _duration(ttl)))
 
 
 @devices.command("list")
 @click.pass_obj
 def devices_list(settings: Settings) -> None:
+    """One JSON object per device (stderr warns if serve runs with --insecure)."""
+    from control_plane.server import insecure_notice
+
+    notice = insecure_notice(settings.data_dir)
+    if notice:
+        click.echo(f"warning: {notice}", err=True)
     for device in _fleet(settings).devices():
         click.echo(json.dumps(device, sort_keys=True))
 
@@ -350,7 +432,7 @@ def devices_revoke(settings: Settings, device_id: str) -> None:
 @click.pass_obj
 def deploy(settings: Settings, device_id: str, package: Path) -> None:
     """Add PACKAGE to the catalog (verified) and send DEVICE_ID a deploy command."""
-    fleet = _fleet(settings)
+    fleet = _fleet(settings, need_key=True)
     sha256 = fleet.add_package(package, "cli")
     record = fleet.send_command(device_id, "deploy", {"sha256": sha256}, "cli")
     click.echo(f"command {record.id} (version {record.execution_version}): deploy {sha256}")
@@ -371,3 +453,6 @@ def demo(settings: Settings, workdir: Path | None) -> None:
 
 def main() -> None:
     cli(prog_name="fleetcast")
+
+
+cli.add_command(certs)

@@ -8,8 +8,10 @@ ControlPlaneError
 │   └── LifecycleError  a version's stage cannot move that way (names from → to)
 ├── Unauthenticated   no, unknown or revoked credential
 ├── PermissionDenied  a credential acting beyond its rights (another device, operator routes)
-├── CompileError      a model cannot be compiled for a target (names the op or step)
-└── StoreUnavailable  the database cannot be reached, or stays locked (names the server)
+├── ResourceExhausted a device over its quota or call limit (retry later)
+├── Unavailable       the store is busy or locked (retry later)
+│   └── StoreUnavailable  the database cannot be reached, or stays locked (names the server)
+└── CompileError      a model cannot be compiled for a target (names the op or step)
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ class PermissionDenied(ControlPlaneError):
     pass
 
 
+class ResourceExhausted(ControlPlaneError):
+    pass
+
+
+class Unavailable(ControlPlaneError):
+    pass
+
+
 class CompileError(ControlPlaneError):
     pass
 
@@ -56,5 +66,5 @@ class LifecycleError(Conflict):
         self.target = target
 
 
-class StoreUnavailable(ControlPlaneError):
+class StoreUnavailable(Unavailable):
     """The store's database cannot be reached or stays busy; the request may be retried."""

@@ -7,11 +7,8 @@ a rule (a revoked device is refused; an upload is stored exactly once per
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
-import secrets
 import threading
 import time
 import uuid
@@ -22,7 +19,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from control_plane.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from control_plane.enrollment import (
+    DEFAULT_TOKEN_TTL,
+    Clock,
+    Credentials,
+    Enrollment,
+    check_device_id,
+)
+from control_plane.errors import InvalidInput, NotFound, ResourceExhausted
+from control_plane.quotas import MAX_UPLOAD_BYTES, IngestQuota, QuotaLimits
 from control_plane.store.db import Store
 from edge_agent.errors import PackageError
 from edge_agent.package import open_package
@@ -31,27 +36,7 @@ logger = logging.getLogger(__name__)
 
 COMMAND_KINDS = frozenset({"deploy", "rollback", "config", "capture"})
 UPLOAD_KINDS = frozenset({"telemetry_window", "status"})
-MAX_UPLOAD_BYTES = 4 * 1024 * 1024
-_DEVICE_ID = "abcdefghijklmnopqrstuvwxyz0123456789-_"
-
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def check_device_id(device_id: str) -> str:
-    if not 1 <= len(device_id) <= 64 or any(c not in _DEVICE_ID for c in device_id):
-        raise InvalidInput(
-            f"device id {device_id!r}: use 1-64 lower-case letters, digits, '-' or '_'"
-        )
-    return device_id
-
-
-@dataclass(frozen=True)
-class Credentials:
-    device_id: str
-    device_token: str
-    mqtt_password: str
+__all__ = ["Credentials", "Fleet", "check_device_id"]
 
 
 @dataclass(frozen=True)
@@ -77,10 +62,23 @@ DeviceHook = Callable[[str, str], None]  # (device id, mqtt password or "")
 class Fleet:
     """Devices, commands, packages and uploads over one :class:`Store`."""
 
-    def __init__(self, store: Store, public_key: Ed25519PublicKey, package_dir: Path) -> None:
+    def __init__(
+        self,
+        store: Store,
+        public_key: Ed25519PublicKey | None,
+        package_dir: Path,
+        clock: Clock = time.time,
+        quota: QuotaLimits | None = None,
+    ) -> None:
         self.store = store
         self.public_key = public_key
         self.package_dir = package_dir
+        self.clock = clock
+        self.enrollment = Enrollment(store, clock)
+        self.quota = IngestQuota(quota or QuotaLimits(), time.monotonic)
+        self._seen: dict[str, float] = {}  # last-seen times not yet written (flush_activity)
+        self._refused: dict[str, int] = {}  # uploads refused over quota, not yet written
+        self._activity_lock = threading.Lock()
         self._changed = threading.Condition()
         self._data_version: int | None = None
         self.on_enroll: list[DeviceHook] = []
@@ -90,10 +88,10 @@ class Fleet:
     # -- audit
 
     def audit(self, actor: str, action: str, subject: str, **detail: Any) -> None:
-        with self.store.lock:
+        with self.store.session():
             self.store.db.table("audit").insert(
                 {
-                    "at": time.time(),
+                    "at": self.clock(),
                     "actor": actor,
                     "action": action,
                     "subject": subject,
@@ -103,69 +101,40 @@ class Fleet:
 
     # -- enrollment and credentials
 
-    def create_enrollment_token(self, actor: str, device_id: str | None = None) -> str:
-        token = "enr_" + secrets.token_urlsafe(24)
-        row = {"token_hash": _hash(token), "device_id": device_id, "created_at": time.time()}
-        with self.store.lock:
-            self.store.db.table("enrollment_tokens").insert(row)
-        self.audit(actor, "enrollment_token.create", device_id or "*")
+    def create_enrollment_token(
+        self, actor: str, device_id: str | None = None, ttl: float = DEFAULT_TOKEN_TTL
+    ) -> str:
+        """A one-time token, valid ``ttl`` seconds (bound to ``device_id`` if given)."""
+        token = self.enrollment.create_token(device_id, ttl)
+        self.audit(actor, "enrollment_token.create", device_id or "*", ttl=ttl)
         return token
 
     def enroll(self, token: str, device_id: str, host: dict[str, Any]) -> Credentials:
-        check_device_id(device_id)
-        with self.store.lock:
-            tokens = self.store.db.table("enrollment_tokens")
-            rows = list(tokens.rows_where("token_hash = ?", [_hash(token)]))
-            if not rows or rows[0]["used_by"]:
-                raise Unauthenticated("enrollment token is unknown or already used")
-            bound = rows[0]["device_id"]
-            if bound and bound != device_id:
-                raise Unauthenticated(f"enrollment token is for device {bound!r}")
-            devices = self.store.db.table("devices")
-            if list(devices.rows_where("id = ?", [device_id])):
-                raise Conflict(f"device {device_id!r} is already enrolled")
-            secret = secrets.token_urlsafe(32)
-            mqtt_password = secrets.token_urlsafe(24)
-            devices.insert(
-                {
-                    "id": device_id,
-                    "token_hash": _hash(secret),
-                    "status": "active",
-                    "host_json": json.dumps(host, sort_keys=True),
-                    "enrolled_at": time.time(),
-                    "next_version": 1,
-                }
-            )
-            tokens.update(rows[0]["token_hash"], {"used_by": device_id, "used_at": time.time()})
-        for hook in self.on_enroll:
-            hook(device_id, mqtt_password)
+        creds = self.enrollment.redeem(token, device_id, host)
+        try:
+            for hook in self.on_enroll:
+                hook(device_id, creds.mqtt_password)
+        except Exception:
+            self.enrollment.undo(device_id)
+            raise
         self.audit(f"device:{device_id}", "device.enroll", device_id)
-        return Credentials(device_id, f"{device_id}.{secret}", mqtt_password)
+        return creds
 
     def authenticate(self, device_token: str) -> str:
         """The device id a credential belongs to; Unauthenticated if unknown or revoked."""
-        device_id, _, secret = device_token.partition(".")
-        if not device_id or not secret:
-            raise Unauthenticated("malformed device credential")
-        with self.store.lock:
-            rows = list(self.store.db.table("devices").rows_where("id = ?", [device_id]))
-        if not rows or not hmac.compare_digest(rows[0]["token_hash"], _hash(secret)):
-            raise Unauthenticated("unknown device credential")
-        if rows[0]["status"] != "active":
-            raise Unauthenticated(f"device {device_id!r} is revoked")
-        return device_id
+        return self.enrollment.authenticate(device_token)
 
     def is_active(self, device_id: str) -> bool:
-        with self.store.lock:
+        with self.store.session():
             rows = list(self.store.db.table("devices").rows_where("id = ?", [device_id]))
         return bool(rows) and rows[0]["status"] == "active"
 
     def revoke(self, device_id: str, actor: str) -> None:
-        with self.store.lock:
+        with self.store.session():
             devices = self.store.db.table("devices")
             if not list(devices.rows_where("id = ?", [device_id])):
                 raise NotFound(f"device {device_id!r} is not enrolled")
-            devices.update(device_id, {"status": "revoked", "revoked_at": time.time()})
+            devices.update(device_id, {"status": "revoked", "revoked_at": self.clock()})
         for hook in self.on_revoke:
             hook(device_id, "")
         self.audit(actor, "device.revoke", device_id)
@@ -173,21 +142,58 @@ class Fleet:
             self._changed.notify_all()
 
     def devices(self) -> list[dict[str, Any]]:
-        with self.store.lock:
-            rows = self.store.db.table("devices").rows_where(order_by="id")
-            return [
-                {k: r[k] for k in ("id", "status", "enrolled_at", "revoked_at", "last_seen")}
-                for r in rows
+        keys = ("id", "status", "enrolled_at", "revoked_at", "last_seen", "uploads_refused")
+        with self.store.session() as db:
+            rows: list[dict[str, Any]] = [
+                {k: r.get(k) for k in keys} for r in db.table("devices").rows_where(order_by="id")
             ]
+        with self._activity_lock:
+            for row in rows:
+                row["last_seen"] = self._seen.get(row["id"], row["last_seen"])
+                row["uploads_refused"] = (row["uploads_refused"] or 0) + self._refused.get(
+                    row["id"], 0
+                )
+        return rows
 
     def touch(self, device_id: str) -> None:
-        with self.store.lock:
-            self.store.db.table("devices").update(device_id, {"last_seen": time.time()})
+        """Note that a device was seen; written in batches by :meth:`flush_activity`."""
+        with self._activity_lock:
+            self._seen[device_id] = self.clock()
+
+    def flush_activity(self) -> None:
+        """Write the last-seen times and quota refusals gathered since the last flush."""
+        with self._activity_lock:
+            seen, self._seen = self._seen, {}
+            refused, self._refused = self._refused, {}
+        if not seen and not refused:
+            return
+        try:
+            with self.store.session() as db, db.conn:
+                for device_id, at in seen.items():
+                    db.execute("UPDATE devices SET last_seen = ? WHERE id = ?", [at, device_id])
+                for device_id, count in refused.items():
+                    db.execute(
+                        "UPDATE devices SET uploads_refused = COALESCE(uploads_refused, 0) + ? "
+                        "WHERE id = ?",
+                        [count, device_id],
+                    )
+        except Exception:
+            with self._activity_lock:  # keep them for the next flush
+                for device_id, at in seen.items():
+                    self._seen.setdefault(device_id, at)
+                for device_id, count in refused.items():
+                    self._refused[device_id] = self._refused.get(device_id, 0) + count
+            raise
 
     # -- packages
 
     def add_package(self, path: Path, actor: str) -> str:
         """Register a signed package file (verified first); returns its sha256."""
+        if self.public_key is None:
+            raise InvalidInput(
+                "no package signing public key: run `fleetcast keys generate` "
+                "(or copy the compile host's fleetcast.pub into <data dir>/keys/)"
+            )
         try:
             package = open_package(path, self.public_key)
         except PackageError as exc:
@@ -197,7 +203,7 @@ class Fleet:
         stored = self.package_dir / f"{package.sha256}.fcpkg"
         if not stored.exists():
             stored.write_bytes(path.read_bytes())
-        with self.store.lock:
+        with self.store.session():
             self.store.db.table("packages").upsert(
                 {
                     "sha256": package.sha256,
@@ -208,7 +214,7 @@ class Fleet:
                     "release": m.release,
                     "size_bytes": package.size_bytes,
                     "path": str(stored),
-                    "created_at": time.time(),
+                    "created_at": self.clock(),
                 },
                 pk="sha256",
             )
@@ -216,7 +222,7 @@ class Fleet:
         return package.sha256
 
     def package(self, sha256: str) -> dict[str, Any]:
-        with self.store.lock:
+        with self.store.session():
             rows = list(self.store.db.table("packages").rows_where("sha256 = ?", [sha256]))
         if not rows:
             raise NotFound(f"package {sha256} is not in the catalog")
@@ -224,6 +230,21 @@ class Fleet:
 
     def package_path(self, sha256: str) -> Path:
         return Path(self.package(sha256)["path"])
+
+    def package_for_device(self, device_id: str, sha256: str) -> Path:
+        """The file of a catalog package a deploy command sent to this device; else NotFound."""
+        path = self.package_path(sha256)
+        with self.store.session() as db:
+            rows = list(
+                db.query(
+                    "SELECT 1 FROM commands WHERE device_id = ? AND kind = 'deploy' "
+                    "AND json_extract(body_json, '$.sha256') = ? LIMIT 1",
+                    [device_id, sha256],
+                )
+            )
+        if not rows:
+            raise NotFound(f"package {sha256} was never deployed to device {device_id!r}")
+        return path
 
     # -- commands
 
@@ -239,7 +260,7 @@ class Fleet:
                 "package_id": package["package_id"],
                 "size_bytes": package["size_bytes"],
             }
-        with self.store.lock:
+        with self.store.session():
             devices = self.store.db.table("devices")
             rows = list(devices.rows_where("id = ?", [device_id]))
             if not rows:
@@ -255,7 +276,7 @@ class Fleet:
                     "kind": kind,
                     "body_json": json.dumps(body, sort_keys=True),
                     "status": "pending",
-                    "created_at": time.time(),
+                    "created_at": self.clock(),
                 }
             )
         self.audit(actor, f"command.{kind}", device_id, command_id=record.id, **body)
@@ -266,7 +287,7 @@ class Fleet:
         return record
 
     def pending_commands(self, device_id: str) -> list[CommandRecord]:
-        with self.store.lock:
+        with self.store.session():
             rows = self.store.db.table("commands").rows_where(
                 "device_id = ? AND status = 'pending'", [device_id], order_by="execution_version"
             )
@@ -274,7 +295,7 @@ class Fleet:
 
     def all_pending_commands(self) -> list[CommandRecord]:
         """Pending commands of every active device, in version order (one query)."""
-        with self.store.lock:
+        with self.store.session():
             rows = self.store.db.query(
                 "SELECT c.* FROM commands c JOIN devices d ON d.id = c.device_id "
                 "WHERE c.status = 'pending' AND d.status = 'active' "
@@ -283,12 +304,12 @@ class Fleet:
             return [_command(r) for r in rows]
 
     def revoked_devices(self) -> list[str]:
-        with self.store.lock:
+        with self.store.session():
             rows = self.store.db.query("SELECT id FROM devices WHERE status = 'revoked'")
             return [r["id"] for r in rows]
 
     def command(self, command_id: str) -> CommandRecord:
-        with self.store.lock:
+        with self.store.session():
             rows = list(self.store.db.table("commands").rows_where("id = ?", [command_id]))
         if not rows:
             raise NotFound(f"command {command_id!r} does not exist")
@@ -298,7 +319,7 @@ class Fleet:
         self, device_id: str, command_id: str, ok: bool, result: dict[str, Any]
     ) -> None:
         """Record a device's ack; a second ack of the same command changes nothing."""
-        with self.store.lock:
+        with self.store.session():
             table = self.store.db.table("commands")
             rows = list(table.rows_where("id = ? AND device_id = ?", [command_id, device_id]))
             if not rows:
@@ -309,10 +330,15 @@ class Fleet:
                 command_id,
                 {
                     "status": "ok" if ok else "failed",
-                    "acked_at": time.time(),
+                    "acked_at": self.clock(),
                     "result_json": json.dumps(result, sort_keys=True),
                 },
             )
+        with self._changed:
+            self._changed.notify_all()
+
+    def wake(self) -> None:
+        """Wake every waiter of :meth:`wait_for_change` (a stream was replaced or ended)."""
         with self._changed:
             self._changed.notify_all()
 
@@ -326,7 +352,7 @@ class Fleet:
         SQLite's ``data_version`` changes only for other connections' commits, so
         this costs one pragma and never fires for this process's own writes.
         """
-        with self.store.lock:
+        with self.store.session():
             (version,) = self.store.db.execute("PRAGMA data_version").fetchone()
         if version == self._data_version:
             return False
@@ -342,7 +368,18 @@ class Fleet:
     def ingest(
         self, device_id: str, items: Iterable[tuple[int, str, str]], transport: str
     ) -> UploadResult:
-        """Store uploads once per (device id, seq); malformed ones are rejected and logged."""
+        """Store uploads once per (device id, seq); malformed ones are rejected and logged.
+
+        Raises ResourceExhausted, storing nothing, when the device is over its
+        byte or rate quota; the refusal is counted for operators.
+        """
+        items = list(items)
+        refusal = self.quota.take(device_id, sum(len(i[2]) for i in items), len(items))
+        if refusal is not None:
+            with self._activity_lock:
+                self._refused[device_id] = self._refused.get(device_id, 0) + 1
+            logger.warning("upload from %s over %s refused: %s", device_id, transport, refusal)
+            raise ResourceExhausted(refusal)
         acked: list[int] = []
         rejected: list[int] = []
         errors: list[str] = []
@@ -360,13 +397,13 @@ class Fleet:
                     "seq": seq,
                     "kind": kind,
                     "body_json": body_json,
-                    "received_at": time.time(),
+                    "received_at": self.clock(),
                     "transport": transport,
                 }
             )
             acked.append(seq)
         if rows:
-            with self.store.lock:
+            with self.store.session():
                 self.store.db.table("uploads").insert_all(rows, ignore=True)
         return UploadResult(acked, rejected, errors)
 
@@ -380,7 +417,7 @@ class Fleet:
         if kind:
             where.append("kind = ?")
             args.append(kind)
-        with self.store.lock:
+        with self.store.session():
             rows = self.store.db.table("uploads").rows_where(
                 " AND ".join(where) or None, args, order_by="device_id, seq"
             )

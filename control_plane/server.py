@@ -9,6 +9,8 @@ operator provisions.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import re
@@ -20,18 +22,31 @@ from pathlib import Path
 
 import grpc
 
+from control_plane.errors import ControlPlaneError
 from control_plane.fleet import Fleet
-from control_plane.signing import PUBLIC_NAME
+from control_plane.signing import PUBLIC_NAME, load_fleet_public_key
 from control_plane.store.db import Store, open_store
 from control_plane.transport.broker import CONTROL_PLANE_USER, BrokerTls, MosquittoBroker
-from control_plane.transport.grpc_server import AgentServicer, TlsConfig, start_grpc_server
+from control_plane.transport.grpc_server import (
+    DEFAULT_WORKERS,
+    AgentServicer,
+    TlsConfig,
+    start_grpc_server,
+)
 from control_plane.transport.mqtt import MqttBridge, MqttEndpoint
-from edge_agent.package import load_public_key
+from edge_agent.core.netaddr import is_loopback, split_host_port
 
 logger = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.05
 BACKSTOP_SECONDS = 2.0
+FLUSH_SECONDS = 5.0  # last-seen times and quota refusals are written this often
+CHECKPOINT_SECONDS = 300.0
+INSECURE_MARKER = "serve-insecure.json"
+
+
+class InsecureListener(ControlPlaneError):
+    """A listener or broker link off this host without TLS, and no --insecure."""
 
 
 @dataclass(frozen=True)
@@ -40,11 +55,59 @@ class ServeOptions:
     public_key: Path | None = None
     grpc_address: str = "127.0.0.1:50051"
     grpc_tls: TlsConfig | None = None
+    grpc_workers: int = DEFAULT_WORKERS
     mqtt: bool = False
+    mqtt_host: str = "127.0.0.1"  # embedded broker's listen address
     mqtt_port: int = 0  # embedded broker's port; 0 picks a free one
     mqtt_tls: BrokerTls | None = None
     mqtt_external: MqttEndpoint | None = None
     in_memory_store: bool = False
+    insecure: bool = False  # allow plaintext off this host (warned at start and in devices list)
+
+
+def plaintext_exposures(o: ServeOptions) -> list[str]:
+    """What would carry credentials in clear off this host with these options."""
+    found = []
+    grpc_host = split_host_port(o.grpc_address)[0]
+    if o.grpc_tls is None and not is_loopback(grpc_host):
+        found.append(f"gRPC on {o.grpc_address} without TLS")
+    if o.mqtt and o.mqtt_external is None and o.mqtt_tls is None and not is_loopback(o.mqtt_host):
+        found.append(f"MQTT on {o.mqtt_host}:{o.mqtt_port} without TLS")
+    ext = o.mqtt_external
+    if ext is not None and not (ext.tls or ext.ca_cert) and not is_loopback(ext.host):
+        found.append(f"MQTT bridge to {ext.host}:{ext.port} without TLS")
+    return found
+
+
+def check_plaintext(o: ServeOptions) -> list[str]:
+    """Refuse plaintext off this host unless ``insecure``; what runs in clear (to warn of)."""
+    exposures = plaintext_exposures(o)
+    if exposures and not o.insecure:
+        raise InsecureListener(
+            f"refusing to serve {'; '.join(exposures)}: enrollment tokens and device "
+            "credentials would travel in clear. Pass --tls-cert/--tls-key (make them with "
+            "`fleetcast certs init --host HOST`), or --insecure to accept plaintext"
+        )
+    return exposures
+
+
+def write_insecure_notice(data_dir: Path, exposures: list[str]) -> None:
+    """Record what serve runs in clear (nothing: remove the record) for `devices list`."""
+    marker = data_dir / INSECURE_MARKER
+    if exposures:
+        marker.write_text(json.dumps({"exposures": exposures}))
+    else:
+        marker.unlink(missing_ok=True)
+
+
+def insecure_notice(data_dir: Path) -> str | None:
+    """The warning `fleetcast devices list` shows while serve runs with --insecure."""
+    marker = data_dir / INSECURE_MARKER
+    try:
+        exposures = json.loads(marker.read_text())["exposures"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return "fleetcast serve runs with --insecure: " + "; ".join(map(str, exposures))
 
 
 class ControlPlane:
@@ -66,14 +129,25 @@ class ControlPlane:
 
     def start(self) -> ControlPlane:
         o = self.options
+        exposures = check_plaintext(o)
         self.store = open_store(None if o.in_memory_store else o.data_dir / "fleetcast.db")
-        public_key = o.public_key or o.data_dir / "keys" / PUBLIC_NAME
-        self.fleet = Fleet(self.store, load_public_key(public_key), o.data_dir / "catalog")
+        key_path = o.public_key or o.data_dir / "keys" / PUBLIC_NAME
+        public_key = load_fleet_public_key(key_path, required=o.public_key is not None)
+        if public_key is None:
+            logger.warning(
+                "no package signing key at %s yet: `fleetcast deploy` needs it "
+                "(run `fleetcast keys generate`)",
+                key_path,
+            )
+        self.fleet = Fleet(self.store, public_key, o.data_dir / "catalog")
         self.grpc, self.grpc_port, self.servicer = start_grpc_server(
-            self.fleet, o.grpc_address, o.grpc_tls
+            self.fleet, o.grpc_address, o.grpc_tls, o.grpc_workers
         )
         if o.mqtt:
             self._start_mqtt()
+        for exposure in exposures:
+            logger.warning("--insecure: serving %s; credentials travel in clear", exposure)
+        write_insecure_notice(o.data_dir, exposures)
         self._reconciler = threading.Thread(target=self._reconcile_loop, daemon=True)
         self._reconciler.start()
         return self
@@ -84,11 +158,19 @@ class ControlPlane:
         One pragma every 50 ms; the command streams and the MQTT side only query
         when something changed (or every few seconds, as a backstop).
         """
-        idle = 0.0
+        idle = unflushed = unchecked = 0.0
         while not self._stop.wait(WATCH_SECONDS):
             idle += WATCH_SECONDS
+            unflushed += WATCH_SECONDS
+            unchecked += WATCH_SECONDS
             try:
-                assert self.fleet is not None
+                assert self.fleet is not None and self.store is not None
+                if unflushed >= FLUSH_SECONDS:
+                    unflushed = 0.0
+                    self.fleet.flush_activity()
+                if unchecked >= CHECKPOINT_SECONDS:
+                    unchecked = 0.0
+                    self.store.checkpoint()
                 if self.fleet.notice_external_changes() or idle >= BACKSTOP_SECONDS:
                     idle = 0.0
                     self.reconcile()
@@ -115,19 +197,25 @@ class ControlPlane:
         endpoint = o.mqtt_external
         if endpoint is None:
             self.broker = MosquittoBroker(
-                o.data_dir / "mosquitto", port=o.mqtt_port, tls=o.mqtt_tls
+                o.data_dir / "mosquitto", host=o.mqtt_host, port=o.mqtt_port, tls=o.mqtt_tls
             )
             self.broker.start()
+            self.fleet.enrollment.login_checks.append(self.broker.check_login_free)
             self.fleet.on_enroll.append(self.broker.add_device)
             self.fleet.on_revoke.append(self._remove_mqtt_login)
             endpoint = MqttEndpoint(
-                "127.0.0.1",
+                o.mqtt_host if o.mqtt_host not in ("", "0.0.0.0", "::") else "127.0.0.1",
                 self.broker.port,
                 CONTROL_PLANE_USER,
                 self.broker.password,
                 tls=o.mqtt_tls is not None,
                 ca_cert=str(o.mqtt_tls.ca) if o.mqtt_tls and o.mqtt_tls.ca else None,
             )
+            if o.mqtt_tls is not None and o.mqtt_tls.require_client_cert:
+                # mutual TLS: the bridge presents the server's certificate as its own
+                endpoint = dataclasses.replace(
+                    endpoint, client_cert=str(o.mqtt_tls.cert), client_key=str(o.mqtt_tls.key)
+                )
         self.bridge = MqttBridge(self.fleet, endpoint)
         self.fleet.on_command.append(lambda record: self._published.add(record.id))
         self.bridge.start()
@@ -142,7 +230,9 @@ class ControlPlane:
         assert self.fleet is not None and self.grpc is not None
         self.grpc.stop(grace=None).wait(5)
         address = f"127.0.0.1:{self.grpc_port}"
-        self.grpc, port, servicer = start_grpc_server(self.fleet, address, self.options.grpc_tls)
+        self.grpc, port, servicer = start_grpc_server(
+            self.fleet, address, self.options.grpc_tls, self.options.grpc_workers
+        )
         assert port == self.grpc_port
         if self.servicer is not None:  # keep counting transfers across the restart
             servicer.transfers = self.servicer.transfers
@@ -158,13 +248,20 @@ class ControlPlane:
         self._stop.set()
         if self._reconciler is not None:
             self._reconciler.join(5)
+        write_insecure_notice(self.options.data_dir, [])
         if self.bridge is not None:
             self.bridge.stop()
         if self.broker is not None:
             self.broker.stop()
         if self.grpc is not None:
             self.grpc.stop(grace=1).wait(5)
+        if self.fleet is not None:
+            try:
+                self.fleet.flush_activity()
+            except ControlPlaneError as exc:
+                logger.warning("last-seen times not written at stop: %s", exc)
         if self.store is not None:
+            self.store.checkpoint()
             self.store.close()
 
 
@@ -175,21 +272,24 @@ class ServeProcess:
     as operators run it; ``env`` is the environment to give the admin CLI.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *extra: str) -> None:
         self.env = {
             **os.environ,
             "FLEETCAST_DATA_DIR": str(data_dir),
             "PATH": os.environ.get("PATH", "") + ":/usr/sbin",
         }
         command = [sys.executable, "-m", "control_plane", "serve", "--grpc", "127.0.0.1:0",
-                   "--mqtt", "--mqtt-port", "0"]  # fmt: skip
+                   "--mqtt", "--mqtt-port", "0", *extra]  # fmt: skip
         self.proc = subprocess.Popen(command, env=self.env, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
-        match = re.search(r"gRPC on port (\d+), MQTT on port (\d+)", line)
+        seen, match = "", None
+        while line := self.proc.stderr.readline():  # warnings may come first
+            seen += line
+            if match := re.search(r"gRPC on port (\d+), MQTT on port (\d+)", line):
+                break
         if not match:
             self.proc.kill()
-            raise RuntimeError(f"fleetcast serve did not start: {line}{self.proc.stderr.read()}")
+            raise RuntimeError(f"fleetcast serve did not start: {seen}{self.proc.stderr.read()}")
         self.grpc_port, self.mqtt_port = int(match.group(1)), int(match.group(2))
         threading.Thread(target=self.proc.stderr.read, daemon=True).start()
 

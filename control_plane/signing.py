@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -20,21 +21,56 @@ PRIVATE_NAME = "fleetcast.key"
 PUBLIC_NAME = "fleetcast.pub"
 
 
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to a new ``mode`` file beside ``path``, then rename it over ``path``.
+
+    The old file's mode is not kept and a symlink at ``path`` is replaced, never followed.
+    """
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
 def generate_keypair(directory: Path, overwrite: bool = False) -> tuple[Path, Path]:
     """Write a new key pair (PEM) into ``directory``; the private key is mode 0600."""
     directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
     private_path, public_path = directory / PRIVATE_NAME, directory / PUBLIC_NAME
-    if private_path.exists() and not overwrite:
+    if (private_path.exists() or private_path.is_symlink()) and not overwrite:
         raise Conflict(f"{private_path} exists; pass --force to replace it")
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-    public_path.write_bytes(
-        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    write_private(
+        private_path, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     )
+    public = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    write_private(public_path, public, mode=0o644)
     return private_path, public_path
+
+
+def load_fleet_public_key(path: Path, required: bool = True) -> Ed25519PublicKey | None:
+    """The package signing public key at ``path``; None if missing and not ``required``.
+
+    Raises InvalidInput naming the file and the fix, never a bare FileNotFoundError.
+    """
+    from edge_agent.errors import PackageError
+    from edge_agent.package import load_public_key
+
+    if not path.exists():
+        if not required:
+            return None
+        raise InvalidInput(f"public key {path}: no such file (run `fleetcast keys generate`)")
+    try:
+        return load_public_key(path)
+    except PackageError as exc:
+        raise InvalidInput(f"public key {path}: {exc}") from exc
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:

@@ -35,6 +35,23 @@ def main(verbose: bool) -> None:
 @click.option("--listen", help="Local API: unix:PATH or 127.0.0.1:PORT.")
 @click.option("--server", help="grpc://HOST:PORT or mqtt://HOST:PORT [FLEETCAST_AGENT_SERVER].")
 @click.option("--ca-cert", help="CA (PEM) for TLS to the server [FLEETCAST_AGENT_CA_CERT].")
+@click.option(
+    "--client-cert",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    envvar="FLEETCAST_AGENT_CLIENT_CERT",
+    help="This device's certificate, for a server that wants mutual TLS.",
+)
+@click.option(
+    "--client-key",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    envvar="FLEETCAST_AGENT_CLIENT_KEY",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    envvar="FLEETCAST_AGENT_INSECURE",
+    help="Allow plaintext to a server that is not on this host (credentials in clear).",
+)
 def run(
     state_dir: Path | None,
     public_key: Path | None,
@@ -42,6 +59,9 @@ def run(
     listen: str | None,
     server: str | None,
     ca_cert: str | None,
+    client_cert: Path | None,
+    client_key: Path | None,
+    insecure: bool,
 ) -> None:
     """Recover the state directory, serve the installed models, and stay up until SIGTERM."""
     from edge_agent.agent import Agent
@@ -63,12 +83,17 @@ def run(
                 settings.server,
                 settings.state_dir,
                 Path(settings.ca_cert) if settings.ca_cert else None,
+                insecure=insecure,
+                client_cert=client_cert,
+                client_key=client_key,
             )
             if settings.server
             else None
         )
     except (SettingsError, EdgeError) as exc:
         raise click.UsageError(str(exc)) from exc
+    if insecure and transport is not None and not settings.ca_cert:
+        logger.warning("--insecure: talking to %s in plaintext", settings.server)
     agent = Agent(settings, transport)
     agent.start()
     local, bound = serve(agent, settings.listen_address)
@@ -97,15 +122,40 @@ def run(
 @click.option("--device-id", required=True)
 @click.option("--state-dir", required=True, type=click.Path(path_type=Path))
 @click.option("--ca-cert", type=click.Path(path_type=Path, exists=True), help="CA for TLS.")
-def enroll(server: str, token: str, device_id: str, state_dir: Path, ca_cert: Path | None) -> None:
+@click.option("--client-cert", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--client-key", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option(
+    "--insecure",
+    is_flag=True,
+    envvar="FLEETCAST_AGENT_INSECURE",
+    help="Allow plaintext to a server that is not on this host (the token travels in clear).",
+)
+def enroll(
+    server: str,
+    token: str,
+    device_id: str,
+    state_dir: Path,
+    ca_cert: Path | None,
+    client_cert: Path | None,
+    client_key: Path | None,
+    insecure: bool,
+) -> None:
     """Trade an enrollment token for this device's credentials (kept 0600 in the state dir)."""
     from dataclasses import asdict
 
+    from edge_agent.core.netaddr import split_host_port
+    from edge_agent.errors import EdgeError
     from edge_agent.host import detect_host
     from edge_agent.transport.base import TransportError
-    from edge_agent.transport.factory import save_credentials
+    from edge_agent.transport.factory import check_plaintext, save_credentials
     from edge_agent.transport.grpc import GrpcTls
     from edge_agent.transport.grpc import enroll as grpc_enroll
+
+    server = server.removeprefix("grpc://")
+    try:
+        check_plaintext(split_host_port(server)[0], ca_cert, insecure)
+    except EdgeError as exc:
+        raise click.UsageError(str(exc)) from exc
 
     host = asdict(detect_host())
     facts = {
@@ -117,7 +167,8 @@ def enroll(server: str, token: str, device_id: str, state_dir: Path, ca_cert: Pa
         "agent_version": "0.1.0",
     }
     try:
-        creds = grpc_enroll(server, token, device_id, facts, GrpcTls(ca_cert) if ca_cert else None)
+        tls = GrpcTls(ca_cert, client_cert, client_key) if ca_cert else None
+        creds = grpc_enroll(server, token, device_id, facts, tls)
     except TransportError as exc:
         raise click.ClickException(str(exc)) from exc
     path = save_credentials(state_dir, creds)

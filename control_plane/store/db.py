@@ -7,13 +7,20 @@ what the rest of the control plane needs as plain methods, so another backend
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+from control_plane.errors import Unavailable
+
+SCHEMA_VERSION = 2
+BUSY_TIMEOUT = 2.0  # seconds a write waits for another process's lock before UNAVAILABLE
+WAL_LIMIT = 64 * 1024 * 1024  # bytes the WAL is truncated to after a checkpoint
 
 _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
     "devices": (
@@ -26,6 +33,7 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
             "revoked_at": float,
             "last_seen": float,
             "next_version": int,
+            "uploads_refused": int,  # over its ingest quota (counted, never silently dropped)
         },
         "id",
     ),
@@ -34,6 +42,7 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
             "token_hash": str,
             "device_id": str,
             "created_at": float,
+            "expires_at": float,
             "used_by": str,
             "used_at": float,
         },
@@ -86,24 +95,70 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
 
 
 class Store:
-    """A thread-safe handle on the database (one connection, one lock)."""
+    """A thread-safe handle on the database (one connection, one lock).
 
-    def __init__(self, path: Path | None) -> None:
+    The file and its WAL are private (0600, in a 0700 directory). A write that
+    finds the database locked by another process waits ``busy_timeout`` seconds,
+    then raises :class:`Unavailable` (gRPC UNAVAILABLE), instead of stalling.
+    """
+
+    def __init__(self, path: Path | None, busy_timeout: float = BUSY_TIMEOUT) -> None:
+        self.path = path
         if path is None:
             conn = sqlite3.connect(":memory:", check_same_thread=False)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            make_private_dir(path.parent)
+            private_file(path)
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=busy_timeout)
         self.db = sqlite_utils.Database(conn)
         self.lock = threading.RLock()
         if path is not None:
             self.db.enable_wal()
+            self.db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
+            for suffix in ("-wal", "-shm"):
+                sidecar = path.with_name(path.name + suffix)
+                if sidecar.exists():
+                    sidecar.chmod(0o600)
         self.db.execute("PRAGMA synchronous=NORMAL")
-        migrate(self.db)
+        with self.session():
+            migrate(self.db)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[sqlite_utils.Database]:
+        """The database under the store's lock; a locked or busy file raises Unavailable."""
+        with self.lock:
+            try:
+                yield self.db
+            except sqlite3.OperationalError as exc:
+                text = str(exc)
+                if "locked" in text or "busy" in text:
+                    if self.db.conn.in_transaction:
+                        self.db.conn.rollback()
+                    raise Unavailable(f"the store is busy ({text}); retry shortly") from exc
+                raise
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the database and truncate it (bounded disk use)."""
+        if self.path is not None:
+            with self.session():
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         with self.lock:
             self.db.conn.close()
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) and make it 0700: data dirs hold secrets and captures."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` as an empty 0600 file if missing, and make an existing one 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
+    path.chmod(0o600)
 
 
 def migrate(db: sqlite_utils.Database) -> None:
@@ -113,6 +168,10 @@ def migrate(db: sqlite_utils.Database) -> None:
             table.create(
                 columns, pk=pk, not_null={"id"} if pk == "id" and name != "audit" else None
             )
+        else:  # a store from an older version: add the columns it lacks
+            for column, kind in columns.items():
+                if column not in table.columns_dict:
+                    table.add_column(column, kind)
     db.table("commands").create_index(
         ["device_id", "execution_version"], unique=True, if_not_exists=True
     )
@@ -120,5 +179,5 @@ def migrate(db: sqlite_utils.Database) -> None:
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def open_store(path: Path | None) -> Store:
-    return Store(path)
+def open_store(path: Path | None, busy_timeout: float = BUSY_TIMEOUT) -> Store:
+    return Store(path, busy_timeout)

@@ -6,7 +6,13 @@ dir and starts mosquitto on a loopback port. Enrolling a device adds its
 login; revoking removes it and sends SIGHUP, on which mosquitto re-checks every
 connected client and drops the ones whose login is gone.
 
-The ACL gives each device (username = device id) its own topics only:
+Device logins live in their own namespace: a device's username is
+``devices/<device id>`` (``edge_agent/core/topics.py``). Device ids never
+contain ``/``, so no enrollment can produce an operator-side login such as the
+control plane's own; :meth:`MosquittoBroker.add_device` also refuses to replace
+any login that exists, and :meth:`check_login_free` lets enrollment refuse such
+an id up front. The ACL pattern ``fleetcast/v1/%u/<leaf>`` expands to the
+device's own topics only:
 
     fleetcast/v1/devices/<id>/commands        read   (control plane -> device)
     fleetcast/v1/devices/<id>/acks            write
@@ -31,12 +37,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from control_plane.errors import ControlPlaneError
+from control_plane.errors import Conflict, ControlPlaneError
+from control_plane.quotas import MAX_MESSAGE_BYTES
+from control_plane.store.db import make_private_dir, private_file
+from edge_agent.core.topics import ACL_ROOT, TOPIC_ROOT, device_login
 
 logger = logging.getLogger(__name__)
 
 CONTROL_PLANE_USER = "fleetcast-control-plane"
-TOPIC_ROOT = "fleetcast/v1/devices"
+__all__ = ["CONTROL_PLANE_USER", "TOPIC_ROOT", "BrokerTls", "MosquittoBroker"]
 _DEVICE_ACL = [
     ("read", "commands"),
     ("write", "acks"),
@@ -106,28 +115,48 @@ class MosquittoBroker:
         self.conf = directory / "mosquitto.conf"
         self.log = directory / "mosquitto.log"
 
-    def _passwd(self, *args: str) -> None:
+    def _passwd(self, *args: str) -> str:
         result = subprocess.run(
             [find_executable("mosquitto_passwd"), *args],
             capture_output=True,
             text=True,
             check=False,
         )
+        output = (result.stderr + result.stdout).strip()
         if result.returncode != 0:
-            raise BrokerError(f"mosquitto_passwd {args[0]}: {result.stderr.strip()}")
+            raise BrokerError(f"mosquitto_passwd {args[0]}: {output}")
+        self.passwd.chmod(0o600)
+        return output
+
+    def logins(self) -> set[str]:
+        """Usernames in the password file."""
+        if not self.passwd.exists():
+            return set()
+        return {
+            line.split(":", 1)[0] for line in self.passwd.read_text().splitlines() if ":" in line
+        }
+
+    def check_login_free(self, device_id: str) -> None:
+        """Conflict if the device's broker login already exists (enrollment calls this)."""
+        login = device_login(device_id)
+        if login in self.logins():
+            raise Conflict(
+                f"device id {device_id!r}: the broker already has a login {login!r} "
+                "(left from an earlier device?); choose another id"
+            )
 
     def _write_files(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory)
         secret_file = self.directory / "control-plane.secret"
         if not secret_file.exists():
+            private_file(secret_file)
             secret_file.write_text(secrets.token_urlsafe(24))
-            secret_file.chmod(0o600)
         self.password = secret_file.read_text().strip()
-        if not self.passwd.exists():
-            self.passwd.touch(mode=0o600)
+        private_file(self.passwd)
         self._passwd("-b", str(self.passwd), CONTROL_PLANE_USER, self.password)
         lines = [f"user {CONTROL_PLANE_USER}", "topic readwrite fleetcast/v1/#", ""]
-        lines += [f"pattern {access} {TOPIC_ROOT}/%u/{leaf}" for access, leaf in _DEVICE_ACL]
+        lines += [f"pattern {access} {ACL_ROOT}/%u/{leaf}" for access, leaf in _DEVICE_ACL]
+        private_file(self.acl)
         self.acl.write_text("\n".join(lines) + "\n")
         conf = [
             # as root, mosquitto would switch to the 'mosquitto' user, which cannot read
@@ -145,12 +174,18 @@ class MosquittoBroker:
             "set_tcp_nodelay true",  # no 40 ms Nagle + delayed-ACK stall per block
             "max_inflight_messages 100",
             "max_queued_messages 10000",
+            # the same cap as gRPC's: larger packets are refused and their sender disconnected
+            f"max_packet_size {MAX_MESSAGE_BYTES + 64 * 1024}",
             f"listener {self.port} {self.host}",
         ]
         if self.tls is not None:
             conf += [f"certfile {self.tls.cert}", f"keyfile {self.tls.key}"]
+            if self.tls.ca is not None:
+                conf.append(f"cafile {self.tls.ca}")
             if self.tls.require_client_cert and self.tls.ca is not None:
-                conf += [f"cafile {self.tls.ca}", "require_certificate true"]
+                conf.append("require_certificate true")
+        private_file(self.log)  # mosquitto appends to it; it names devices and addresses
+        private_file(self.conf)
         self.conf.write_text("\n".join(conf) + "\n")
 
     def start(self, timeout: float = 10.0) -> None:
@@ -173,11 +208,20 @@ class MosquittoBroker:
             self._proc.send_signal(signal.SIGHUP)
 
     def add_device(self, device_id: str, password: str) -> None:
-        self._passwd("-b", str(self.passwd), device_id, password)
+        """Add the device's login; never replaces one that exists (Conflict)."""
+        self.check_login_free(device_id)
+        self._passwd("-b", str(self.passwd), device_login(device_id), password)
         self.reload()
 
     def remove_device(self, device_id: str) -> None:
-        self._passwd("-D", str(self.passwd), device_id)
+        """Remove the device's login; one that is already gone counts as removed."""
+        login = device_login(device_id)
+        if login in self.logins():
+            try:
+                self._passwd("-D", str(self.passwd), login)
+            except BrokerError as exc:
+                if "not found" not in str(exc):
+                    raise
         self.reload()
 
     @property

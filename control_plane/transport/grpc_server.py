@@ -26,9 +26,14 @@ from control_plane.errors import (
     InvalidInput,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
+    Unavailable,
 )
 from control_plane.fleet import Fleet
+from control_plane.quotas import MAX_MESSAGE_BYTES
+from control_plane.transport.limits import CallLimiter, Slot
+from edge_agent.core.topics import device_login, device_prefix
 from protos.fleetcast.v1 import agent_pb2, agent_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -39,10 +44,12 @@ GRPC_STATUS = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     Conflict: grpc.StatusCode.ALREADY_EXISTS,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 DEFAULT_CHUNK = 256 * 1024
 MAX_CHUNK = 1024 * 1024
-MAX_MESSAGE = 8 * 1024 * 1024
+MAX_MESSAGE = MAX_MESSAGE_BYTES  # the same cap as MQTT ingest (control_plane/quotas.py)
 DEFAULT_WORKERS = 512
 T = TypeVar("T")
 
@@ -92,10 +99,13 @@ class TransferStats:
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, fleet: Fleet, poll_seconds: float = 2.0) -> None:
+    def __init__(
+        self, fleet: Fleet, poll_seconds: float = 2.0, limiter: CallLimiter | None = None
+    ) -> None:
         self.fleet = fleet
         self.poll_seconds = poll_seconds
         self.transfers = TransferStats()
+        self.limiter = limiter or CallLimiter(DEFAULT_WORKERS)
 
     def _device(self, context: grpc.ServicerContext) -> str:
         metadata = dict(context.invocation_metadata())
@@ -105,6 +115,15 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         device_id = self.fleet.authenticate(header.removeprefix("Bearer ").strip())
         self.fleet.touch(device_id)
         return device_id
+
+    def _admit(
+        self, context: grpc.ServicerContext, long: bool = False, stream: bool = False
+    ) -> tuple[str, Slot]:
+        """Authenticate and take one of the device's call slots (released when the call ends)."""
+        device_id = self._device(context)
+        slot = self.limiter.admit(device_id, long=long, stream=stream)
+        context.add_callback(slot.release)
+        return device_id, slot
 
     @_unary
     def Enroll(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -121,15 +140,25 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             device_id=creds.device_id,
             device_token=creds.device_token,
             mqtt=agent_pb2.MqttLogin(
-                username=creds.device_id,
+                username=device_login(creds.device_id),
                 password=creds.mqtt_password,
-                topic_prefix=f"fleetcast/v1/devices/{creds.device_id}",
+                topic_prefix=device_prefix(creds.device_id),
             ),
         )
 
     @_streaming
     def Commands(self, request_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        device_id = self._device(context)
+        device_id, slot = self._admit(context, long=True, stream=True)
+        try:
+            yield from self._command_stream(device_id, slot, request_iterator, context)
+        finally:
+            slot.release()
+
+    def _command_stream(
+        self, device_id: str, slot: Slot, request_iterator: Any, context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        if slot.replacing:
+            self.fleet.wake()  # the stream this one replaces ends at once
         done = threading.Event()
         context.add_callback(done.set)
         reader = threading.Thread(
@@ -138,6 +167,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         reader.start()
         sent: set[str] = set()
         while not done.is_set() and context.is_active():
+            if slot.replaced.is_set():
+                logger.info("command stream of %s replaced by a newer one", device_id)
+                return
             if not self.fleet.is_active(device_id):
                 raise Unauthenticated(f"device {device_id!r} is revoked")
             for record in self.fleet.pending_commands(device_id):
@@ -173,8 +205,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     @_streaming
     def Download(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        self._device(context)
-        path = self.fleet.package_path(request.sha256)
+        device_id, slot = self._admit(context, long=True)
+        try:
+            yield from self._download(device_id, request, context)
+        finally:
+            slot.release()
+
+    def _download(
+        self, device_id: str, request: Any, context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        path = self.fleet.package_for_device(device_id, request.sha256)
         total = path.stat().st_size
         if request.offset > total:
             context.abort(
@@ -186,6 +226,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             digest.update(handle.read(request.offset))  # the hash covers the whole file
             offset = request.offset
             while True:
+                if offset > request.offset and not self.fleet.is_active(device_id):
+                    raise Unauthenticated(f"device {device_id!r} is revoked")
                 data = handle.read(size)
                 digest.update(data)
                 last = offset + len(data) >= total
@@ -203,10 +245,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     @_unary
     def UploadTelemetry(self, request: Any, context: grpc.ServicerContext) -> Any:
-        device_id = self._device(context)
-        result = self.fleet.ingest(
-            device_id, ((i.seq, i.kind, i.body_json) for i in request.items), "grpc"
-        )
+        device_id, slot = self._admit(context)
+        try:
+            result = self.fleet.ingest(
+                device_id, ((i.seq, i.kind, i.body_json) for i in request.items), "grpc"
+            )
+        finally:
+            slot.release()
         return agent_pb2.UploadAck(
             acked=result.acked, rejected=result.rejected, errors=result.errors
         )
@@ -229,9 +274,10 @@ def start_grpc_server(
 
     The synchronous server holds one worker thread per open call, and every
     connected agent keeps a command stream open: ``workers`` bounds the agents
-    one replica serves at once (plus their downloads). Calls beyond it are
-    refused with RESOURCE_EXHAUSTED rather than queued forever, and the agent
-    retries with backoff.
+    one replica serves at once (plus their downloads). :class:`CallLimiter`
+    keeps a quarter of them for Enroll and uploads, one command stream and a few
+    calls per device. Calls beyond are refused with RESOURCE_EXHAUSTED rather
+    than queued forever, and the agent retries with backoff.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-agent"),
@@ -243,7 +289,7 @@ def start_grpc_server(
             ("grpc.http2.max_pings_without_data", 0),
         ],
     )
-    servicer = AgentServicer(fleet)
+    servicer = AgentServicer(fleet, limiter=CallLimiter(workers))
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     if tls is None:
         port = server.add_insecure_port(address)

@@ -15,16 +15,16 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from control_plane.errors import ControlPlaneError
+from control_plane.errors import ControlPlaneError, ResourceExhausted, Unavailable
 from control_plane.fleet import CommandRecord, Fleet
-from control_plane.transport.broker import TOPIC_ROOT
+from control_plane.quotas import MAX_MESSAGE_BYTES
 from edge_agent.core.frames import MAX_BLOCK, encode_block
+from edge_agent.core.topics import TOPIC_ROOT
 from edge_agent.transport.mqtt import no_delay
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ class MqttEndpoint:
     password: str
     tls: bool = False
     ca_cert: str | None = None  # None with tls: the system's CAs
+    client_cert: str | None = None  # for a broker that wants mutual TLS
+    client_key: str | None = None
 
 
 class MqttBridge:
@@ -50,7 +52,6 @@ class MqttBridge:
         self.rejected = 0
         self.blocks_served = 0
         self._active: dict[str, tuple[bool, float]] = {}  # device -> (active, checked at)
-        self._paths: dict[str, Path] = {}  # content-addressed, so never stale
         self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -60,7 +61,11 @@ class MqttBridge:
         self._client.enable_logger(logger)
         self._client.username_pw_set(endpoint.username, endpoint.password)
         if endpoint.tls or endpoint.ca_cert:
-            self._client.tls_set(ca_certs=endpoint.ca_cert)
+            self._client.tls_set(
+                ca_certs=endpoint.ca_cert,
+                certfile=endpoint.client_cert,
+                keyfile=endpoint.client_key,
+            )
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect
@@ -128,6 +133,12 @@ class MqttBridge:
         if not self._is_active(device_id):
             self._reject(message.topic, f"device {device_id!r} is not enrolled or is revoked")
             return
+        if len(message.payload) > MAX_MESSAGE_BYTES:  # an external broker may not cap it
+            problem = f"message of {len(message.payload)} bytes exceeds {MAX_MESSAGE_BYTES}"
+            self._reject(message.topic, problem)
+            if leaf == "telemetry":
+                self._telemetry_ack(device_id, [], [], [problem])
+            return
         if leaf == "blocks/request":
             self._serve_block(device_id, message.payload)
             return
@@ -190,7 +201,11 @@ class MqttBridge:
                 seq = item.get("seq") if isinstance(item, dict) else None
                 if isinstance(seq, int):
                     bad.append(seq)
-        result = self.fleet.ingest(device_id, parsed, "mqtt")
+        try:
+            result = self.fleet.ingest(device_id, parsed, "mqtt")
+        except (ResourceExhausted, Unavailable) as exc:  # not stored: the device resends later
+            self._telemetry_ack(device_id, [], [], [str(exc)])
+            return
         self._telemetry_ack(device_id, result.acked, result.rejected + bad, result.errors + errors)
 
     def _telemetry_ack(
@@ -205,9 +220,7 @@ class MqttBridge:
             request = json.loads(raw)
             sha256, offset = str(request["sha256"]), int(request["offset"])
             length = min(int(request.get("length") or MAX_BLOCK), MAX_BLOCK)
-            path = self._paths.get(sha256) or self._paths.setdefault(
-                sha256, self.fleet.package_path(sha256)
-            )
+            path = self.fleet.package_for_device(device_id, sha256)
         except (ValueError, KeyError, TypeError, ControlPlaneError) as exc:
             self._reject(topic, f"block request: {exc}")
             self._publish(topic, encode_block({"error": f"block request: {exc}"}, b""))

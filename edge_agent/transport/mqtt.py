@@ -1,7 +1,7 @@
 """The agent's MQTT transport (paho-mqtt), on the topic tree in docs/transports.md.
 
-The device logs in as its device id; the broker's ACL confines it to
-``fleetcast/v1/devices/<id>/...``. A persistent session (clean_session off,
+The device logs in as ``devices/<id>`` (edge_agent/core/topics.py); the broker's
+ACL confines it to ``fleetcast/v1/devices/<id>/...``. A persistent session (clean_session off,
 QoS 1) lets the broker hold commands while the device is away; a retained
 status with a last will tells the control plane when it is online.
 paho callbacks only enqueue or complete waits; the agent's threads do the work.
@@ -23,13 +23,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.core.frames import MAX_BLOCK, FrameError, decode_block
+from edge_agent.core.topics import TOPIC_ROOT, device_login
 from edge_agent.outbox import OutboxMessage
 from edge_agent.transport.base import Command, TransportError, drain
 from edge_agent.transport.download import Block, Fatal, resumable_download
 
 logger = logging.getLogger(__name__)
 
-ROOT = "fleetcast/v1/devices"
+ROOT = TOPIC_ROOT
 QOS = 1
 ANSWER_TIMEOUT = 10.0
 
@@ -44,6 +45,9 @@ class MqttTransport:
         download_dir: Path,
         ca_cert: Path | None = None,
         pipeline: int = 1,
+        username: str | None = None,
+        client_cert: Path | None = None,
+        client_key: Path | None = None,
     ) -> None:
         self.device_id = device_id
         self.pipeline = pipeline
@@ -61,9 +65,13 @@ class MqttTransport:
             clean_session=False,
         )
         client.enable_logger(logger)
-        client.username_pw_set(device_id, password)
+        client.username_pw_set(username or device_login(device_id), password)
         if ca_cert is not None:
-            client.tls_set(ca_certs=str(ca_cert))
+            client.tls_set(
+                ca_certs=str(ca_cert),
+                certfile=str(client_cert) if client_cert else None,
+                keyfile=str(client_key) if client_key else None,
+            )
         client.will_set(
             f"{self.prefix}/status", json.dumps({"online": False}), qos=QOS, retain=True
         )
@@ -168,6 +176,8 @@ class MqttTransport:
                     logger.error("control plane rejected upload %s: %s (dropped)", seq, error)
                 if set(done) & set(by_seq):
                     return [by_seq[s] for s in done if s in by_seq]
+                if answer.get("errors") and not done:  # refused as a whole (quota): retry later
+                    raise TransportError(f"MQTT upload refused: {answer['errors'][0]}")
         raise TransportError(f"MQTT: no telemetry ack within {ANSWER_TIMEOUT:.0f} s")
 
     # -- packages

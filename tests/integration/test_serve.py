@@ -72,7 +72,7 @@ def test_serve_enroll_deploy_revoke_through_the_clis(
             revoked = _cli(env, "control_plane", "devices", "revoke", "dev-cli")
             assert revoked.returncode == 0, revoked.stderr
             assert wait_until(lambda: not device.connected.is_set())
-            again = RawMqtt(mqtt_port, "dev-cli", creds["mqtt_password"], "dev-cli-2")
+            again = RawMqtt(mqtt_port, "devices/dev-cli", creds["mqtt_password"], "dev-cli-2")
             assert again.connect_result is not None and again.connect_result.is_failure
             again.close()
         finally:
@@ -113,7 +113,7 @@ def test_mqtt_over_tls(tmp_path: Path, keys: Any) -> None:
             assert commands[0].id == record.id
         finally:
             device.close()
-        plain = RawMqtt(plane.mqtt_port, "dev-tls", creds["mqtt_password"], "dev-tls-plain")
+        plain = RawMqtt(plane.mqtt_port, "devices/dev-tls", creds["mqtt_password"], "dev-tls-plain")
         assert not plain.connected.is_set()  # a plain-text client gets no session on a TLS port
         plain.close()
     finally:

@@ -84,7 +84,7 @@ def test_revoking_cuts_a_device_off_both_transports(plane: ControlPlane, tmp_pat
     assert plane.fleet is not None and plane.mqtt_port is not None
     creds = enroll_device(plane, "dev-a")
     grpc_transport = GrpcTransport(f"127.0.0.1:{plane.grpc_port}", creds["device_token"], tmp_path)
-    mqtt_device = RawMqtt(plane.mqtt_port, "dev-a", creds["mqtt_password"], "dev-a-raw")
+    mqtt_device = RawMqtt(plane.mqtt_port, "devices/dev-a", creds["mqtt_password"], "dev-a-raw")
     try:
         assert mqtt_device.connected.is_set()
         assert grpc_transport.send([_msg(1, "dev-a", 1)]) == [1]
@@ -93,7 +93,7 @@ def test_revoking_cuts_a_device_off_both_transports(plane: ControlPlane, tmp_pat
             grpc_transport.send([_msg(2, "dev-a", 2)])
         # mosquitto re-checks logins on SIGHUP and drops the revoked device
         assert mqtt_device.disconnected.wait(10)
-        again = RawMqtt(plane.mqtt_port, "dev-a", creds["mqtt_password"], "dev-a-again")
+        again = RawMqtt(plane.mqtt_port, "devices/dev-a", creds["mqtt_password"], "dev-a-again")
         assert again.connect_result is not None and again.connect_result.is_failure
         again.close()
     finally:
@@ -111,11 +111,11 @@ def test_mqtt_devices_touch_only_their_own_topics(plane: ControlPlane, package: 
     anonymous = RawMqtt(plane.mqtt_port, None, None, "anon")
     assert anonymous.connect_result is not None and anonymous.connect_result.is_failure
     anonymous.close()
-    wrong = RawMqtt(plane.mqtt_port, "dev-a", "not-the-password", "dev-a-wrong")
+    wrong = RawMqtt(plane.mqtt_port, "devices/dev-a", "not-the-password", "dev-a-wrong")
     assert wrong.connect_result.is_failure
     wrong.close()
 
-    intruder = RawMqtt(plane.mqtt_port, "dev-a", a["mqtt_password"], "dev-a-intruder")
+    intruder = RawMqtt(plane.mqtt_port, "devices/dev-a", a["mqtt_password"], "dev-a-intruder")
     try:
         assert intruder.connected.is_set()
         (own,) = intruder.subscribe(f"{TOPIC_ROOT}/dev-a/commands")
@@ -233,6 +233,7 @@ def test_grpc_download_resumes_after_server_restart(
     data = package.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     chunks_in_file = -(-len(data) // chunk)
+    plane.fleet.send_command("dev-a", "deploy", {"sha256": sha}, "test-operator")
     transport = GrpcTransport(
         f"127.0.0.1:{plane.grpc_port}", creds["device_token"], tmp_path / "dl", chunk_size=chunk
     )
@@ -265,6 +266,7 @@ def test_mqtt_download_resumes_after_broker_restart(
     creds = enroll_device(plane, "dev-a")
     data = package.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
+    plane.fleet.send_command("dev-a", "deploy", {"sha256": sha}, "test-operator")
     transport = MqttTransport(
         "127.0.0.1", plane.broker.port, "dev-a", creds["mqtt_password"], tmp_path / "dl"
     )
@@ -340,7 +342,7 @@ def test_grpc_malformed_and_oversized_messages_are_refused(plane: ControlPlane) 
 def test_mqtt_malformed_payloads_are_rejected_and_the_bridge_lives(plane: ControlPlane) -> None:
     assert plane.fleet is not None and plane.mqtt_port is not None and plane.bridge is not None
     creds = enroll_device(plane, "dev-a")
-    device = RawMqtt(plane.mqtt_port, "dev-a", creds["mqtt_password"], "dev-a-raw")
+    device = RawMqtt(plane.mqtt_port, "devices/dev-a", creds["mqtt_password"], "dev-a-raw")
     try:
         device.subscribe(f"{TOPIC_ROOT}/dev-a/telemetry/ack")
         device.publish(f"{TOPIC_ROOT}/dev-a/telemetry", b"\x00\x01 not json")
