@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.core.backoff import Backoff
+from edge_agent.files import open_private
 from edge_agent.transport.base import TransportError
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def resumable_download(
 
 def _pull(blocks: Iterator[Block], part: Path, offset: int) -> bool:
     synced = offset
-    with part.open("ab") as handle:
+    with os.fdopen(open_private(part, "a"), "ab") as handle:
         for block in blocks:
             if block.offset != offset:
                 raise TransportError(f"block at offset {block.offset}, expected {offset}")
