@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -215,10 +216,23 @@ class Installer:
         self.checkpoint(step)
         return step
 
+    def _queue_report(self, fields: dict[str, Any], dedupe_key: str) -> bool:
+        """Queue a status report; a storage failure (disk full) is logged, never raised.
+
+        The report must not hide the install's own outcome, nor stop a failed
+        install from cleaning up after itself.
+        """
+        try:
+            self.report(fields, dedupe_key)
+        except sqlite3.Error as exc:
+            logger.error("could not queue report %s: %s", dedupe_key, exc)
+            return False
+        return True
+
     def _finish(self, store: SlotStore, pointer: Pointer, extra: dict[str, Any]) -> None:
         active = pointer.active
         previous = pointer.previous
-        self.report(
+        queued = self._queue_report(
             {
                 "event": "installed",
                 **extra,
@@ -231,6 +245,8 @@ class Installer:
             f"install:{pointer.install_id}:installed",
         )
         self.checkpoint("report")
+        if not queued:  # the journal stays: the next start reports the install
+            return
         store.clear_journal()
         logger.info("%s: installed %s in slot %s", store.model_name, active.package_id, active.slot)
 
@@ -244,7 +260,7 @@ class Installer:
         event: str = "install_failed",
     ) -> None:
         logger.warning("install %s %s at %s: %s", extra.get("install_id"), event, step, reason)
-        self.report(
+        self._queue_report(
             {"event": event, **extra, "step": step, "check": check, "reason": reason},
             f"install:{extra.get('install_id')}:{event}",
         )

@@ -462,7 +462,8 @@ class ModelTelemetry:
 
     def pending_requests(self) -> int:
         with self._lock:
-            return self._window.requests + len(self._window.captures)
+            window = self._window
+            return window.requests + len(window.captures) + window.captures_dropped
 
     def close_window(self, device_id: str, sequence: int) -> dict[str, Any]:
         """Close the current window and return it as a JSON-able dict; a new one starts."""
