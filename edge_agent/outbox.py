@@ -16,7 +16,7 @@ dropped and counted (the agent trims windows below it first), and
 :meth:`Outbox.pending` hands out batches bounded in bytes as well as in count,
 status reports first, so nothing ever waits behind a message the control plane
 cannot take. The file is 0600; the WAL is checkpointed and truncated after the
-outbox drains, and freed pages are given back (incremental vacuum), so the disk
+outbox drains, and freed pages are given back (VACUUM of the empty outbox), so the disk
 used stays near the quota. A failed write (disk full) rolls back only an open
 transaction and raises the real error.
 """
@@ -79,7 +79,6 @@ class Outbox:
         self._lock = threading.Lock()
         private_file(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # effective on a new file only
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
@@ -221,7 +220,7 @@ class Outbox:
     def _compact(self) -> None:
         """Give freed pages back and truncate the WAL (the outbox just drained)."""
         try:
-            self._db.execute("PRAGMA incremental_vacuum")
+            self._db.execute("VACUUM")  # the outbox is empty: this copies almost nothing
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:  # a reader holds the WAL: the next drain tries again
             logger.info("outbox: checkpoint deferred: %s", exc)
