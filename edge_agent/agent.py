@@ -25,8 +25,9 @@ import numpy as np
 
 from edge_agent.commands import CommandLog, CommandResult
 from edge_agent.core.health import HealthDecision, HealthPolicy, evaluate_health
-from edge_agent.core.limits import BATCH_BYTES, MAX_BATCH_MESSAGES, fit_window
+from edge_agent.core.limits import MAX_BATCH_MESSAGES, fit_window
 from edge_agent.core.telemetry import ModelTelemetry, TelemetryConfig
+from edge_agent.delivery import deliver
 from edge_agent.errors import EdgeError, InstallError, NotFound
 from edge_agent.files import open_private
 from edge_agent.host import detect_host
@@ -36,7 +37,7 @@ from edge_agent.package import Package, load_public_key
 from edge_agent.runtime import Model, load_model_bytes
 from edge_agent.settings import Settings
 from edge_agent.slots import Pointer, model_stores
-from edge_agent.transport.base import Command, PayloadTooLarge, Transport, TransportError
+from edge_agent.transport.base import Command, Transport, TransportError
 from edge_agent.watchlist import Watch, WatchList
 
 logger = logging.getLogger(__name__)
@@ -447,35 +448,10 @@ class Agent:
             self._enqueue_window(model)
 
     def send_outbox(self, batch: int = MAX_BATCH_MESSAGES) -> int:
-        """Deliver pending messages until the outbox is empty or the transport fails.
-
-        Batches are bounded in bytes (:data:`BATCH_BYTES`) as well as in count,
-        and status reports go first. A batch the control plane refuses as too
-        large is halved; a single message it refuses as too large is dropped
-        and counted, so nothing behind it waits for ever.
-        """
+        """Deliver pending messages (see :func:`edge_agent.delivery.deliver`)."""
         if self.transport is None or self.outbox is None:
             return 0
-        sent = 0
-        budget = BATCH_BYTES
-        while messages := self.outbox.pending(batch, budget):
-            try:
-                acked = self.transport.send(messages)
-            except PayloadTooLarge as exc:
-                if len(messages) == 1:
-                    self.outbox.drop(messages[0].id, str(exc))
-                else:
-                    budget = max(1, budget // 2)
-                    batch = max(1, len(messages) // 2)
-                continue
-            except TransportError as exc:
-                logger.info("outbox: %d messages wait (%s)", len(messages), exc)
-                break
-            self.outbox.ack(acked)
-            sent += len(acked)
-            if len(acked) < len(messages):
-                break
-        return sent
+        return deliver(self.outbox, self.transport, batch)
 
     def _tick_loop(self) -> None:
         s = self.settings

@@ -22,11 +22,14 @@ from control_plane.server import ControlPlane
 from control_plane.signing import load_private_key
 from edge_agent.agent import Agent
 from edge_agent.core.limits import MAX_MESSAGE_BYTES
+from edge_agent.delivery import deliver
 from edge_agent.local_api import serve
+from edge_agent.outbox import Outbox
 from edge_agent.package import read_package
 from edge_agent.settings import Settings
 from edge_agent.slots import SlotStore
 from edge_agent.transport.factory import make_transport, save_credentials
+from edge_agent.transport.grpc import GrpcTransport
 from protos.fleetcast.v1 import scoring_pb2 as pb
 from protos.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 from tests.integration.transport_support import enroll_device, wait_until
@@ -171,3 +174,26 @@ def test_a_deploy_resent_after_a_crash_at_report_keeps_the_rollback_version(
         assert installed() == [1, 2]  # each install reported once
     finally:
         restarted.stop()
+
+
+def test_a_message_the_server_refuses_for_size_is_dropped_not_retried_for_ever(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    """An outbox written by an older agent (no per-message cap) holds a 9 MB report."""
+    device = "old-outbox"
+    creds = enroll_device(plane, device)
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    outbox.max_message_bytes = 16 * 1024 * 1024  # as before the cap
+    for event, pad in (("huge", "x" * (9 * 1024 * 1024)), ("installed", "")):
+        outbox.put(
+            "status",
+            {"device_id": device, "sequence": outbox.next_sequence(), "event": event, "pad": pad},
+        )
+    transport = GrpcTransport(f"127.0.0.1:{plane.grpc_port}", creds["device_token"], tmp_path)
+    try:
+        assert deliver(outbox, transport) == 1
+    finally:
+        transport.close()
+    assert outbox.dropped == 1 and outbox.pending() == []
+    assert [s["event"] for s in statuses(plane, device)] == ["installed"]
+    outbox.close()
