@@ -28,12 +28,12 @@ from edge_agent.core.health import HealthDecision, HealthPolicy, evaluate_health
 from edge_agent.core.limits import MAX_BATCH_MESSAGES, fit_window
 from edge_agent.core.telemetry import ModelTelemetry, TelemetryConfig
 from edge_agent.delivery import deliver
-from edge_agent.errors import EdgeError, InstallError, NotFound
+from edge_agent.errors import EdgeError, InstallError, NotFound, PackageError
 from edge_agent.files import open_private
 from edge_agent.host import detect_host
 from edge_agent.install import Installer
 from edge_agent.outbox import Outbox
-from edge_agent.package import Package, load_public_key
+from edge_agent.package import Package, load_public_key, read_package_file
 from edge_agent.runtime import Model, load_model_bytes
 from edge_agent.settings import Settings
 from edge_agent.slots import Pointer, model_stores
@@ -211,7 +211,11 @@ class Agent:
     # -- installs
 
     def install_file(self, path: Path) -> Model:
-        return self.install_bytes(path.read_bytes(), source=str(path.resolve()))
+        try:
+            data = read_package_file(path)
+        except PackageError as exc:
+            raise InstallError("verify", exc.detail, exc.check) from exc
+        return self.install_bytes(data, source=str(path.resolve()))
 
     def install_bytes(
         self,

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -29,15 +31,11 @@ from edge_agent.archive import CHUNK, SIGNATURE_BYTES, PackageArchive
 from edge_agent.archive import MANIFEST_ENTRY as MANIFEST_ENTRY
 from edge_agent.archive import SIGNATURE_ENTRY as SIGNATURE_ENTRY
 from edge_agent.core.host import HostInfo, profile_mismatches
+from edge_agent.core.limits import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, MAX_PACKAGE_BYTES
 from edge_agent.core.manifest import Manifest
 from edge_agent.errors import IncompatibleProfile, PackageError
 
 logger = logging.getLogger(__name__)
-
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
-"""Cap on the manifest entry, read (and signature-checked) before anything else."""
-MAX_MODEL_BYTES = 1024 * 1024 * 1024
-"""Cap on the model entry; it must also equal the signed manifest's ``size_bytes``."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +67,23 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     """Short stable name of a public key: the first 16 hex digits of its sha256."""
     raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def read_package_file(path: Path, limit: int = MAX_PACKAGE_BYTES) -> bytes:
+    """A local package file's bytes: a regular file of at most ``limit`` bytes."""
+    try:
+        with path.open("rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise PackageError("format", f"{path} is not a regular file")
+            if info.st_size > limit:
+                raise PackageError("format", f"{path} is {info.st_size} bytes (limit {limit})")
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise PackageError("format", f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise PackageError("format", f"{path} grew past {limit} bytes while read")
+    return data
 
 
 def _source(source: Path | bytes) -> tuple[IO[bytes], str, int]:

@@ -25,6 +25,13 @@ MAX_MESSAGE_BYTES = BATCH_BYTES
 """The largest outbox message: one that always fits in an upload on its own."""
 MAX_BATCH_MESSAGES = 100
 
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+"""Cap on a package's manifest entry, read (and signature-checked) before anything else."""
+MAX_MODEL_BYTES = 1024 * 1024 * 1024
+"""Cap on a package's model entry; it must also equal the signed manifest's ``size_bytes``."""
+MAX_PACKAGE_BYTES = MAX_MODEL_BYTES + MAX_MANIFEST_BYTES + 1024 * 1024
+"""Cap on a whole package file, downloaded or handed to ``LoadModel``."""
+
 
 def encoded_size(payload: dict[str, Any]) -> int:
     """Bytes of ``payload`` as the outbox stores it (compact JSON, UTF-8)."""

@@ -253,3 +253,18 @@ def test_unix_socket_is_0660_whatever_the_umask(edge_packages: Any) -> None:
         finally:
             server.stop(None)
             agent.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [("/dev/zero", "is not a regular file"), ("/nonexistent.fcpkg", "cannot read")],
+)
+def test_load_model_of_a_path_that_is_no_package_file(
+    served: tuple[Agent, Any], path: str, message: str
+) -> None:
+    """/dev/zero would be read for ever; a missing file would surface as UNKNOWN."""
+    _, stub = served
+    with pytest.raises(grpc.RpcError) as info:
+        stub.LoadModel(pb.LoadModelRequest(package_path=path), timeout=10)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert message in str(info.value.details())
