@@ -272,13 +272,10 @@ class Agent:
         try:
             done = log.result(version) if version else None
             if done is None:
-                if version and log.start(version, command.id):
-                    logger.warning(
-                        "command %s (version %d) was interrupted; running it again",
-                        command.id,
-                        version,
-                    )
-                done = self._execute(command)
+                interrupted = bool(version) and log.start(version, command.id)
+                if interrupted:
+                    logger.warning("command %s (version %d) was interrupted", command.id, version)
+                done = self._execute(command, interrupted)
                 if version:
                     log.record(version, command.id, done)
             else:
@@ -292,13 +289,17 @@ class Agent:
         if ack is not None:
             ack(command, done.ok, done.error, done.detail)
 
-    def _execute(self, command: Command) -> CommandResult:
+    def _execute(self, command: Command, interrupted: bool = False) -> CommandResult:
         kind = command.type
         try:
             if kind in ("deploy", "install"):
                 return self._deploy(command)
             if kind == "rollback":
                 name = str(command.body.get("model_name", ""))
+                pointer = self.installer.store(name).pointer()
+                if interrupted and pointer and pointer.note.startswith("rolled back from"):
+                    # the first run switched, then the agent died before the ack
+                    return CommandResult(True, "", {"package_id": pointer.active.package_id})
                 with self._install_lock:
                     model = self.installer.rollback(
                         self.installer.store(name), str(command.body.get("reason", "operator"))

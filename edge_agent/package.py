@@ -78,11 +78,11 @@ def read_package_file(path: Path, limit: int = MAX_PACKAGE_BYTES) -> bytes:
                 raise PackageError("format", f"{path} is not a regular file")
             if info.st_size > limit:
                 raise PackageError("format", f"{path} is {info.st_size} bytes (limit {limit})")
-            data = handle.read(limit + 1)
+            data = handle.read(info.st_size + 1)  # read(n) allocates n bytes up front
     except OSError as exc:
         raise PackageError("format", f"cannot read {path}: {exc.strerror or exc}") from exc
-    if len(data) > limit:
-        raise PackageError("format", f"{path} grew past {limit} bytes while read")
+    if len(data) > info.st_size:
+        raise PackageError("format", f"{path} grew while it was read")
     return data
 
 

@@ -235,3 +235,26 @@ def test_outbox_full_write_raises_the_real_error(tmp_path: Path) -> None:
     assert outbox.put("status", {"event": "after"}) is not None
     assert [m.payload["event"] for m in outbox.pending()] == ["first", "after"]
     outbox.close()
+
+
+def test_an_interrupted_rollback_is_acked_as_done(tmp_path: Path, edge_packages: Any) -> None:
+    transport = InMemoryTransport()
+    agent = make_agent(tmp_path / "state", edge_packages, transport)
+    store = SlotStore(tmp_path / "state" / "models" / MODEL)
+    try:
+        agent.install_file(edge_packages.onnx)
+        agent.install_file(edge_packages.release(2))
+        # what a SIGKILL between the pointer switch and the ack leaves behind
+        assert not agent._command_log.start(7, "rb")
+        agent.installer.rollback(store, "operator")
+    finally:
+        agent.close()
+    again = make_agent(tmp_path / "state", edge_packages, transport)
+    try:
+        again.handle_command(Command("rb", "rollback", {"model_name": MODEL}, execution_version=7))
+        assert transport.acks[-1][:2] == ("rb", True)
+        assert again.models[MODEL].manifest.release == 1
+        again.handle_command(Command("rb", "rollback", {"model_name": MODEL}, execution_version=7))
+        assert transport.acks[-1][:2] == ("rb", True)  # the recorded result, acked again
+    finally:
+        again.close()
