@@ -3,10 +3,11 @@
 One SQLite file (WAL, synchronous=FULL) in the state directory. Messages are
 kept until the control plane acknowledges them, in order, across restarts.
 The total payload size is bounded by a quota: when a new message would pass
-it, the oldest messages are dropped and counted (``dropped``), so a device
-that stays offline for weeks keeps its newest telemetry and says how much it
-lost. A message may carry a ``dedupe_key``: putting the same key twice keeps
-one copy, which makes re-running a step after a crash harmless.
+it, the oldest messages are dropped and counted (``dropped``), telemetry
+windows before status reports, so a device that stays offline for weeks keeps
+its newest telemetry, the record of what it did, and says how much it lost.
+A message may carry a ``dedupe_key``: putting the same key twice keeps one
+copy, which makes re-running a step after a crash harmless.
 
 The same file holds the agent's sequence counter, so (device id, sequence)
 stays unique across restarts.
@@ -154,7 +155,10 @@ class Outbox:
         if excess <= 0:
             return 0
         ids: list[int] = []
-        for msg_id, size in self._db.execute("SELECT id, size FROM messages ORDER BY id"):
+        # windows go before status reports: a device must be able to say what it did
+        for msg_id, size in self._db.execute(
+            "SELECT id, size FROM messages ORDER BY kind = 'status', id"
+        ):
             ids.append(int(msg_id))
             excess -= int(size)
             if excess <= 0:

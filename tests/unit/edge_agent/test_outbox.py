@@ -128,3 +128,12 @@ def test_fit_window_drops_captures_first_and_counts_them() -> None:
     assert fitted["trimmed"] == ["captures"] and fitted["inputs"] == [1]
     small = {"sequence": 2, "captures": []}
     assert fit_window(small) is small
+
+
+def test_quota_drops_windows_before_status_reports(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite", quota_bytes=2000)
+    outbox.put("status", {"event": "installed"})
+    for i in range(30):
+        outbox.put("telemetry_window", {"n": i, "pad": "x" * 80})
+    kinds = [m.kind for m in outbox.pending(100)]
+    assert kinds[0] == "status" and outbox.dropped > 0
