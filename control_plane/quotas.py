@@ -12,9 +12,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# one constant for both transports: a gRPC message and an MQTT packet are capped alike
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # one upload item's body
+from edge_agent.core import limits
+
+# one constant for both transports and both sides (edge_agent/core/limits.py):
+# a gRPC message and an MQTT packet are capped alike
+MAX_MESSAGE_BYTES = limits.MAX_UPLOAD_BYTES
+# one upload item's body; the agent's largest outbox message always fits
+MAX_UPLOAD_BYTES = 4 * 1024 * 1024
+assert limits.MAX_MESSAGE_BYTES <= MAX_UPLOAD_BYTES
 
 
 @dataclass(frozen=True)

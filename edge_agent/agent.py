@@ -9,9 +9,11 @@ gRPC server's pool), so concurrent Predict calls run concurrently.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,12 +25,15 @@ import numpy as np
 
 from edge_agent.commands import CommandLog, CommandResult
 from edge_agent.core.health import HealthDecision, HealthPolicy, evaluate_health
+from edge_agent.core.limits import MAX_BATCH_MESSAGES, fit_window
 from edge_agent.core.telemetry import ModelTelemetry, TelemetryConfig
-from edge_agent.errors import EdgeError, InstallError, NotFound
+from edge_agent.delivery import deliver
+from edge_agent.errors import EdgeError, InstallError, NotFound, PackageError
+from edge_agent.files import open_private
 from edge_agent.host import detect_host
 from edge_agent.install import Installer
 from edge_agent.outbox import Outbox
-from edge_agent.package import Package, load_public_key
+from edge_agent.package import Package, load_public_key, read_package_file
 from edge_agent.runtime import Model, load_model_bytes
 from edge_agent.settings import Settings
 from edge_agent.slots import Pointer, model_stores
@@ -78,7 +83,7 @@ class Agent:
     def start(self, background: bool = True) -> None:
         state = self.settings.state_dir
         state.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(state / "agent.lock", "w")  # noqa: SIM115 - held for life
+        self._lock_file = os.fdopen(open_private(state / "agent.lock"), "w")  # held for life
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -206,7 +211,11 @@ class Agent:
     # -- installs
 
     def install_file(self, path: Path) -> Model:
-        return self.install_bytes(path.read_bytes(), source=str(path.resolve()))
+        try:
+            data = read_package_file(path)
+        except PackageError as exc:
+            raise InstallError("verify", exc.detail, exc.check) from exc
+        return self.install_bytes(data, source=str(path.resolve()))
 
     def install_bytes(
         self,
@@ -217,6 +226,9 @@ class Agent:
         context: dict[str, Any] | None = None,
     ) -> Model:
         with self._install_lock:
+            active = self._active_model(hashlib.sha256(data).hexdigest())
+            if active is not None:  # the same package again: no slot is touched
+                return active
             model = self.installer.install(
                 data, source=source, expected_sha256=expected_sha256, context=context
             )
@@ -237,34 +249,57 @@ class Agent:
                 self._enqueue_window(old)
             return model
 
+    def _active_model(self, sha256: str) -> Model | None:
+        """The model whose active slot holds package ``sha256`` (loaded if need be), if any."""
+        for name, pointer in self.installed().items():
+            if pointer.active.sha256 == sha256:
+                logger.info("package %s is already active for %s: nothing to do", sha256[:12], name)
+                return self.load_model(name)
+        return None
+
     def handle_command(self, command: Command) -> None:
         """Run a control-plane command once per execution version, then ack it.
 
-        A command whose version already ran is acked again with the result it
-        had, and not run twice. Kinds: ``deploy`` (``install``), ``rollback``,
-        ``config``, ``capture``.
+        The version is recorded before the command runs, and its result after;
+        a command whose version already ran is acked again with the result it
+        had, and not run twice; one a crash interrupted runs again (deploy is
+        idempotent). A failure of the device's own storage (disk full) is acked
+        as the command's failure reason. Kinds: ``deploy`` (``install``),
+        ``rollback``, ``config``, ``capture``.
         """
         log = self._command_log
-        done = log.result(command.execution_version) if command.execution_version else None
-        if done is None:
-            done = self._execute(command)
-            if command.execution_version:
-                log.record(command.execution_version, command.id, done)
-        else:
-            logger.info(
-                "command %s (version %d) already executed", command.id, command.execution_version
+        version = command.execution_version
+        try:
+            done = log.result(version) if version else None
+            if done is None:
+                interrupted = bool(version) and log.start(version, command.id)
+                if interrupted:
+                    logger.warning("command %s (version %d) was interrupted", command.id, version)
+                done = self._execute(command, interrupted)
+                if version:
+                    log.record(version, command.id, done)
+            else:
+                logger.info("command %s (version %d) already executed", command.id, version)
+        except (sqlite3.Error, OSError) as exc:
+            logger.error("command %s: device storage failed: %s", command.id, exc)
+            done = CommandResult(
+                False, f"device storage failed: {exc}", {"kind": command.type, "step": "storage"}
             )
         ack = getattr(self.transport, "ack", None)
         if ack is not None:
             ack(command, done.ok, done.error, done.detail)
 
-    def _execute(self, command: Command) -> CommandResult:
+    def _execute(self, command: Command, interrupted: bool = False) -> CommandResult:
         kind = command.type
         try:
             if kind in ("deploy", "install"):
                 return self._deploy(command)
             if kind == "rollback":
                 name = str(command.body.get("model_name", ""))
+                pointer = self.installer.store(name).pointer()
+                if interrupted and pointer and pointer.note.startswith("rolled back from"):
+                    # the first run switched, then the agent died before the ack
+                    return CommandResult(True, "", {"package_id": pointer.active.package_id})
                 with self._install_lock:
                     model = self.installer.rollback(
                         self.installer.store(name), str(command.body.get("reason", "operator"))
@@ -301,6 +336,20 @@ class Agent:
 
     def _deploy(self, command: Command) -> CommandResult:
         ref = str(command.body.get("sha256") or command.body.get("ref") or "")
+        with self._install_lock:
+            active = self._active_model(ref) if ref else None
+        if active is not None:  # re-sent, or deployed twice: nothing to download or install
+            m = active.manifest
+            return CommandResult(
+                True,
+                "",
+                {
+                    "package_id": m.package_id,
+                    "model_name": m.model_name,
+                    "release": m.release,
+                    "note": "already active",
+                },
+            )
         reason = self.watchlist.quarantine.get(ref)
         if reason is not None and not command.body.get("force"):
             return CommandResult(
@@ -388,28 +437,26 @@ class Agent:
         if telemetry is None or self.outbox is None or not telemetry.pending_requests():
             return
         window = telemetry.close_window(self.settings.device_id, self.outbox.next_sequence())
-        self.outbox.put("telemetry_window", window)
+        fitted = fit_window(window, self.outbox.max_message_bytes)
+        if fitted is not window:
+            logger.warning(
+                "%s: window %d over %d bytes; trimmed %s",
+                model.manifest.model_name,
+                window["sequence"],
+                self.outbox.max_message_bytes,
+                ", ".join(fitted["trimmed"]) or "nothing",
+            )
+        self.outbox.put("telemetry_window", fitted)
 
     def flush_windows(self) -> None:
         for model in list(self.models.values()):
             self._enqueue_window(model)
 
-    def send_outbox(self, batch: int = 100) -> int:
-        """Deliver pending messages until the outbox is empty or the transport fails."""
+    def send_outbox(self, batch: int = MAX_BATCH_MESSAGES) -> int:
+        """Deliver pending messages (see :func:`edge_agent.delivery.deliver`)."""
         if self.transport is None or self.outbox is None:
             return 0
-        sent = 0
-        while messages := self.outbox.pending(batch):
-            try:
-                acked = self.transport.send(messages)
-            except TransportError as exc:
-                logger.info("outbox: %d messages wait (%s)", len(messages), exc)
-                break
-            self.outbox.ack(acked)
-            sent += len(acked)
-            if len(acked) < len(messages):
-                break
-        return sent
+        return deliver(self.outbox, self.transport, batch)
 
     def _tick_loop(self) -> None:
         s = self.settings

@@ -12,6 +12,7 @@ from types import FrameType
 
 import click
 
+from edge_agent.errors import EdgeError
 from edge_agent.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,22 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def _check_public_key(path: Path) -> None:
+    """One line naming the fix when the trusted package key is missing or not a key."""
+    from edge_agent.package import load_public_key
+
+    fix = (
+        "copy the control plane's fleetcast.pub (made by `fleetcast keys generate`) "
+        "to this device and pass --public-key PATH"
+    )
+    if not path.is_file():
+        raise click.UsageError(f"public key {path} not found: {fix}")
+    try:
+        load_public_key(path)
+    except EdgeError as exc:
+        raise click.UsageError(f"public key {path}: {exc}; {fix}") from exc
 
 
 @main.command()
@@ -65,7 +82,6 @@ def run(
 ) -> None:
     """Recover the state directory, serve the installed models, and stay up until SIGTERM."""
     from edge_agent.agent import Agent
-    from edge_agent.errors import EdgeError
     from edge_agent.local_api import serve
     from edge_agent.transport.factory import make_transport
 
@@ -90,13 +106,17 @@ def run(
             if settings.server
             else None
         )
+        _check_public_key(settings.public_key)
     except (SettingsError, EdgeError) as exc:
         raise click.UsageError(str(exc)) from exc
     if insecure and transport is not None and not settings.ca_cert:
         logger.warning("--insecure: talking to %s in plaintext", settings.server)
     agent = Agent(settings, transport)
-    agent.start()
-    local, bound = serve(agent, settings.listen_address)
+    try:
+        agent.start()
+        local, bound = serve(agent, settings.listen_address)
+    except (EdgeError, OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot start the agent: {exc}") from exc
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -170,7 +190,8 @@ def enroll(
         tls = GrpcTls(ca_cert, client_cert, client_key) if ca_cert else None
         creds = grpc_enroll(server, token, device_id, facts, tls)
     except TransportError as exc:
-        raise click.ClickException(str(exc)) from exc
+        hint = f" (is `fleetcast serve` running at {server}?)" if "UNAVAILABLE" in str(exc) else ""
+        raise click.ClickException(f"{exc}{hint}") from exc
     path = save_credentials(state_dir, creds)
     click.echo(
         json.dumps({"event": "enrolled", "device_id": creds["device_id"], "credentials": str(path)})
@@ -195,7 +216,13 @@ def install(package: Path, address: str, timeout: float) -> None:
                 pb.LoadModelRequest(package_path=str(package.resolve())), timeout=timeout
             )
         except grpc.RpcError as exc:
-            raise click.ClickException(f"{exc.code().name}: {exc.details()}") from exc
+            hint = (
+                f" (no agent answers at {address}: start one with "
+                f"`fleetcast-agent run --listen {address}`)"
+                if exc.code() == grpc.StatusCode.UNAVAILABLE
+                else ""
+            )
+            raise click.ClickException(f"{exc.code().name}: {exc.details()}{hint}") from exc
     click.echo(
         json.dumps(
             {

@@ -4,27 +4,32 @@ An install runs these steps, recording each in the slot journal before it
 starts, and calling ``checkpoint(name)`` at every name in :data:`CRASH_POINTS`
 (the crash tests SIGKILL the agent there):
 
-1. ``stage``: write the package into the inactive slot (temp file, fsync, rename)
-2. ``verify``: format, package hash, model hash, signature, profile, release
-3. ``load``: load the model with its runtime
-4. ``selftest``: run the manifest's test vectors; outputs must match within atol/rtol
+1. ``verify``: package hash, format, signature, model hash, profile, release (in memory)
+2. ``load``: load the model with its runtime (from memory)
+3. ``selftest``: run the manifest's test vectors; outputs must match within atol/rtol
+4. ``stage``: write the package into the inactive slot (temp file, fsync, rename)
 5. ``switch``: rewrite ``active.json`` to point at the new slot (fsync + rename)
 6. ``report``: queue the status report in the outbox, drop the journal
 
-A failed step clears the staged slot, reports the step and the reason, and
-leaves the active slot serving. After a crash, :meth:`Installer.recover`
-finishes an install whose switch already happened (report, drop journal),
-re-runs one that did not from the staged or source file (once), or abandons
-it cleanly (clear the slot, report) when neither is available. Every step is
-idempotent, so running it twice is harmless.
+Nothing touches a slot before the package passed verify, load and self-test,
+so a refused package leaves the active and the previous (rollback) version
+intact. A step that fails reports the step and the reason and leaves the
+active slot serving; only a failure after staging clears the staged slot.
+After a crash, :meth:`Installer.recover` finishes an install whose switch
+already happened (report, drop journal), re-runs one that did not from the
+staged or source file (once), or abandons it cleanly (clear what it staged,
+report) when neither is available. Every step is idempotent, so running it
+twice is harmless.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +40,22 @@ from edge_agent.core.host import HostInfo
 from edge_agent.core.manifest import Manifest
 from edge_agent.core.signature import validate_inputs
 from edge_agent.errors import EdgeError, InstallError, PackageError
-from edge_agent.package import Package, open_package, read_package
+from edge_agent.package import Package, open_package
 from edge_agent.runtime import Model
 from edge_agent.runtime.base import LoadedModel
 from edge_agent.slots import Checkpoint, Journal, Pointer, SlotRef, SlotStore
 
 logger = logging.getLogger(__name__)
 
-STEPS = ("stage", "verify", "load", "selftest", "switch", "report")
+STEPS = ("verify", "load", "selftest", "stage", "switch", "report")
 CRASH_POINTS = (
     "received",
-    "stage",
-    "stage.partial",
-    "stage.rename",
     "verify",
     "load",
     "selftest",
+    "stage",
+    "stage.partial",
+    "stage.rename",
     "switch",
     "switch.partial",
     "switch.rename",
@@ -84,6 +89,27 @@ def self_test(loaded: LoadedModel, manifest: Manifest) -> list[str]:
                 f"+ rtol {vectors.rtol:.3g}*|expected|"
             )
     return problems
+
+
+def release_slot(store: SlotStore, slot: str) -> None:
+    """Clear what an abandoned install left in ``slot``, keeping an intact rollback copy.
+
+    If the install got as far as replacing the previous version's file, the
+    pointer stops naming a previous version (it is gone), so a later rollback
+    says so instead of failing on a hash mismatch.
+    """
+    pointer = store.pointer()
+    if pointer is not None and pointer.active.slot == slot:
+        return
+    previous = pointer.previous if pointer is not None else None
+    if pointer is not None and previous is not None and previous.slot == slot:
+        if store.slot_sha256(slot) == previous.sha256:
+            return  # the rollback copy was never touched
+        logger.warning("%s: previous version %s was overwritten", store.model_name, previous)
+        store.write_pointer(
+            replace(pointer, previous=None, note=f"previous {previous.package_id} overwritten")
+        )
+    store.clear_slot(slot)
 
 
 def _ref(slot: str, package: Package) -> SlotRef:
@@ -125,43 +151,46 @@ class Installer:
         attempt: int = 1,
         context: dict[str, Any] | None = None,
     ) -> Model:
-        """Run every install step; return the new model, now active. Raises InstallError."""
+        """Run every install step; return the new model, now active. Raises InstallError.
+
+        The package is verified, loaded and self-tested from memory before any
+        slot is written: a package that fails leaves both slots as they were.
+        """
         install_id = install_id or uuid.uuid4().hex[:12]
         extra = {"install_id": install_id, **(context or {})}
         self.checkpoint("received")
-        try:  # before staging: which model (hence which slots) this is, and intact bytes
-            digest = hashlib.sha256(data).hexdigest()
-            if expected_sha256 is not None and digest != expected_sha256:
-                raise PackageError("hash", f"package sha256 {digest} != expected {expected_sha256}")
-            manifest, _, _ = read_package(data)
+        try:  # in memory: format, hashes, signature (first), profile; nothing written yet
+            package = open_package(
+                data, self.public_key, host=self.host, expected_sha256=expected_sha256
+            )
         except PackageError as exc:
             self._failed(None, "verify", exc.check, exc.detail, extra)
             raise InstallError("verify", exc.detail, exc.check) from exc
+        manifest = package.manifest
         store = self.store(manifest.model_name)
         slot = store.inactive_slot()
-        journal = Journal(install_id, slot, "stage", source, expected_sha256, attempt=attempt)
+        journal = Journal(install_id, slot, "verify", source, expected_sha256, attempt=attempt)
         extra.update(model_name=manifest.model_name, package_id=manifest.package_id)
-        step = "stage"
+        step = "verify"
         try:
             store.write_journal(journal)
-            self.checkpoint("stage")
-            store.stage(slot, data, self.checkpoint)
-            journal.staged_sha256 = digest
-            step = self._advance(store, journal, "verify")
+            self.checkpoint("verify")
             pointer = store.pointer()
-            package = open_package(
-                store.package_path(slot),
-                self.public_key,
-                host=self.host,
-                installed_release=pointer.active.release if pointer else None,
-                expected_sha256=expected_sha256,
-            )
+            if pointer is not None and manifest.release < pointer.active.release:
+                raise PackageError(
+                    "release",
+                    f"release {manifest.release} is older than installed release "
+                    f"{pointer.active.release}",
+                )
             step = self._advance(store, journal, "load")
             model = self.make_model(package)
             step = self._advance(store, journal, "selftest")
-            problems = self_test(model.loaded, package.manifest)
+            problems = self_test(model.loaded, manifest)
             if problems:
                 raise InstallError("selftest", "; ".join(problems), "selftest")
+            step = self._advance(store, journal, "stage")
+            store.stage(slot, data, self.checkpoint)
+            journal.staged_sha256 = package.sha256
             step = self._advance(store, journal, "switch")
             new = Pointer(
                 active=_ref(slot, package),
@@ -170,7 +199,7 @@ class Installer:
             )
             store.write_pointer(new, self.checkpoint)
             self.checkpoint("switched")
-        except EdgeError as exc:
+        except (EdgeError, OSError) as exc:
             check = exc.check if isinstance(exc, (PackageError, InstallError)) else None
             detail = exc.detail if isinstance(exc, (PackageError, InstallError)) else str(exc)
             self._abandon(store, journal, "install_failed", step, check, detail, extra)
@@ -187,10 +216,23 @@ class Installer:
         self.checkpoint(step)
         return step
 
+    def _queue_report(self, fields: dict[str, Any], dedupe_key: str) -> bool:
+        """Queue a status report; a storage failure (disk full) is logged, never raised.
+
+        The report must not hide the install's own outcome, nor stop a failed
+        install from cleaning up after itself.
+        """
+        try:
+            self.report(fields, dedupe_key)
+        except sqlite3.Error as exc:
+            logger.error("could not queue report %s: %s", dedupe_key, exc)
+            return False
+        return True
+
     def _finish(self, store: SlotStore, pointer: Pointer, extra: dict[str, Any]) -> None:
         active = pointer.active
         previous = pointer.previous
-        self.report(
+        queued = self._queue_report(
             {
                 "event": "installed",
                 **extra,
@@ -203,6 +245,8 @@ class Installer:
             f"install:{pointer.install_id}:installed",
         )
         self.checkpoint("report")
+        if not queued:  # the journal stays: the next start reports the install
+            return
         store.clear_journal()
         logger.info("%s: installed %s in slot %s", store.model_name, active.package_id, active.slot)
 
@@ -216,7 +260,7 @@ class Installer:
         event: str = "install_failed",
     ) -> None:
         logger.warning("install %s %s at %s: %s", extra.get("install_id"), event, step, reason)
-        self.report(
+        self._queue_report(
             {"event": event, **extra, "step": step, "check": check, "reason": reason},
             f"install:{extra.get('install_id')}:{event}",
         )
@@ -231,9 +275,7 @@ class Installer:
         reason: str,
         extra: dict[str, Any],
     ) -> None:
-        pointer = store.pointer()
-        if pointer is None or pointer.active.slot != journal.slot:
-            store.clear_slot(journal.slot)
+        release_slot(store, journal.slot)
         self._failed(store, step, check, reason, extra, event)
         store.clear_journal()
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
 from pathlib import Path
@@ -23,12 +25,14 @@ import numpy as np
 from edge_agent.agent import Agent
 from edge_agent.core.manifest import TensorSpec
 from edge_agent.errors import EdgeError, InstallError, InvalidInput, NotFound, PackageError
+from edge_agent.files import SOCKET
 from edge_agent.runtime import Model
 from protos.fleetcast.v1 import scoring_pb2 as pb
 from protos.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
+MAX_DIMS = 8
 DTYPES = frozenset({"float32", "float16", "int8", "uint8", "int32", "int64"})
 GRPC_STATUS: dict[type[EdgeError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
@@ -65,10 +69,12 @@ def decode_tensor(tensor: Any) -> np.ndarray:
     if tensor.dtype not in DTYPES:
         raise InvalidInput(f"input {tensor.name!r}: unknown dtype {tensor.dtype!r}")
     shape = tuple(int(d) for d in tensor.shape)
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"input {tensor.name!r}: {len(shape)} dimensions (at most {MAX_DIMS})")
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input {tensor.name!r}: negative dimension in shape {list(shape)}")
     dtype = np.dtype(tensor.dtype).newbyteorder("<")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: [2**32, 2**32] cannot wrap
     if expected != len(tensor.data):
         raise InvalidInput(
             f"input {tensor.name!r}: {len(tensor.data)} bytes do not hold shape {list(shape)} "
@@ -124,7 +130,10 @@ class ScoringServicer(pb_grpc.EdgeScoringServicer):
         for tensor in tensors:
             if tensor.name in arrays:
                 raise InvalidInput(f"input {tensor.name!r} given twice")
-            array = decode_tensor(tensor)
+            try:
+                array = decode_tensor(tensor)
+            except (ValueError, OverflowError, TypeError) as exc:  # anything numpy refuses
+                raise InvalidInput(f"input {tensor.name!r}: {exc}") from exc
             if array.ndim and array.shape[0] > self.max_batch:
                 raise InvalidInput(f"batch of {array.shape[0]} rows exceeds {self.max_batch}")
             arrays[tensor.name] = array
@@ -219,6 +228,8 @@ def serve(agent: Agent, address: str, options: Mapping[str, Any] | None = None) 
     if port == 0:
         raise OSError(f"cannot bind the local API to {address}")
     server.start()
+    if address.startswith("unix:"):  # explicitly, not whatever the umask left
+        os.chmod(address[5:], SOCKET)
     bound = address if address.startswith("unix:") else f"{address.rpartition(':')[0]}:{port}"
     logger.info("local scoring API on %s", bound)
     return server, bound

@@ -16,24 +16,26 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import zipfile
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 from pydantic import ValidationError
 
+from edge_agent.archive import CHUNK, SIGNATURE_BYTES, PackageArchive
+from edge_agent.archive import MANIFEST_ENTRY as MANIFEST_ENTRY
+from edge_agent.archive import SIGNATURE_ENTRY as SIGNATURE_ENTRY
 from edge_agent.core.host import HostInfo, profile_mismatches
+from edge_agent.core.limits import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, MAX_PACKAGE_BYTES
 from edge_agent.core.manifest import Manifest
 from edge_agent.errors import IncompatibleProfile, PackageError
 
 logger = logging.getLogger(__name__)
-
-MANIFEST_ENTRY = "manifest.json"
-SIGNATURE_ENTRY = "manifest.sig"
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -67,40 +69,74 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def read_package(data: bytes) -> tuple[Manifest, bytes, bytes]:
-    """Split package bytes into (manifest, signature, model bytes); format check only."""
+def read_package_file(path: Path, limit: int = MAX_PACKAGE_BYTES) -> bytes:
+    """A local package file's bytes: a regular file of at most ``limit`` bytes."""
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise PackageError("format", f"not a .fcpkg (zip) file: {exc}") from exc
-    with archive:
-        names = archive.namelist()
-        for required in (MANIFEST_ENTRY, SIGNATURE_ENTRY):
-            if required not in names:
-                raise PackageError("format", f"entry {required!r} is missing")
-        info = archive.getinfo(MANIFEST_ENTRY)
-        if info.file_size > MAX_MANIFEST_BYTES:
-            raise PackageError("format", f"manifest is {info.file_size} bytes, over the limit")
-        try:
-            manifest_bytes = archive.read(MANIFEST_ENTRY)
-            signature = archive.read(SIGNATURE_ENTRY)
-        except (zipfile.BadZipFile, OSError) as exc:  # CRC mismatch, truncated data
-            raise PackageError("format", f"corrupt archive: {exc}") from exc
-        try:
-            manifest = Manifest.from_bytes(manifest_bytes)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "manifest"
-            raise PackageError("format", f"manifest field {where}: {first['msg']}") from exc
-        if manifest.canonical_bytes() != manifest_bytes:
-            raise PackageError("format", "manifest.json is not in canonical form")
-        entry = model_entry_name(manifest.format)
-        if entry not in names:
-            raise PackageError("format", f"entry {entry!r} is missing")
-        try:
-            model_bytes = archive.read(entry)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise PackageError("format", f"corrupt model entry: {exc}") from exc
+        with path.open("rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise PackageError("format", f"{path} is not a regular file")
+            if info.st_size > limit:
+                raise PackageError("format", f"{path} is {info.st_size} bytes (limit {limit})")
+            data = handle.read(info.st_size + 1)  # read(n) allocates n bytes up front
+    except OSError as exc:
+        raise PackageError("format", f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) > info.st_size:
+        raise PackageError("format", f"{path} grew while it was read")
+    return data
+
+
+def _source(source: Path | bytes) -> tuple[IO[bytes], str, int]:
+    """An open handle on the package, its sha256 and its size, hashed in chunks."""
+    handle: IO[bytes] = source.open("rb") if isinstance(source, Path) else io.BytesIO(source)
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := handle.read(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    handle.seek(0)
+    return handle, digest.hexdigest(), size
+
+
+def _parse_manifest(manifest_bytes: bytes) -> Manifest:
+    try:
+        manifest = Manifest.from_bytes(manifest_bytes)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "manifest"
+        raise PackageError("format", f"manifest field {where}: {first['msg']}") from exc
+    if manifest.canonical_bytes() != manifest_bytes:
+        raise PackageError("format", "manifest.json is not in canonical form")
+    return manifest
+
+
+def _model_bytes(
+    archive: PackageArchive, manifest: Manifest, max_model_bytes: int
+) -> tuple[bytes, str]:
+    entry = model_entry_name(manifest.format)
+    if archive.model_entry != entry:
+        raise PackageError(
+            "format", f"entry {entry!r} is missing (the package holds {archive.model_entry!r})"
+        )
+    size = manifest.model_file.size_bytes
+    if size > max_model_bytes:
+        raise PackageError("format", f"model of {size} bytes is over the limit {max_model_bytes}")
+    return archive.read_hashed(entry, size)
+
+
+def read_package(
+    data: bytes, *, max_model_bytes: int = MAX_MODEL_BYTES
+) -> tuple[Manifest, bytes, bytes]:
+    """Split package bytes into (manifest, signature, model bytes); format checks only.
+
+    Nothing here is trusted (the signature is not checked): use it to inspect a
+    package, :func:`open_package` to trust one. Memory stays bounded by the caps.
+    """
+    with PackageArchive(io.BytesIO(data)) as archive:
+        manifest_bytes = archive.read(MANIFEST_ENTRY, MAX_MANIFEST_BYTES)
+        signature = archive.read(SIGNATURE_ENTRY, SIGNATURE_BYTES)
+        manifest = _parse_manifest(manifest_bytes)
+        model_bytes, _ = _model_bytes(archive, manifest, max_model_bytes)
     return manifest, signature, model_bytes
 
 
@@ -111,29 +147,41 @@ def open_package(
     host: HostInfo | None = None,
     installed_release: int | None = None,
     expected_sha256: str | None = None,
+    max_model_bytes: int = MAX_MODEL_BYTES,
 ) -> Package:
     """Read a package and run every check; raise PackageError naming the first that fails.
 
-    Checks, in order: format, package hash (when ``expected_sha256`` is given),
-    model hash, signature, profile (when ``host`` is given), release (when
-    ``installed_release`` is given: an older release is refused).
+    Checks, in order: package hash (when ``expected_sha256`` is given), format
+    (exactly the three entries, stored or deflated, sizes under the caps), the
+    signature over the manifest bytes (before anything else is inflated or
+    parsed), the manifest itself, the model entry's declared and actual size
+    against the signed ``size_bytes``, the model hash (streamed), profile (when
+    ``host`` is given), release (when ``installed_release`` is given: an older
+    release is refused). An unsigned package costs at most the manifest cap to
+    refuse, whatever it claims to inflate to.
     """
-    data = source.read_bytes() if isinstance(source, Path) else source
-    digest = hashlib.sha256(data).hexdigest()
-    if expected_sha256 is not None and digest != expected_sha256:
-        raise PackageError("hash", f"package sha256 {digest} != expected {expected_sha256}")
-    manifest, signature, model_bytes = read_package(data)
-    model_digest = hashlib.sha256(model_bytes).hexdigest()
+    try:
+        handle, digest, size = _source(source)
+    except OSError as exc:
+        raise PackageError("format", f"cannot read the package: {exc}") from exc
+    with handle:
+        if expected_sha256 is not None and digest != expected_sha256:
+            raise PackageError("hash", f"package sha256 {digest} != expected {expected_sha256}")
+        with PackageArchive(handle) as archive:
+            manifest_bytes = archive.read(MANIFEST_ENTRY, MAX_MANIFEST_BYTES)
+            signature = archive.read(SIGNATURE_ENTRY, SIGNATURE_BYTES)
+            try:
+                public_key.verify(signature, manifest_bytes)
+            except InvalidSignature as exc:
+                raise PackageError(
+                    "signature", f"manifest signature does not verify with key {key_id(public_key)}"
+                ) from exc
+            manifest = _parse_manifest(manifest_bytes)
+            model_bytes, model_digest = _model_bytes(archive, manifest, max_model_bytes)
     if model_digest != manifest.model_file.sha256:
         raise PackageError(
             "hash", f"model sha256 {model_digest} != manifest {manifest.model_file.sha256}"
         )
-    try:
-        public_key.verify(signature, manifest.canonical_bytes())
-    except InvalidSignature as exc:
-        raise PackageError(
-            "signature", f"manifest signature does not verify with key {key_id(public_key)}"
-        ) from exc
     if host is not None:
         problems = profile_mismatches(manifest.profile, host, manifest.runtime)
         if problems:
@@ -145,4 +193,4 @@ def open_package(
             "release",
             f"release {manifest.release} is older than installed release {installed_release}",
         )
-    return Package(manifest=manifest, model_bytes=model_bytes, sha256=digest, size_bytes=len(data))
+    return Package(manifest=manifest, model_bytes=model_bytes, sha256=digest, size_bytes=size)

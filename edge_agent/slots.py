@@ -14,6 +14,7 @@ or the whole new one. The pointer switch is that one rename.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -152,6 +153,17 @@ class SlotStore:
         path = self.package_path(slot)
         write_atomic(path, data, checkpoint, "stage")
         return path
+
+    def slot_sha256(self, slot: str) -> str | None:
+        """The sha256 of the package in ``slot`` (hashed in chunks), None when empty."""
+        digest = hashlib.sha256()
+        try:
+            with self.package_path(slot).open("rb") as handle:
+                while chunk := handle.read(1024 * 1024):
+                    digest.update(chunk)
+        except FileNotFoundError:
+            return None
+        return digest.hexdigest()
 
     def clear_slot(self, slot: str) -> None:
         pointer = self.pointer()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.core.telemetry import HealthStats
+from edge_agent.files import open_private
 
 
 @dataclass
@@ -57,7 +58,7 @@ class WatchList:
             "quarantine": self.quarantine,
         }
         tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w") as handle:
+        with os.fdopen(open_private(tmp), "w") as handle:
             json.dump(data, handle)
             handle.flush()
             os.fsync(handle.fileno())

@@ -46,6 +46,10 @@ class TelemetryConfig:
     max_captures: int = 16
     max_capture_rows: int = 4
     max_capture_elements: int = 4096
+    max_capture_tensors: int = 16
+    """Tensors kept per capture (inputs and outputs each); the rest are left out."""
+    max_capture_bytes: int = 1024 * 1024
+    """Estimated JSON bytes of all captures in one window; a capture past it is dropped."""
     kll_k: int = 200
 
 
@@ -233,6 +237,7 @@ class _Window:
     latency: kll_floats_sketch = field(init=False)
     captures: list[dict[str, Any]] = field(default_factory=list)
     captures_dropped: int = 0
+    capture_bytes: int = 0
     # latencies (ms) not yet in the sketch: one vectorised sketch update per
     # LATENCY_BATCH calls instead of one extension call per call
     pending_ms: list[float] = field(default_factory=list)
@@ -287,6 +292,24 @@ def _histograms(binner: TensorBinner, counts: np.ndarray) -> dict[str, Any]:
 def _capturable(array: np.ndarray, rows: int, limit: int) -> list[Any] | None:
     part = array[:rows]
     return part.tolist() if part.size <= limit else None
+
+
+def _captured(
+    tensors: Mapping[str, np.ndarray], cfg: TelemetryConfig
+) -> tuple[dict[str, list[Any] | None], int]:
+    """The tensors a capture keeps (capped in count, rows and elements) and their JSON estimate.
+
+    The estimate is an upper bound: 24 bytes per element (a float's repr and a
+    separator) plus the name.
+    """
+    kept: dict[str, list[Any] | None] = {}
+    estimate = 0
+    for name, array in itertools.islice(tensors.items(), cfg.max_capture_tensors):
+        kept[name] = value = _capturable(array, cfg.max_capture_rows, cfg.max_capture_elements)
+        estimate += len(name) + 8
+        if value is not None:
+            estimate += 24 * min(array[: cfg.max_capture_rows].size, cfg.max_capture_elements)
+    return kept, estimate
 
 
 class ModelTelemetry:
@@ -407,19 +430,20 @@ class ModelTelemetry:
         if len(window.captures) >= cfg.max_captures:
             window.captures_dropped += 1
             return False
+        kept_inputs, in_bytes = _captured(inputs, cfg)
+        kept_outputs, out_bytes = _captured(outputs, cfg)
+        size = in_bytes + out_bytes + len(prediction_id[:128]) + 96
+        if window.capture_bytes + size > cfg.max_capture_bytes:
+            window.captures_dropped += 1
+            return False
+        window.capture_bytes += size
         window.captures.append(
             {
-                "prediction_id": prediction_id,
+                "prediction_id": prediction_id[:128],
                 "at": self._clock(),
                 "source": source,
-                "inputs": {
-                    n: _capturable(a, cfg.max_capture_rows, cfg.max_capture_elements)
-                    for n, a in inputs.items()
-                },
-                "outputs": {
-                    n: _capturable(a, cfg.max_capture_rows, cfg.max_capture_elements)
-                    for n, a in outputs.items()
-                },
+                "inputs": kept_inputs,
+                "outputs": kept_outputs,
             }
         )
         return True
@@ -438,7 +462,8 @@ class ModelTelemetry:
 
     def pending_requests(self) -> int:
         with self._lock:
-            return self._window.requests + len(self._window.captures)
+            window = self._window
+            return window.requests + len(window.captures) + window.captures_dropped
 
     def close_window(self, device_id: str, sequence: int) -> dict[str, Any]:
         """Close the current window and return it as a JSON-able dict; a new one starts."""

@@ -8,6 +8,7 @@ transports implement the same methods; :mod:`.memory` is the in-process fake.
 
 from __future__ import annotations
 
+import json
 import queue
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,15 @@ from edge_agent.outbox import OutboxMessage
 
 class TransportError(EdgeError):
     """The control plane cannot be reached, or refused a message."""
+
+
+class PayloadTooLarge(TransportError):
+    """The control plane refused an upload for its size (it will refuse it again)."""
+
+
+def body_json(payload: dict[str, Any]) -> str:
+    """An outbox payload as it travels (compact JSON, as the outbox stores and sizes it)."""
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)

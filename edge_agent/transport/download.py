@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.core.backoff import Backoff
+from edge_agent.core.limits import MAX_PACKAGE_BYTES
+from edge_agent.files import open_private
 from edge_agent.transport.base import TransportError
 
 logger = logging.getLogger(__name__)
@@ -89,10 +91,15 @@ def resumable_download(
 
 def _pull(blocks: Iterator[Block], part: Path, offset: int) -> bool:
     synced = offset
-    with part.open("ab") as handle:
+    with os.fdopen(open_private(part, "a"), "ab") as handle:
         for block in blocks:
             if block.offset != offset:
                 raise TransportError(f"block at offset {block.offset}, expected {offset}")
+            if block.total_size > MAX_PACKAGE_BYTES or offset + len(block.data) > block.total_size:
+                raise Fatal(
+                    f"package of {block.total_size} bytes (limit {MAX_PACKAGE_BYTES}) "
+                    f"or a block past its end at offset {offset}"
+                )
             handle.write(block.data)
             handle.flush()
             offset += len(block.data)

@@ -19,8 +19,9 @@ from typing import Any
 import grpc
 
 from edge_agent.core.backoff import Backoff
+from edge_agent.core.limits import MAX_UPLOAD_BYTES
 from edge_agent.outbox import OutboxMessage
-from edge_agent.transport.base import Command, TransportError, drain
+from edge_agent.transport.base import Command, PayloadTooLarge, TransportError, body_json, drain
 from edge_agent.transport.download import Block, Fatal, resumable_download
 from protos.fleetcast.v1 import agent_pb2, agent_pb2_grpc
 
@@ -39,7 +40,10 @@ class GrpcTls:
 
 
 def make_channel(target: str, tls: GrpcTls | None) -> grpc.Channel:
-    options: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", 8 << 20)]
+    options: list[tuple[str, str | int]] = [
+        ("grpc.max_receive_message_length", MAX_UPLOAD_BYTES),
+        ("grpc.max_send_message_length", MAX_UPLOAD_BYTES),
+    ]
     if tls is None:
         return grpc.insecure_channel(target, options=options)
     credentials = grpc.ssl_channel_credentials(
@@ -171,13 +175,17 @@ class GrpcTransport:
             seq = int(message.payload.get("sequence", message.id))
             by_seq[seq] = message.id
             items.append(
-                agent_pb2.Upload(seq=seq, kind=message.kind, body_json=json.dumps(message.payload))
+                agent_pb2.Upload(seq=seq, kind=message.kind, body_json=body_json(message.payload))
             )
         try:
             reply = self._stub.UploadTelemetry(
                 agent_pb2.UploadRequest(items=items), metadata=self._metadata, timeout=CALL_TIMEOUT
             )
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in str(
+                exc.details()
+            ):
+                raise PayloadTooLarge(f"upload: {_error(exc)}") from exc
             raise TransportError(f"upload: {_error(exc)}") from exc
         for seq, error in zip(reply.rejected, reply.errors, strict=False):
             logger.error("control plane rejected upload %d: %s (dropped)", seq, error)

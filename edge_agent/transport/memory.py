@@ -21,6 +21,7 @@ class InMemoryTransport:
         self.online = True
         self.delivered: list[dict[str, Any]] = []
         self.packages: dict[str, bytes] = {}
+        self.acks: list[tuple[str, bool, str, dict[str, Any]]] = []
         self._commands: queue.Queue[Command] = queue.Queue()
         self._lock = threading.Lock()
 
@@ -36,6 +37,12 @@ class InMemoryTransport:
         with self._lock:
             self.delivered.extend(m.payload for m in messages)
         return [m.id for m in messages]
+
+    def ack(
+        self, command: Command, ok: bool, error: str = "", detail: dict[str, Any] | None = None
+    ) -> None:
+        with self._lock:
+            self.acks.append((command.id, ok, error, detail or {}))
 
     def poll_commands(self, timeout: float) -> list[Command]:
         if not self.online:

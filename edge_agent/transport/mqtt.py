@@ -23,9 +23,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.core.frames import MAX_BLOCK, FrameError, decode_block
+from edge_agent.core.limits import MAX_UPLOAD_BYTES
 from edge_agent.core.topics import TOPIC_ROOT, device_login
 from edge_agent.outbox import OutboxMessage
-from edge_agent.transport.base import Command, TransportError, drain
+from edge_agent.transport.base import Command, PayloadTooLarge, TransportError, body_json, drain
 from edge_agent.transport.download import Block, Fatal, resumable_download
 
 logger = logging.getLogger(__name__)
@@ -156,13 +157,18 @@ class MqttTransport:
     def send(self, messages: Sequence[OutboxMessage]) -> list[int]:
         by_seq = {int(m.payload.get("sequence", m.id)): m.id for m in messages}
         items = [
-            {"seq": seq, "kind": m.kind, "body_json": json.dumps(m.payload)}
+            {"seq": seq, "kind": m.kind, "body_json": body_json(m.payload)}
             for seq, m in zip(by_seq, messages, strict=True)
         ]
         with self._send_lock:
             while not self._acks.empty():  # stale answers to an earlier, timed-out send
                 self._acks.get_nowait()
-            self._publish("telemetry", json.dumps({"items": items}))
+            payload = json.dumps({"items": items}, separators=(",", ":"))
+            if len(payload) > MAX_UPLOAD_BYTES:
+                raise PayloadTooLarge(
+                    f"MQTT upload of {len(payload)} bytes exceeds the limit of {MAX_UPLOAD_BYTES}"
+                )
+            self._publish("telemetry", payload)
             deadline = time.monotonic() + ANSWER_TIMEOUT
             while (left := deadline - time.monotonic()) > 0:
                 try:

@@ -210,3 +210,61 @@ def test_local_api_refuses_non_loopback_addresses(served: tuple[Agent, Any]) -> 
     agent, _ = served
     with pytest.raises(ValueError, match="loopback"):
         serve(agent, "0.0.0.0:0")
+
+
+@pytest.mark.parametrize("shape", [[2**32, 2**32], [2**62, 4], [2**63 - 1, 2], [1] * 9])
+def test_crafted_shapes_are_invalid_argument(served: tuple[Agent, Any], shape: list[int]) -> None:
+    """Shapes whose element count overflows int64 (or is absurd) are refused, never UNKNOWN."""
+    _, stub = served
+    crafted = pb.Tensor(name="input", dtype="float32", shape=shape, data=b"")
+    calls = {
+        "Predict": lambda: stub.Predict(
+            pb.PredictRequest(name=MODEL, inputs=[crafted]), timeout=10
+        ),
+        "CaptureData": lambda: stub.CaptureData(
+            pb.CaptureDataRequest(name=MODEL, prediction_id="p", inputs=[crafted]), timeout=10
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, info.value.details())
+        assert "input 'input'" in str(info.value.details())
+
+
+def test_unix_socket_is_0660_whatever_the_umask(edge_packages: Any) -> None:
+    import os
+    import stat
+
+    with tempfile.TemporaryDirectory(prefix="fc-", dir="/tmp") as tmp:
+        settings = Settings(
+            state_dir=Path(tmp) / "s", public_key=edge_packages.public_key, device_id="sock"
+        )
+        agent = Agent(settings)
+        agent.start(background=False)
+        old = os.umask(0)
+        try:
+            server, address = serve(agent, f"unix:{tmp}/agent.sock")
+        finally:
+            os.umask(old)
+        try:
+            mode = stat.S_IMODE(os.stat(f"{tmp}/agent.sock").st_mode)
+            assert oct(mode) == oct(0o660)
+        finally:
+            server.stop(None)
+            agent.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [("/dev/zero", "is not a regular file"), ("/nonexistent.fcpkg", "cannot read")],
+)
+def test_load_model_of_a_path_that_is_no_package_file(
+    served: tuple[Agent, Any], path: str, message: str
+) -> None:
+    """/dev/zero would be read for ever; a missing file would surface as UNKNOWN."""
+    _, stub = served
+    with pytest.raises(grpc.RpcError) as info:
+        stub.LoadModel(pb.LoadModelRequest(package_path=path), timeout=10)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert message in str(info.value.details())
