@@ -11,7 +11,7 @@ PYTEST_FLAGS ?= --timeout=600
 
 .PHONY: setup os-packages protos lint typecheck test test-fast bench demo clean
 
-setup: $(STAMP) os-packages protos
+setup: $(STAMP) os-packages
 
 # The virtualenv with every extra. torch comes first and pinned, so that the
 # resolver takes the CPU wheel on this disk and never a CUDA build.
@@ -31,9 +31,12 @@ os-packages:
 	  else echo "mosquitto missing: run 'sudo apt-get install -y mosquitto'"; exit 1; fi; \
 	fi
 
+# The generated code is committed (docs/install.md says why); after editing a .proto,
+# regenerate it. protoc's virtual path maps protos/ to edge_agent/proto/, so the
+# stubs live in the project's namespace and import as edge_agent.proto.fleetcast.v1.
 protos: $(STAMP)
 ifneq ($(PROTOS),)
-	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iedge_agent/proto=protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 endif
 
 lint: $(STAMP)

@@ -29,7 +29,7 @@ from control_plane.errors import (
     Unauthenticated,
 )
 from control_plane.fleet import Fleet
-from protos.fleetcast.v1 import agent_pb2, agent_pb2_grpc
+from edge_agent.proto.fleetcast.v1 import agent_pb2, agent_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
