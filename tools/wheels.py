@@ -1,0 +1,181 @@
+"""Build the wheel, check the device extras resolve to wheels on the targets, make wheelhouses.
+
+    python -m tools.wheels build [--out DIR]
+    python -m tools.wheels check [--extra agent ...] [--arch aarch64 ...] [--python 3.11 ...]
+    python -m tools.wheels wheelhouse --arch aarch64 --python 3.11 --extra agent --dest DIR
+
+The wheel is built from a clean copy of the work tree (the files git tracks or
+would track), so nothing ignored or left over leaks into it. ``check`` runs
+pip's resolver exactly as ``pip download --only-binary=:all: --platform ...
+--python-version ...`` does, reading only the wheels' metadata; ``wheelhouse``
+downloads the wheels themselves.
+
+Targets: a manylinux tag names the oldest glibc a wheel needs. The devices in
+hardware-profiles/ run Raspberry Pi OS 12 (glibc 2.36) and JetPack 6 (Ubuntu
+22.04, glibc 2.35), so a device accepts every manylinux tag up to 2.35;
+``manylinux2014`` (glibc 2.17) alone is too old a floor for onnxruntime and
+LiteRT, whose aarch64 wheels need glibc 2.27/2.28 (docs/install.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICE_EXTRAS = ("agent", "agent-onnx", "agent-litert")
+ARCHES = ("aarch64", "x86_64")
+PYTHONS = ("3.11", "3.12")
+GLIBC = (2, 35)
+
+
+def platforms(arch: str, glibc: tuple[int, int] = GLIBC) -> list[str]:
+    """Every manylinux tag a host with this glibc accepts, newest first (pip does not expand)."""
+    major, newest = glibc
+    tags = [f"manylinux_{major}_{minor}_{arch}" for minor in range(newest, 16, -1)]
+    return [*tags, f"manylinux2014_{arch}"]
+
+
+def build_wheel(out: Path, source: Path = ROOT) -> Path:
+    """Build the fleetcast wheel from a clean copy of ``source``'s work tree into ``out``."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=source,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    with tempfile.TemporaryDirectory(prefix="fleetcast-src-") as tmp:
+        copy = Path(tmp)
+        for name in filter(None, files):
+            src = source / name.decode()
+            if src.is_file():
+                (copy / name.decode()).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, copy / name.decode())
+        out.mkdir(parents=True, exist_ok=True)
+        before = set(out.glob("fleetcast-*.whl"))
+        for old in before:
+            old.unlink()
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), "."],
+            cwd=copy,
+            check=True,
+        )
+    (wheel,) = out.glob("fleetcast-*.whl")
+    return wheel
+
+
+@dataclass(frozen=True)
+class Resolution:
+    extra: str
+    arch: str
+    python: str
+    ok: bool
+    wheels: tuple[str, ...]  # file names pip picked, one per distribution
+    error: str = ""
+
+
+def _pip_target(wheel: Path, extra: str, arch: str, python: str) -> list[str]:
+    flags = [f"--platform={p}" for p in platforms(arch)]
+    return [
+        "--only-binary=:all:",
+        *flags,
+        f"--python-version={python}",
+        f"fleetcast[{extra}] @ {wheel.resolve().as_uri()}",
+    ]
+
+
+def resolve(wheel: Path, extra: str, arch: str, python: str) -> Resolution:
+    """Resolve ``fleetcast[extra]`` for a target without installing: which wheels pip picks."""
+    with tempfile.TemporaryDirectory(prefix="fleetcast-resolve-") as tmp:
+        report = Path(tmp) / "report.json"
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--quiet",
+                f"--target={tmp}/target",
+                f"--report={report}",
+                *_pip_target(wheel, extra, arch, python),
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+        )
+        if run.returncode != 0:
+            errors = [line for line in run.stderr.splitlines() if line.startswith("ERROR")]
+            return Resolution(extra, arch, python, False, (), "; ".join(errors) or run.stderr)
+        items = json.loads(report.read_text())["install"]
+    names = tuple(sorted(i["download_info"]["url"].rsplit("/", 1)[-1] for i in items))
+    return Resolution(extra, arch, python, True, names)
+
+
+def wheelhouse(wheel: Path, extra: str, arch: str, python: str, dest: Path) -> list[Path]:
+    """Download fleetcast[extra] and every dependency as wheels for a target into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            f"--dest={dest}",
+            *_pip_target(wheel, extra, arch, python),
+        ],  # fmt: skip
+        check=True,
+    )
+    return sorted(dest.glob("*.whl"))
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.wheels")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build the wheel from a clean copy of the work tree")
+    build.add_argument("--out", type=Path, default=ROOT / "dist")
+    check = sub.add_parser("check", help="resolve the device extras for every target")
+    check.add_argument("--extra", action="append", choices=DEVICE_EXTRAS)
+    check.add_argument("--arch", action="append", choices=ARCHES)
+    check.add_argument("--python", action="append")
+    house = sub.add_parser("wheelhouse", help="download the wheels for an offline install")
+    house.add_argument("--extra", default="agent")
+    house.add_argument("--arch", default="aarch64", choices=ARCHES)
+    house.add_argument("--python", default="3.11")
+    house.add_argument("--dest", type=Path, default=ROOT / "dist" / "wheelhouse")
+    args = parser.parse_args(argv)
+
+    if args.command == "build":
+        print(build_wheel(args.out))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = build_wheel(Path(tmp))
+        if args.command == "wheelhouse":
+            dest = args.dest / f"{args.arch}-py{args.python}"
+            wheels = wheelhouse(wheel, args.extra, args.arch, args.python, dest)
+            print(f"{len(wheels)} wheels for fleetcast[{args.extra}] on {args.arch} "
+                  f"Python {args.python} in {dest}")  # fmt: skip
+            print(f"install offline: pip install --no-index --find-links {dest} "
+                  f"'fleetcast[{args.extra}]'")  # fmt: skip
+            return 0
+        failed = 0
+        for extra in args.extra or DEVICE_EXTRAS:
+            for arch in args.arch or ARCHES:
+                for python in args.python or PYTHONS:
+                    res = resolve(wheel, extra, arch, python)
+                    failed += not res.ok
+                    status = f"ok, {len(res.wheels)} wheels" if res.ok else f"FAIL: {res.error}"
+                    print(f"fleetcast[{extra}] {arch} py{python}: {status}")
+        return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
