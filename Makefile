@@ -9,7 +9,7 @@ PROTOS := $(wildcard protos/fleetcast/v1/*.proto)
 # pytest's own timeout per test; generous, it only catches hangs
 PYTEST_FLAGS ?= --timeout=600
 
-.PHONY: setup os-packages protos lint typecheck test test-fast bench demo clean
+.PHONY: setup os-packages protos lint typecheck test test-fast bench demo wheel wheelhouse clean
 
 setup: $(STAMP) os-packages
 
@@ -58,5 +58,18 @@ bench: setup
 demo: setup
 	PATH="$$PATH:/usr/sbin" $(PY) -m control_plane demo
 
+# The wheel, built from a clean copy of the work tree: dist/fleetcast-<version>-py3-none-any.whl
+wheel: $(STAMP)
+	$(PY) -m tools.wheels build --out dist
+
+# Every wheel a device needs, for an offline install (docs/install.md):
+#   make wheelhouse ARCH=aarch64 PYTHON_VERSION=3.11 EXTRA=agent-litert
+# then on the device: pip install --no-index --find-links <dir> 'fleetcast[agent-litert]'
+ARCH ?= aarch64
+PYTHON_VERSION ?= 3.11
+EXTRA ?= agent
+wheelhouse: $(STAMP)
+	$(PY) -m tools.wheels wheelhouse --arch $(ARCH) --python $(PYTHON_VERSION) --extra $(EXTRA) --dest dist/wheelhouse
+
 clean:
-	rm -rf $(VENV) .fleetcast build *.egg-info
+	rm -rf $(VENV) .fleetcast build dist *.egg-info
