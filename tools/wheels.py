@@ -3,6 +3,7 @@
     python -m tools.wheels build [--out DIR]
     python -m tools.wheels check [--extra agent ...] [--arch aarch64 ...] [--python 3.11 ...]
     python -m tools.wheels wheelhouse --arch aarch64 --python 3.11 --extra agent --dest DIR
+    python -m tools.wheels sizes [--extra agent-onnx ...]
 
 The wheel is built from a clean copy of the work tree (the files git tracks or
 would track), so nothing ignored or left over leaks into it. ``check`` runs
@@ -87,7 +88,7 @@ def _pip_target(wheel: Path, extra: str, arch: str, python: str) -> list[str]:
         "--only-binary=:all:",
         *flags,
         f"--python-version={python}",
-        f"fleetcast[{extra}] @ {wheel.resolve().as_uri()}",
+        f"fleetcast{f'[{extra}]' if extra else ''} @ {wheel.resolve().as_uri()}",
     ]
 
 
@@ -137,6 +138,43 @@ def wheelhouse(wheel: Path, extra: str, arch: str, python: str, dest: Path) -> l
     return sorted(dest.glob("*.whl"))
 
 
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def installed_size(wheel: Path, extra: str, work: Path) -> tuple[int, list[str]]:
+    """Bytes that ``fleetcast[extra]`` adds to a fresh venv on this host, and its distributions.
+
+    Measured as site-packages after the install minus site-packages of the empty
+    venv (pip itself), installing offline from a wheelhouse made for this host.
+    """
+    import platform
+    import venv
+
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    label = extra or "base"
+    house = wheelhouse(wheel, extra, platform.machine(), python, work / f"house-{label}")
+    env = work / f"venv-{label}"
+    venv.create(env, with_pip=True)
+    (site,) = (env / "lib").glob("python*/site-packages")
+    empty = _tree_bytes(site)
+    subprocess.run(
+        [
+            str(env / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            f"--find-links={house}",
+            f"fleetcast[{extra}]" if extra else "fleetcast",
+        ],  # fmt: skip
+        check=True,
+    )
+    dists = sorted(p.name.split("-")[0] for p in site.glob("*.dist-info"))
+    return _tree_bytes(site) - empty, [d for d in dists if d not in ("pip", "setuptools")]
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.wheels")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +189,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     house.add_argument("--arch", default="aarch64", choices=ARCHES)
     house.add_argument("--python", default="3.11")
     house.add_argument("--dest", type=Path, default=ROOT / "dist" / "wheelhouse")
+    sizes = sub.add_parser("sizes", help="installed size per extra on this host")
+    sizes.add_argument("--extra", action="append", help="e.g. agent-onnx or agent,server")
     args = parser.parse_args(argv)
 
     if args.command == "build":
@@ -165,6 +205,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
                   f"Python {args.python} in {dest}")  # fmt: skip
             print(f"install offline: pip install --no-index --find-links {dest} "
                   f"'fleetcast[{args.extra}]'")  # fmt: skip
+            return 0
+        if args.command == "sizes":
+            for extra in args.extra or ["", *DEVICE_EXTRAS, "server", "agent,server"]:
+                size, dists = installed_size(wheel, extra, Path(tmp))
+                print(f"fleetcast[{extra}]: {size / 2**20:.0f} MiB, {len(dists)} distributions: "
+                      f"{' '.join(dists)}")  # fmt: skip
             return 0
         failed = 0
         for extra in args.extra or DEVICE_EXTRAS:
