@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,12 @@ DEVICE_EXTRAS = ("agent", "agent-onnx", "agent-litert")
 ARCHES = ("aarch64", "x86_64")
 PYTHONS = ("3.11", "3.12")
 GLIBC = (2, 35)
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without what would let a child Python see the source tree."""
+    drop = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "PYTHONUSERBASE")
+    return {k: v for k, v in os.environ.items() if k not in drop}
 
 
 def platforms(arch: str, glibc: tuple[int, int] = GLIBC) -> list[str]:
@@ -67,6 +74,7 @@ def build_wheel(out: Path, source: Path = ROOT) -> Path:
             [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), "."],
             cwd=copy,
             check=True,
+            env=clean_env(),
         )
     (wheel,) = out.glob("fleetcast-*.whl")
     return wheel
@@ -108,9 +116,10 @@ def resolve(wheel: Path, extra: str, arch: str, python: str) -> Resolution:
                 f"--target={tmp}/target",
                 f"--report={report}",
                 *_pip_target(wheel, extra, arch, python),
-            ],  # fmt: skip
+            ],
             capture_output=True,
             text=True,
+            env=clean_env(),
         )
         if run.returncode != 0:
             errors = [line for line in run.stderr.splitlines() if line.startswith("ERROR")]
@@ -132,8 +141,9 @@ def wheelhouse(wheel: Path, extra: str, arch: str, python: str, dest: Path) -> l
             "--quiet",
             f"--dest={dest}",
             *_pip_target(wheel, extra, arch, python),
-        ],  # fmt: skip
+        ],
         check=True,
+        env=clean_env(),
     )
     return sorted(dest.glob("*.whl"))
 
@@ -153,7 +163,8 @@ def installed_size(wheel: Path, extra: str, work: Path) -> tuple[int, list[str]]
 
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     label = extra or "base"
-    house = wheelhouse(wheel, extra, platform.machine(), python, work / f"house-{label}")
+    house = work / f"house-{label}"
+    wheelhouse(wheel, extra, platform.machine(), python, house)
     env = work / f"venv-{label}"
     venv.create(env, with_pip=True)
     (site,) = (env / "lib").glob("python*/site-packages")
@@ -168,8 +179,10 @@ def installed_size(wheel: Path, extra: str, work: Path) -> tuple[int, list[str]]
             "--no-index",
             f"--find-links={house}",
             f"fleetcast[{extra}]" if extra else "fleetcast",
-        ],  # fmt: skip
+        ],
         check=True,
+        cwd=work,
+        env=clean_env(),
     )
     dists = sorted(p.name.split("-")[0] for p in site.glob("*.dist-info"))
     return _tree_bytes(site) - empty, [d for d in dists if d not in ("pip", "setuptools")]

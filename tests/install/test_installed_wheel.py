@@ -13,7 +13,6 @@ not installed at all, so `fleetcast serve` running proves it never needs it.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import re
 import subprocess
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tools.wheels import ROOT, build_wheel, wheelhouse
+from tools.wheels import ROOT, build_wheel, clean_env, wheelhouse
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -83,7 +82,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Install:
     house = base / "wheelhouse"
     wheelhouse(wheel, "agent,server", platform.machine(), python, house)
     venv = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=clean_env())
     subprocess.run(
         [
             str(venv / "bin" / "python"),
@@ -97,10 +96,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Install:
         ],  # fmt: skip
         check=True,
         cwd=base,
+        env=clean_env(),
     )
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
-    }
+    env = clean_env()
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     home = base / "home"
