@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import platform
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -178,6 +179,26 @@ def control_plane(
     finally:
         proc.terminate()
         assert proc.wait(20) == 0
+
+
+def _healthcheck(port: int) -> list[str]:
+    """The Dockerfile's HEALTHCHECK command, pointed at ``port``."""
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    match = re.search(r"^\s*CMD (\[.*\])$", dockerfile.split("HEALTHCHECK", 1)[1], re.M)
+    assert match, "no HEALTHCHECK CMD in deploy/Dockerfile"
+    command: list[str] = json.loads(match.group(1))
+    return [c.replace("127.0.0.1:50051", f"127.0.0.1:{port}") for c in command]
+
+
+def test_the_containers_health_check_sees_the_server(
+    installed: Install, control_plane: tuple[int, dict[str, str]]
+) -> None:
+    port, _ = control_plane
+    assert installed.run(*_healthcheck(port)).returncode == 0
+    with socket.socket() as unused:  # a port where nothing listens
+        unused.bind(("127.0.0.1", 0))
+        dead = unused.getsockname()[1]
+    assert installed.run(*_healthcheck(dead)).returncode != 0
 
 
 def test_enroll_deploy_and_score_from_the_install(
