@@ -51,33 +51,55 @@ def platforms(arch: str, glibc: tuple[int, int] = GLIBC) -> list[str]:
     return [*tags, f"manylinux2014_{arch}"]
 
 
-def build_wheel(out: Path, source: Path = ROOT) -> Path:
-    """Build the fleetcast wheel from a clean copy of ``source``'s work tree into ``out``."""
+def clean_copy(dest: Path, source: Path = ROOT) -> Path:
+    """Copy the files git tracks or would track (nothing ignored) of ``source`` into ``dest``."""
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=source,
         check=True,
         capture_output=True,
     ).stdout.split(b"\0")
+    for name in filter(None, (f.decode() for f in files)):
+        if (source / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, dest / name)
+    return dest
+
+
+def build_wheel(out: Path, source: Path | str = ROOT) -> Path:
+    """Build the fleetcast wheel into ``out``: from a clean copy of a work tree, or an sdist."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("fleetcast-*.whl"):
+        old.unlink()
     with tempfile.TemporaryDirectory(prefix="fleetcast-src-") as tmp:
-        copy = Path(tmp)
-        for name in filter(None, files):
-            src = source / name.decode()
-            if src.is_file():
-                (copy / name.decode()).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, copy / name.decode())
-        out.mkdir(parents=True, exist_ok=True)
-        before = set(out.glob("fleetcast-*.whl"))
-        for old in before:
-            old.unlink()
+        target = str(source) if str(source).endswith(".tar.gz") else "."
+        if target == ".":
+            clean_copy(Path(tmp), Path(source))
         subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), "."],
-            cwd=copy,
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), target],
+            cwd=tmp,
             check=True,
             env=clean_env(),
         )
     (wheel,) = out.glob("fleetcast-*.whl")
     return wheel
+
+
+def build_sdist(out: Path, source: Path = ROOT) -> Path:
+    """Build the sdist from a clean copy of ``source``'s work tree (setuptools' PEP 517 hook)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fleetcast-src-") as tmp:
+        clean_copy(Path(tmp), source)
+        code = "import sys, setuptools.build_meta as b; print(b.build_sdist(sys.argv[1]))"
+        name = subprocess.run(
+            [sys.executable, "-c", code, str(out.resolve())],
+            cwd=tmp,
+            check=True,
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+        ).stdout.split()[-1]
+    return out / name
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import re
 import socket
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tools.wheels import ROOT, build_wheel, clean_env, wheelhouse
+from tools.wheels import ROOT, build_sdist, build_wheel, clean_env, wheelhouse
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -249,3 +250,20 @@ def test_enroll_deploy_and_score_from_the_install(
     assert reply["labels"] == expected
     assert reply["package_id"] == model.manifest.package_id
     assert Path(reply["stubs"]).is_relative_to(installed.venv)
+
+
+def test_a_wheel_built_from_the_sdist_has_the_same_files(tmp_path: Path) -> None:
+    """pip building from the sdist (no git, no work tree) gets the stubs and profiles too."""
+    direct = build_wheel(tmp_path / "direct")
+    sdist = build_sdist(tmp_path / "sdist")
+    from_sdist = build_wheel(tmp_path / "from-sdist", sdist)
+
+    def names(wheel: Path) -> set[str]:
+        with zipfile.ZipFile(wheel) as archive:
+            return {n for n in archive.namelist() if ".dist-info/" not in n}
+
+    assert names(from_sdist) == names(direct)
+    assert {f"control_plane/hardware_profiles/{p.name}" for p in
+            (ROOT / "hardware-profiles").glob("*.toml")} <= names(direct)  # fmt: skip
+    assert "edge_agent/proto/fleetcast/v1/scoring_pb2_grpc.py" in names(direct)
+    assert not any(n.startswith(("protos/", "tests/", "tools/")) for n in names(direct))
