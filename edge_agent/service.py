@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
+
 UNIT_NAME = "fleetcast-agent.service"
 STATE_DIR = Path("/var/lib/fleetcast-agent")
 SOCKET = Path("/run/fleetcast-agent/agent.sock")
@@ -117,3 +119,55 @@ wrote {unit_path} and {options.env_file}; then, as root:
       --device-id DEVICE_ID --state-dir {STATE_DIR}
   systemctl daemon-reload && systemctl enable --now {UNIT_NAME}
   journalctl -u {UNIT_NAME} -f"""
+
+
+@click.command("install-service")
+@click.option(
+    "--unit-dir",
+    default="/etc/systemd/system",
+    show_default=True,
+    type=click.Path(path_type=Path),
+)
+@click.option("--env-file", default=str(ENV_FILE), show_default=True,
+              type=click.Path(path_type=Path))  # fmt: skip
+@click.option("--user", default="fleetcast", show_default=True, help="The service's own user.")
+@click.option("--executable", type=click.Path(path_type=Path),
+              help="fleetcast-agent to run (default: the one beside this Python).")  # fmt: skip
+@click.option("--server", help="grpc://HOST:PORT or mqtt://HOST:PORT")
+@click.option("--device-id")
+@click.option("--public-key", type=click.Path(path_type=Path), help="Trusted package key (PEM).")
+@click.option("--print", "print_only", is_flag=True, help="Print the unit; write nothing.")
+@click.option("--force", is_flag=True, help="Replace an existing environment file.")
+def install_service(
+    unit_dir: Path,
+    env_file: Path,
+    user: str,
+    executable: Path | None,
+    server: str | None,
+    device_id: str | None,
+    public_key: Path | None,
+    print_only: bool,
+    force: bool,
+) -> None:
+    """Write the systemd unit (and its environment file) that runs `fleetcast-agent run`."""
+    options = ServiceOptions(
+        executable=(executable or default_executable()).absolute(),
+        user=user,
+        env_file=env_file.absolute(),
+    )
+    unit = render_unit(options)
+    if print_only:
+        click.echo(unit, nl=False)
+        return
+    unit_path = unit_dir / UNIT_NAME
+    unit_path.parent.mkdir(parents=True, exist_ok=True)
+    unit_path.write_text(unit)
+    if env_file.exists() and not force:
+        click.echo(f"kept the existing {env_file} (--force replaces it)", err=True)
+    else:
+        values = {"server": server, "device_id": device_id,
+                  "public_key": str(public_key.absolute()) if public_key else None}  # fmt: skip
+        env_file.parent.mkdir(parents=True, exist_ok=True)
+        env_file.write_text(render_env({k: v for k, v in values.items() if v}))
+        env_file.chmod(0o644)
+    click.echo(next_steps(options, unit_path))
