@@ -59,8 +59,9 @@ demo: setup
 	PATH="$$PATH:/usr/sbin" $(PY) -m control_plane demo
 
 # The wheel, built from a clean copy of the work tree: dist/fleetcast-<version>-py3-none-any.whl
-wheel: $(STAMP)
-	$(PY) -m tools.wheels build --out dist
+# (needs only Python with pip and git, not the development virtualenv)
+wheel:
+	$(PYTHON) -m tools.wheels build --out dist
 
 # Every wheel a device needs, for an offline install (docs/install.md):
 #   make wheelhouse ARCH=aarch64 PYTHON_VERSION=3.11 EXTRA=agent-litert
@@ -68,8 +69,8 @@ wheel: $(STAMP)
 ARCH ?= aarch64
 PYTHON_VERSION ?= 3.11
 EXTRA ?= agent
-wheelhouse: $(STAMP)
-	$(PY) -m tools.wheels wheelhouse --arch $(ARCH) --python $(PYTHON_VERSION) --extra $(EXTRA) --dest dist/wheelhouse
+wheelhouse:
+	$(PYTHON) -m tools.wheels wheelhouse --arch $(ARCH) --python $(PYTHON_VERSION) --extra $(EXTRA) --dest dist/wheelhouse
 
 clean:
 	rm -rf $(VENV) .fleetcast build dist *.egg-info

@@ -68,6 +68,7 @@ def clean_copy(dest: Path, source: Path = ROOT) -> Path:
 
 def build_wheel(out: Path, source: Path | str = ROOT) -> Path:
     """Build the fleetcast wheel into ``out``: from a clean copy of a work tree, or an sdist."""
+    out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("fleetcast-*.whl"):
         old.unlink()
@@ -153,6 +154,7 @@ def resolve(wheel: Path, extra: str, arch: str, python: str) -> Resolution:
 
 def wheelhouse(wheel: Path, extra: str, arch: str, python: str, dest: Path) -> list[Path]:
     """Download fleetcast[extra] and every dependency as wheels for a target into ``dest``."""
+    dest = dest.resolve()
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
