@@ -9,9 +9,9 @@ PROTOS := $(wildcard protos/fleetcast/v1/*.proto)
 # pytest's own timeout per test; generous, it only catches hangs
 PYTEST_FLAGS ?= --timeout=600
 
-.PHONY: setup os-packages postgres-package protos lint typecheck test test-fast bench demo clean
+.PHONY: setup os-packages postgres-package protos lint typecheck test test-fast bench demo wheel wheelhouse clean
 
-setup: $(STAMP) os-packages postgres-package protos
+setup: $(STAMP) os-packages postgres-package
 
 # The virtualenv with every extra. torch comes first and pinned, so that the
 # resolver takes the CPU wheel on this disk and never a CUDA build.
@@ -40,9 +40,12 @@ postgres-package:
 	  else echo "postgresql missing: run 'sudo apt-get install -y postgresql'"; exit 1; fi; \
 	fi
 
+# The generated code is committed (docs/install.md says why); after editing a .proto,
+# regenerate it. protoc's virtual path maps protos/ to edge_agent/proto/, so the
+# stubs live in the project's namespace and import as edge_agent.proto.fleetcast.v1.
 protos: $(STAMP)
 ifneq ($(PROTOS),)
-	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iedge_agent/proto=protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 endif
 
 lint: $(STAMP)
@@ -64,5 +67,19 @@ bench: setup
 demo: setup
 	PATH="$$PATH:/usr/sbin" $(PY) -m control_plane demo
 
+# The wheel, built from a clean copy of the work tree: dist/fleetcast-<version>-py3-none-any.whl
+# (needs only Python with pip and git, not the development virtualenv)
+wheel:
+	$(PYTHON) -m tools.wheels build --out dist
+
+# Every wheel a device needs, for an offline install (docs/install.md):
+#   make wheelhouse ARCH=aarch64 PYTHON_VERSION=3.11 EXTRA=agent-litert
+# then on the device: pip install --no-index --find-links <dir> 'fleetcast[agent-litert]'
+ARCH ?= aarch64
+PYTHON_VERSION ?= 3.11
+EXTRA ?= agent
+wheelhouse:
+	$(PYTHON) -m tools.wheels wheelhouse --arch $(ARCH) --python $(PYTHON_VERSION) --extra $(EXTRA) --dest dist/wheelhouse
+
 clean:
-	rm -rf $(VENV) .fleetcast build *.egg-info
+	rm -rf $(VENV) .fleetcast build dist *.egg-info

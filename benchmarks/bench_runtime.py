@@ -361,9 +361,9 @@ def grpc_round_trip(package: Path, public: Path, x: np.ndarray, directory: Path)
 
     from edge_agent.agent import Agent
     from edge_agent.local_api import serve
+    from edge_agent.proto.fleetcast.v1 import scoring_pb2 as pb
+    from edge_agent.proto.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
     from edge_agent.settings import Settings
-    from protos.fleetcast.v1 import scoring_pb2 as pb
-    from protos.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 
     state = Path(tempfile.mkdtemp(prefix="fcb-", dir="/tmp"))
     agent = Agent(Settings(state_dir=state, public_key=public, device_id="bench"))

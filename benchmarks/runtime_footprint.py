@@ -93,8 +93,8 @@ def import_costs() -> list[dict[str, Any]]:
 def agent_memory(package: Path, public: Path, x: np.ndarray) -> dict[str, Any]:
     import grpc
 
-    from protos.fleetcast.v1 import scoring_pb2 as pb
-    from protos.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
+    from edge_agent.proto.fleetcast.v1 import scoring_pb2 as pb
+    from edge_agent.proto.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 
     state = Path(tempfile.mkdtemp(prefix="fcm-", dir="/tmp"))
     env = {

@@ -1,3 +1,5 @@
 """Fleetcast control plane: compiler, catalog, rollouts, monitoring."""
 
-__version__ = "0.1.0"
+from edge_agent import __version__
+
+__all__ = ["__version__"]

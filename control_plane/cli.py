@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from control_plane import __version__
 from control_plane.cli_certs import certs
 from control_plane.errors import ControlPlaneError
 from control_plane.settings import Settings
@@ -37,6 +38,7 @@ class _Errors(click.Group):
 
 
 @click.group(cls=_Errors)
+@click.version_option(__version__, prog_name="fleetcast")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details to stderr.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
@@ -79,19 +81,28 @@ def profiles() -> None:
 
 
 @profiles.command("list")
-@click.option("--dir", "directory", type=click.Path(path_type=Path))
+@click.option(
+    "--profiles-dir",
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    help="Your own profiles, on top of the built-in ones [FLEETCAST_PROFILES_DIR].",
+)
 @click.pass_obj
 def profiles_list(settings: Settings, directory: Path | None) -> None:
     """Validate every profile and show whether this host can benchmark it."""
-    from control_plane.core.hardware import load_profiles
+    from control_plane.core.hardware import builtin_profiles_dir, load_profile, profile_files
     from edge_agent.host import detect_host
 
     host = detect_host()
-    for profile in load_profiles(directory or settings.profiles_dir).values():
+    builtin = builtin_profiles_dir()
+    for path in profile_files(settings.profile_dirs(directory)).values():
+        profile = load_profile(path)
         problems = profile.host_mismatches(host)
         here = "benchmarks here" if not problems else "not here: " + "; ".join(problems)
         kinds = ", ".join(c.key for c in profile.compile.candidates)
-        click.echo(f"{profile.id:22} {profile.target.arch:8} {kinds}  [{here}]")
+        source = "" if path.parent == builtin else f"  (from {path})"
+        click.echo(f"{profile.id:22} {profile.target.arch:8} {kinds}  [{here}]{source}")
 
 
 # ------------------------------------------------------------------ compile
@@ -118,7 +129,11 @@ def profiles_list(settings: Settings, directory: Path | None) -> None:
 @click.option(
     "-p", "--profile", "profile_ids", multiple=True, help="profile id (repeat; default: all)"
 )
-@click.option("--profiles-dir", type=click.Path(path_type=Path))
+@click.option(
+    "--profiles-dir",
+    type=click.Path(path_type=Path),
+    help="Your own profiles, on top of the built-in ones [FLEETCAST_PROFILES_DIR].",
+)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output directory")
 @click.option("--key", "key_path", type=click.Path(path_type=Path), help="signing key (PEM)")
 @click.option("--name", "model_name", required=True, help="model name")
@@ -160,7 +175,7 @@ def compile(  # noqa: A001 - the command's name
     from control_plane.core.hardware import select_profiles
 
     console = Console(stderr=True)
-    selected = select_profiles(profiles_dir or settings.profiles_dir, list(profile_ids))
+    selected = select_profiles(settings.profile_dirs(profiles_dir), list(profile_ids))
     request = CompileRequest(
         model=model,
         calibration=calibration,

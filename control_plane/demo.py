@@ -39,7 +39,7 @@ def run_demo(settings: Settings, workdir: Path) -> None:
     console.print(f"[bold]1. keys[/]: ed25519 pair in {key_dir}")
 
     split = digits.load_split()
-    profiles = load_profiles(settings.profiles_dir)
+    profiles = load_profiles(settings.profile_dirs())
     host = detect_host()
     runnable = [p for p in profiles.values() if not p.host_mismatches(host)]
     fleet_package: Path | None = None

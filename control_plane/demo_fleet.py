@@ -51,8 +51,8 @@ def run_fleet_demo(
     import grpc
 
     from edge_agent.local_api import decode_tensor, encode_tensor
-    from protos.fleetcast.v1 import scoring_pb2 as pb
-    from protos.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
+    from edge_agent.proto.fleetcast.v1 import scoring_pb2 as pb
+    from edge_agent.proto.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 
     fleet_dir = workdir / "fleet"
     shutil.rmtree(fleet_dir, ignore_errors=True)

@@ -11,7 +11,8 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path(".fleetcast")
-    profiles_dir: Path = Path("hardware-profiles")
+    # a directory of the user's own profiles, overlaid on the built-in ones by id
+    profiles_dir: Path | None = None
 
     @property
     def key_dir(self) -> Path:
@@ -21,10 +22,19 @@ class Settings:
     def package_dir(self) -> Path:
         return self.data_dir / "packages"
 
+    def profile_dirs(self, override: Path | None = None) -> list[Path]:
+        """Where profiles load from: the built-ins, then the user's directory on top."""
+        from control_plane.core.hardware import builtin_profiles_dir
+
+        user = override or self.profiles_dir
+        return [builtin_profiles_dir(), *([user] if user else [])]
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         defaults = cls()
         return cls(
             data_dir=Path(environ.get("FLEETCAST_DATA_DIR", defaults.data_dir)),
-            profiles_dir=Path(environ.get("FLEETCAST_PROFILES_DIR", defaults.profiles_dir)),
+            profiles_dir=Path(environ["FLEETCAST_PROFILES_DIR"])
+            if environ.get("FLEETCAST_PROFILES_DIR")
+            else defaults.profiles_dir,
         )

@@ -12,13 +12,16 @@ from types import FrameType
 
 import click
 
+from edge_agent import __version__
 from edge_agent.errors import EdgeError
+from edge_agent.service import install_service
 from edge_agent.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
 
 @click.group()
+@click.version_option(__version__, prog_name="fleetcast-agent")
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 def main(verbose: bool) -> None:
     """Fleetcast edge agent."""
@@ -206,8 +209,8 @@ def install(package: Path, address: str, timeout: float) -> None:
     """Install a local package file through the running agent (LoadModel)."""
     import grpc
 
-    from protos.fleetcast.v1 import scoring_pb2 as pb
-    from protos.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
+    from edge_agent.proto.fleetcast.v1 import scoring_pb2 as pb
+    from edge_agent.proto.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.EdgeScoringStub(channel)  # type: ignore[no-untyped-call]
@@ -233,3 +236,6 @@ def install(package: Path, address: str, timeout: float) -> None:
             }
         )
     )
+
+
+main.add_command(install_service)

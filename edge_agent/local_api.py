@@ -26,9 +26,9 @@ from edge_agent.agent import Agent
 from edge_agent.core.manifest import TensorSpec
 from edge_agent.errors import EdgeError, InstallError, InvalidInput, NotFound, PackageError
 from edge_agent.files import SOCKET
+from edge_agent.proto.fleetcast.v1 import scoring_pb2 as pb
+from edge_agent.proto.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 from edge_agent.runtime import Model
-from protos.fleetcast.v1 import scoring_pb2 as pb
-from protos.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 

@@ -18,16 +18,13 @@ PROFILES_DIR = ROOT / "hardware-profiles"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Fail early when the generated gRPC stubs are missing or older than their .proto."""
-    stale = [
-        proto.name
-        for proto in sorted((ROOT / "protos" / "fleetcast" / "v1").glob("*.proto"))
-        for stub in (proto.with_name(f"{proto.stem}_pb2.py"),)
-        if not stub.exists() or stub.stat().st_mtime < proto.stat().st_mtime
-    ]
+    """Fail early when the committed gRPC stubs are missing or differ from their .proto."""
+    from proto_support import stale_stubs
+
+    stale = stale_stubs()
     if stale:
         raise pytest.UsageError(
-            f"generated gRPC stubs missing or stale for {', '.join(stale)}: run `make protos`"
+            f"generated gRPC stubs missing or stale ({', '.join(stale)}): run `make protos`"
         )
 
 

@@ -10,6 +10,7 @@ meet to be packaged.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -142,16 +143,40 @@ def load_profile(path: Path) -> HardwareProfile:
     return profile
 
 
-def load_profiles(directory: Path) -> dict[str, HardwareProfile]:
-    files = sorted(directory.glob("*.toml"))
+def builtin_profiles_dir() -> Path:
+    """The profiles that ship with Fleetcast.
+
+    In an installed wheel they are package data (``control_plane/hardware_profiles/``,
+    see setup.py); in a checkout or an editable install, the top-level
+    ``hardware-profiles/`` directory they are built from.
+    """
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "hardware_profiles"
+    return installed if installed.is_dir() else package.parent / "hardware-profiles"
+
+
+def profile_files(directories: Path | Sequence[Path]) -> dict[str, Path]:
+    """Profile id -> file over ``directories`` in order; a later directory overrides by id."""
+    dirs = [directories] if isinstance(directories, Path) else list(directories)
+    files: dict[str, Path] = {}
+    for directory in dirs:
+        if not directory.is_dir():
+            raise NotFound(f"hardware profiles directory {directory} does not exist")
+        files.update((f.stem, f) for f in sorted(directory.glob("*.toml")))
     if not files:
-        raise NotFound(f"no hardware profiles (*.toml) in {directory}")
-    return {p.id: p for p in (load_profile(f) for f in files)}
+        where = ", ".join(str(d) for d in dirs) or "(no directory)"
+        raise NotFound(f"no hardware profiles (*.toml) in {where}")
+    return dict(sorted(files.items()))
 
 
-def select_profiles(directory: Path, ids: list[str]) -> list[HardwareProfile]:
-    """The named profiles (all when ``ids`` is empty or ['all']), in file order."""
-    profiles = load_profiles(directory)
+def load_profiles(directories: Path | Sequence[Path]) -> dict[str, HardwareProfile]:
+    """Load and validate every profile in ``directories`` (later ones override by id)."""
+    return {i: load_profile(f) for i, f in profile_files(directories).items()}
+
+
+def select_profiles(directories: Path | Sequence[Path], ids: list[str]) -> list[HardwareProfile]:
+    """The named profiles (all when ``ids`` is empty or ['all']), in id order."""
+    profiles = load_profiles(directories)
     if not ids or ids == ["all"]:
         return list(profiles.values())
     unknown = [i for i in ids if i not in profiles]

@@ -34,7 +34,7 @@ from control_plane.fleet import Fleet
 from control_plane.quotas import MAX_MESSAGE_BYTES
 from control_plane.transport.limits import CallLimiter, Slot
 from edge_agent.core.topics import device_login, device_prefix
-from protos.fleetcast.v1 import agent_pb2, agent_pb2_grpc
+from edge_agent.proto.fleetcast.v1 import agent_pb2, agent_pb2_grpc
 
 logger = logging.getLogger(__name__)
 

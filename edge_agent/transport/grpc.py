@@ -21,9 +21,9 @@ import grpc
 from edge_agent.core.backoff import Backoff
 from edge_agent.core.limits import MAX_UPLOAD_BYTES
 from edge_agent.outbox import OutboxMessage
+from edge_agent.proto.fleetcast.v1 import agent_pb2, agent_pb2_grpc
 from edge_agent.transport.base import Command, PayloadTooLarge, TransportError, body_json, drain
 from edge_agent.transport.download import Block, Fatal, resumable_download
-from protos.fleetcast.v1 import agent_pb2, agent_pb2_grpc
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from edge_support import AgentProcess
 
 from edge_agent.agent import Agent
 from edge_agent.local_api import serve
+from edge_agent.proto.fleetcast.v1 import scoring_pb2 as pb
+from edge_agent.proto.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 from edge_agent.settings import Settings
 from edge_agent.transport.memory import InMemoryTransport
-from protos.fleetcast.v1 import scoring_pb2 as pb
-from protos.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -23,10 +23,10 @@ from edge_support import AgentProcess, sha256
 from edge_agent.agent import Agent
 from edge_agent.install import CRASH_POINTS
 from edge_agent.package import load_public_key, open_package
+from edge_agent.proto.fleetcast.v1 import scoring_pb2 as pb
+from edge_agent.proto.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 from edge_agent.settings import Settings
 from edge_agent.slots import SlotStore
-from protos.fleetcast.v1 import scoring_pb2 as pb
-from protos.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

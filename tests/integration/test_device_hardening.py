@@ -26,12 +26,12 @@ from edge_agent.delivery import deliver
 from edge_agent.local_api import serve
 from edge_agent.outbox import Outbox
 from edge_agent.package import read_package
+from edge_agent.proto.fleetcast.v1 import scoring_pb2 as pb
+from edge_agent.proto.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 from edge_agent.settings import Settings
 from edge_agent.slots import SlotStore
 from edge_agent.transport.factory import make_transport, save_credentials
 from edge_agent.transport.grpc import GrpcTransport
-from protos.fleetcast.v1 import scoring_pb2 as pb
-from protos.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 from tests.integration.transport_support import enroll_device, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

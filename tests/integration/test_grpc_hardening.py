@@ -17,10 +17,10 @@ import pytest
 from control_plane.errors import Unauthenticated
 from control_plane.server import ControlPlane, ServeOptions
 from edge_agent.outbox import OutboxMessage
+from edge_agent.proto.fleetcast.v1 import agent_pb2, agent_pb2_grpc
 from edge_agent.transport.base import TransportError
 from edge_agent.transport.download import Fatal
 from edge_agent.transport.grpc import GrpcTransport, enroll
-from protos.fleetcast.v1 import agent_pb2, agent_pb2_grpc
 from tests.integration.transport_support import HOST, enroll_device, wait_until
 
 pytestmark = pytest.mark.integration

@@ -17,11 +17,11 @@ from control_plane.server import ControlPlane, ServeOptions
 from control_plane.transport.broker import TOPIC_ROOT
 from control_plane.transport.grpc_server import TlsConfig
 from edge_agent.outbox import OutboxMessage
+from edge_agent.proto.fleetcast.v1 import agent_pb2, agent_pb2_grpc
 from edge_agent.transport.base import TransportError
 from edge_agent.transport.download import Fatal
 from edge_agent.transport.grpc import GrpcTls, GrpcTransport
 from edge_agent.transport.mqtt import MqttTransport
-from protos.fleetcast.v1 import agent_pb2, agent_pb2_grpc
 from tests.integration.transport_support import RawMqtt, enroll_device, make_certs, wait_until
 
 pytestmark = pytest.mark.integration

@@ -1,30 +1,12 @@
-"""The generated gRPC code must be what `make protos` makes from today's .proto files."""
+"""The committed gRPC code must be what `make protos` makes from today's .proto files."""
 
 from __future__ import annotations
 
-import shutil
+import ast
 from pathlib import Path
 
 import pytest
-from grpc_tools import protoc
-
-ROOT = Path(__file__).resolve().parents[3]
-PROTO_DIR = ROOT / "protos" / "fleetcast" / "v1"
-PROTOS = sorted(PROTO_DIR.glob("*.proto"))
-
-
-def _generate(into: Path) -> None:
-    shutil.copytree(ROOT / "protos", into / "protos", ignore=shutil.ignore_patterns("*_pb2*"))
-    args = [
-        "grpc_tools.protoc",
-        "-I",
-        str(into),
-        f"--python_out={into}",
-        f"--pyi_out={into}",
-        f"--grpc_python_out={into}",
-        *(str(into / p.relative_to(ROOT)) for p in PROTOS),
-    ]
-    assert protoc.main(args) == 0
+from proto_support import PROTOS, STUB_DIR, SUFFIXES, generate
 
 
 def test_protos_exist() -> None:
@@ -33,12 +15,22 @@ def test_protos_exist() -> None:
 
 @pytest.mark.parametrize("proto", PROTOS, ids=lambda p: p.name)
 def test_generated_code_is_not_stale(proto: Path, tmp_path: Path) -> None:
-    _generate(tmp_path)
-    fresh_dir = tmp_path / "protos" / "fleetcast" / "v1"
-    for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
+    fresh_dir = generate(tmp_path)
+    for suffix in SUFFIXES:
         name = proto.stem + suffix
-        current = PROTO_DIR / name
+        current = STUB_DIR / name
         assert current.exists(), f"{name} is missing: run `make protos`"
         assert current.read_text() == (fresh_dir / name).read_text(), (
             f"{name} is stale: run `make protos`"
         )
+
+
+@pytest.mark.parametrize("stub", sorted(STUB_DIR.glob("*_pb2*.py")), ids=lambda p: p.name)
+def test_stubs_import_inside_the_project_namespace(stub: Path) -> None:
+    """No top-level `protos` package: every import in the stubs is absolute under edge_agent."""
+    tree = ast.parse(stub.read_text())
+    modules = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    ours = {m for m in modules if not m.startswith(("google.", "grpc"))}
+    assert all(m.startswith("edge_agent.proto.fleetcast.v1") for m in ours), ours

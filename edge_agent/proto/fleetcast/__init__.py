@@ -1,0 +1,1 @@
+"""Generated code for protos/fleetcast/v1/*.proto (committed; `make protos` rewrites it)."""

@@ -1,1 +1,0 @@
-"""Generated gRPC stubs live beside the .proto files (run `make protos`)."""
