@@ -187,7 +187,7 @@ def enroll(
         "cpu_features": sorted(host["cpu_features"]),
         "runtimes": sorted(host["runtimes"]),
         "execution_providers": sorted(host["execution_providers"]),
-        "agent_version": "0.1.0",
+        "agent_version": __version__,
     }
     try:
         tls = GrpcTls(ca_cert, client_cert, client_key) if ca_cert else None

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from edge_agent import __version__
 from edge_agent.core.backoff import Backoff
 from edge_agent.core.limits import MAX_UPLOAD_BYTES
 from edge_agent.outbox import OutboxMessage
@@ -111,7 +112,7 @@ class GrpcTransport:
     # -- commands
 
     def _requests(self, stop: threading.Event) -> Iterator[Any]:
-        yield agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_version="0.1.0"))
+        yield agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_version=__version__))
         while not stop.is_set() and not self._closed.is_set():
             try:
                 item = self._outgoing.get(timeout=0.5)
