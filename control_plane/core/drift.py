@@ -370,3 +370,22 @@ def sliding_reports(
     keys = [k for k in reference if all(k in m for m in merged)]
     stacked = {k: np.stack([m[k] for m in merged]) for k in keys}
     return evaluate_many(reference, stacked, thresholds) if merged else []
+
+
+def drift_by_group(
+    references: Mapping[tuple[str, str], Mapping[FeatureKey, FeatureStats]],
+    merged: Mapping[tuple[str, str, str], Mapping[FeatureKey, np.ndarray]],
+    thresholds: DriftThresholds | None = None,
+) -> dict[tuple[str, str, str], DriftReport]:
+    """The drift score per (model, version, device group) over merged windows.
+
+    ``references`` maps (model, version) to its reference features; ``merged``
+    maps (model, version, group) to histograms, e.g. ``WindowAccumulator.histograms``
+    from :func:`~control_plane.core.sketches.group_windows`. Versions without a
+    reference are left out (the catalog has not registered their manifest).
+    """
+    return {
+        key: evaluate(references[key[:2]], histograms, thresholds)
+        for key, histograms in merged.items()
+        if key[:2] in references
+    }

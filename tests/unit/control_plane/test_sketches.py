@@ -7,6 +7,7 @@ import base64
 import numpy as np
 from datasketches import kll_floats_sketch
 
+from control_plane.core.drift import drift_by_group
 from control_plane.core.sketches import (
     add_histograms,
     group_windows,
@@ -86,4 +87,27 @@ def test_group_windows_merges_per_version_and_group():
     assert eu1.error_rate == 2 / 300
     np.testing.assert_array_equal(
         eu1.histograms[("x", "f0")], bin_counts(np.concatenate((a, b)), edges)
+    )
+
+
+def test_drift_score_per_version_and_group_from_merged_windows():
+    rng = np.random.default_rng(4)
+    stats = numeric_stats("f0", rng.normal(size=5000))
+    edges = np.asarray(stats.edges)
+    windows = [
+        _window("d1", "1", rng.normal(size=300), edges),
+        _window("d2", "1", rng.normal(size=300), edges),
+        _window("d3", "1", rng.normal(1.0, 1.0, size=300), edges),  # a shifted group
+        _window("d4", "9", rng.normal(size=300), edges),  # no reference registered
+    ]
+    merged = group_windows(windows, {"d1": "eu", "d2": "eu", "d3": "us", "d4": "eu"})
+    reports = drift_by_group(
+        {("m", "1"): {("x", "f0"): stats}},
+        {key: acc.histograms for key, acc in merged.items()},
+    )
+    assert set(reports) == {("m", "1", "eu"), ("m", "1", "us")}
+    assert reports[("m", "1", "eu")].drifted_share == 0.0
+    assert reports[("m", "1", "eu")].features[0].rows == 600
+    assert (
+        reports[("m", "1", "us")].drifted_share == 1.0 and reports[("m", "1", "us")].dataset_drift
     )
