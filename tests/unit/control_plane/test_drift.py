@@ -219,3 +219,26 @@ def test_sliding_reports_merge_windows_exactly():
     reports = sliding_reports(reference, windows, width=2)
     assert [r.features[0].rows for r in reports] == [60, 120, 120, 120]
     assert reports[0].status == "insufficient" and reports[1].evaluated == FEATURES
+
+
+def test_sketch_error_subtraction_prevents_the_large_count_false_alarms_of_a_naive_ks():
+    """No-drift data seen through KLL sketches: a KS that ignores the sketch's rank error
+    (whylogs' failure) flags at large counts; subtracting it does not. PSI floor off, so
+    the test alone decides."""
+    from datasketches import kll_floats_sketch
+
+    rng = np.random.default_rng(21)
+    feature = numeric_stats("f", rng.normal(size=1_000_000))
+    key = ("x", "f")
+    pure_test = DriftThresholds(psi_floor=0.0)
+    naive = honest = 0
+    trials = 12
+    for _ in range(trials):
+        sketch = kll_floats_sketch(50)  # a small sketch: rank error ~5 %
+        sketch.update(rng.normal(size=300_000).astype(np.float32))
+        counts, eps = kll_histogram(sketch, feature.edges or ())
+        naive += evaluate({key: feature}, {key: counts}, pure_test).status == "drift"
+        flagged = evaluate({key: feature}, {key: counts}, pure_test, sketch_errors={key: eps})
+        honest += flagged.status == "drift"
+    assert honest == 0
+    assert naive >= trials // 2  # the naive test is wrong most of the time
