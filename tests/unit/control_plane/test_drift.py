@@ -242,3 +242,22 @@ def test_sketch_error_subtraction_prevents_the_large_count_false_alarms_of_a_nai
         honest += flagged.status == "drift"
     assert honest == 0
     assert naive >= trials // 2  # the naive test is wrong most of the time
+
+
+@pytest.mark.parametrize("rows", [200, 1_000_000])
+def test_categorical_false_alarms_under_alpha_and_a_prior_shift_is_caught(rows):
+    """predicted_class-like features: 10 classes with a rare one (pooled at small counts)."""
+    rng = np.random.default_rng(22)
+    truth = np.array([0.2, 0.15, 0.15, 0.1, 0.1, 0.1, 0.08, 0.07, 0.045, 0.005])
+    trials, alarms = 200, 0
+    for _ in range(trials // 20):  # a fresh 5,000-row reference, 20 windows against it
+        feature = categorical_stats("c", rng.choice(10, size=5000, p=truth), 10)
+        windows = rng.multinomial(rows, truth, size=20)
+        alarms += sum(
+            r.status == "drift" for r in evaluate_many({("y", "c"): feature}, {("y", "c"): windows})
+        )
+    assert alarms / trials <= _alarm_ceiling(trials)
+    shifted = truth.copy()
+    shifted[0], shifted[3] = 0.1, 0.2  # two classes swap their share
+    report = evaluate({("y", "c"): feature}, {("y", "c"): rng.multinomial(rows, shifted)})
+    assert report.status == "drift" and report.features[0].test == "chi2"
