@@ -39,8 +39,8 @@ than ``min_rows`` rows (or a reference under ``min_rows``) is
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 from scipy import special, stats
@@ -118,6 +118,17 @@ class DriftReport:
     @property
     def max_psi(self) -> float:
         return max((f.psi for f in self.features if f.status != "insufficient"), default=0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able: stored with the report, and the evidence of a retraining request."""
+        return {
+            "status": self.status,
+            "drifted_share": self.drifted_share,
+            "dataset_drift": self.dataset_drift,
+            "drifted": [feature_label(k) for k in self.drifted],
+            "thresholds": asdict(self.thresholds),
+            "features": [{**asdict(f), "key": f.label} for f in self.features],
+        }
 
 
 # --- statistics, vectorised over the leading axis (windows) --------------------------

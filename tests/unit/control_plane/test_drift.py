@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -105,6 +107,9 @@ def test_half_sigma_shift_in_one_feature_is_caught_within_three_windows_others_q
     assert len(quiet) / len(reports) <= _alarm_ceiling(len(reports))
     flagged = next(f for f in reports[0].features if f.key == shifted)
     assert flagged.psi > 0.1 and flagged.ks_d is not None and flagged.ks_d > 0.15
+    evidence = json.loads(json.dumps(reports[0].as_dict()))
+    assert evidence["drifted"] == ["x/f3"] and evidence["thresholds"]["alpha"] == ALPHA
+    assert {f["key"] for f in evidence["features"]} == {f"x/f{i}" for i in range(FEATURES)}
 
 
 def test_trivial_shift_at_huge_counts_is_significant_but_below_the_effect_floor():
