@@ -1,0 +1,1 @@
+"""Monitoring adapters over the pure core: SHAP explanations, OpenLineage export, Prometheus."""
