@@ -61,8 +61,16 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest $(PYTEST_FLAGS) -m "not integration and not slow" tests
 
-bench: setup
-	$(PY) -m benchmarks
+# Evidently, the drift benchmark's comparison, needs pandas<3: its own venv, used
+# only by benchmarks/bench_drift.py (docs/monitoring.md).
+EVIDENTLY_VENV := .venv-evidently
+$(EVIDENTLY_VENV)/.installed:
+	test -x $(EVIDENTLY_VENV)/bin/python || $(PYTHON) -m venv $(EVIDENTLY_VENV)
+	$(EVIDENTLY_VENV)/bin/pip install --quiet 'evidently>=0.7' 'pandas<3'
+	touch $@
+
+bench: setup $(EVIDENTLY_VENV)/.installed
+	FLEETCAST_EVIDENTLY_PYTHON=$(EVIDENTLY_VENV)/bin/python $(PY) -m benchmarks
 
 demo: setup
 	PATH="$$PATH:/usr/sbin" $(PY) -m control_plane demo
@@ -82,4 +90,4 @@ wheelhouse:
 	$(PYTHON) -m tools.wheels wheelhouse --arch $(ARCH) --python $(PYTHON_VERSION) --extra $(EXTRA) --dest dist/wheelhouse
 
 clean:
-	rm -rf $(VENV) .fleetcast build dist *.egg-info
+	rm -rf $(VENV) $(EVIDENTLY_VENV) .fleetcast build dist *.egg-info
