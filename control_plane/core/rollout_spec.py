@@ -236,7 +236,15 @@ class RolloutSpec(_Frozen):
 def _field_path(error: Mapping[str, Any]) -> str:
     loc = [str(part) for part in error.get("loc", ())]
     # a union member's tag ("devices"/"alias") is noise in the path
-    return ".".join(p for p in loc if p not in {"devices", "alias"}) or "spec"
+    path = ".".join(p for p in loc if p not in {"devices", "alias"})
+    if not path:  # a check across fields names its field at the start of its message
+        head = _message(error).split(":", 1)[0]
+        path = head if head and " " not in head else "spec"
+    return path
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
 def parse_spec(data: Mapping[str, Any]) -> RolloutSpec:
@@ -247,6 +255,6 @@ def parse_spec(data: Mapping[str, Any]) -> RolloutSpec:
         errors = exc.errors()
         parts = []
         for error in errors:
-            message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-            parts.append(f"{_field_path(error)}: {message}")
+            path, message = _field_path(error), _message(error)
+            parts.append(message if message.startswith(path) else f"{path}: {message}")
         raise RolloutSpecError(_field_path(errors[0]), "rollout spec: " + "; ".join(parts)) from exc
