@@ -220,13 +220,11 @@ def _on_resume(r: Rollout, e: Resume, now: float, out: Actions) -> None:
     if r.phase != "paused":
         raise _conflict(r, "resume")
     wave = r.waves[r.current]
-    if wave.status == "failed":  # paused by a failed gate: judge it again, bake again
-        wave.status, wave.baking_since, wave.bake_until, wave.finished_at = (
-            "deploying",
-            None,
-            None,
-            None,
-        )
+    if wave.status == "failed":
+        # paused by a failed gate: bake again and judge on readings taken from now on
+        # (install outcomes are facts and stay; the readings that failed it are dropped)
+        wave.status, wave.readings = "deploying", None
+        wave.baking_since = wave.bake_until = wave.finished_at = None
     r.phase, r.reason = "running", None
     out.append(Audit("rollout.resumed", {"rollout": r.id, "actor": e.actor, "wave": r.current}))
 
