@@ -96,12 +96,12 @@ def specs(draw: st.DrawFn) -> RolloutSpec:
 DEVICE = st.integers(0, 11)  # d0..d8 may start in the target, d9..d11 can only join
 _DEVICE_EVENT = st.tuples(st.sampled_from(["installed", "failed", "selftest", "timeout"]), DEVICE)
 _PRESENCE = st.tuples(st.sampled_from(["silent", "seen", "leave", "join"]), DEVICE)
-_READINGS = st.tuples(
+_READINGS = st.tuples(  # near the limits: error rate 3% (+2% over 1%), p95 8.5 ms (1.5 x 5 + 1)
     st.just("readings"),
-    st.integers(0, 2),
+    st.sampled_from([-1, -1, 0, 1, 2]),  # -1: the current wave
     st.sampled_from([0, 50, 500]),
-    st.sampled_from([0.0, 0.01, 0.2]),
-    st.sampled_from([5.0, 50.0]),
+    st.sampled_from([0.0, 0.01, 0.04, 0.2]),
+    st.sampled_from([5.0, 8.0, 9.0, 50.0]),
 )
 _OPERATOR = st.tuples(st.sampled_from(["pause", "resume", "approve"]))
 _ENDING = st.one_of(
@@ -166,6 +166,7 @@ def events_for(op: Op, r: Rollout, now: float) -> list[Event]:
         installed: list[Event] = [DeviceInstalled(d) for d in installing]
         return [*installed, *approve, GateReadingsArrived(r.current, good)]
     _, wave, requests, rate, p95 = op
+    wave = r.current if wave < 0 else wave
     new = VersionStats(requests, round(requests * rate), p95)
     return [GateReadingsArrived(wave, WaveReadings(now, new, VersionStats(1000, 10, 5.0)))]
 
@@ -297,3 +298,79 @@ def test_a_restart_at_any_point_yields_the_same_actions(
     restarted = run(spec, n, start_hour, ops, restart_at=restart_at)
     assert restarted.actions == straight.actions
     assert restarted.final.to_dict() == straight.final.to_dict()
+
+
+def _oracle(spec: RolloutSpec, new: VersionStats, base: VersionStats, baked: bool) -> str:
+    """pass / fail / pending for one reading, from the documented limits."""
+    g = spec.gates
+    verdicts = []
+    if g.error_rate.enabled:
+        limit = min(g.error_rate.max_error_rate, base.error_rate + g.error_rate.max_increase)
+        if new.requests < g.error_rate.min_requests:
+            verdicts.append("pending")
+        else:
+            verdicts.append("fail" if new.error_rate > limit else "pass")
+    if g.latency.enabled:
+        assert new.p95_ms is not None and base.p95_ms is not None
+        limit_ms = base.p95_ms * g.latency.max_ratio + g.latency.slack_ms
+        if new.requests < g.latency.min_requests:
+            verdicts.append("pending")
+        else:
+            verdicts.append("fail" if new.p95_ms > limit_ms else "pass")
+    if "fail" in verdicts:
+        return "fail"
+    return "pass" if baked and all(v == "pass" for v in verdicts) else "pending"
+
+
+@common
+@given(
+    st.booleans(),
+    st.booleans(),
+    st.integers(1, 5),
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 5, 20, 40]),
+            st.sampled_from([0, 99, 100, 1000]),
+            st.sampled_from([0.0, 0.029, 0.031, 0.05, 0.051, 0.3]),
+            st.sampled_from([1.0, 8.5, 8.6, 40.0]),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_gates_decide_a_wave_exactly_as_their_documented_limits(
+    errors: bool,
+    latency: bool,
+    n: int,
+    readings: list[tuple[int, int, float, float]],
+) -> None:
+    spec = parse_spec(
+        {
+            "model": "m",
+            "version": "2",
+            "target": {"kind": "devices", "selector": {"fleet": "a"}},
+            "waves": [{"percent": 100}],
+            "bake_s": 30,
+            "on_failure": "pause",
+            "gates": {
+                "error_rate": {"enabled": errors, "min_requests": 100},
+                "latency": {"enabled": latency, "min_requests": 100},
+                "availability": {"enabled": False},
+            },
+        }
+    )
+    now = DAY
+    r, _ = start_rollout("r", spec, [device(i) for i in range(n)], {"p": "new"}, now)
+    for d in sorted(r.devices):
+        r, _ = step(r, DeviceInstalled(d), now)
+    bake_until = now + 30
+    base = VersionStats(1000, 10, 5.0)  # 1% errors, p95 5 ms: limits 3% and 8.5 ms
+    for dt, requests, rate, p95 in readings:
+        now += dt
+        new = VersionStats(requests, round(requests * rate), p95)
+        r, _ = step(r, GateReadingsArrived(0, WaveReadings(now, new, base)), now)
+        expected = _oracle(spec, new, base, baked=now >= bake_until)
+        phase = {"pass": "completed", "fail": "paused", "pending": "running"}[expected]
+        assert r.phase == phase, (expected, new, r.reason)
+        if r.phase != "running":
+            break
