@@ -127,12 +127,22 @@ def start_rollout(
 
 def step(state: Rollout, event: Event, now: float) -> tuple[Rollout, Actions]:
     """Apply ``event`` at ``now``; returns the new state and the actions to carry out."""
-    r = state.model_copy(deep=True)
+    r = _copy(state)
     r.updated_at = now
     out: Actions = []
     handle(r, event, now, out)
     _advance(r, now, out)
     return r, out
+
+
+def _copy(state: Rollout) -> Rollout:
+    """A copy ``step`` may change. Device states hold only scalars and wave states are changed
+    by assigning whole fields, so copying each model shallowly is a full copy, and several
+    times cheaper than ``model_copy(deep=True)`` over a thousand devices."""
+    r = state.model_copy()
+    r.devices = {device_id: d.model_copy() for device_id, d in state.devices.items()}
+    r.waves = [w.model_copy() for w in state.waves]
+    return r
 
 
 # ---- advancing --------------------------------------------------------------------------------

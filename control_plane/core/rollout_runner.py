@@ -120,6 +120,7 @@ class RolloutRunner(Protocol):
     ) -> Rollout: ...
 
     def handle(self, rollout_id: str, event: Event) -> Rollout: ...
+    def handle_many(self, rollout_id: str, events: Sequence[Event]) -> Rollout: ...
     def tick(self, rollout_id: str) -> Rollout: ...
     def recover(self, rollout_id: str) -> int: ...
 
@@ -158,9 +159,19 @@ class PortRunner:
         return rollout
 
     def handle(self, rollout_id: str, event: Event) -> Rollout:
+        return self.handle_many(rollout_id, [event])
+
+    def handle_many(self, rollout_id: str, events: Sequence[Event]) -> Rollout:
+        """Step through ``events`` with one load and one save (a batch of acks per tick).
+
+        A command out of place (RolloutConflict) aborts the batch before anything is saved.
+        """
         stored = self.store.load(rollout_id)
         now = self.clock.now()
-        rollout, actions = step(Rollout.from_dict(stored.state), event, now)
+        rollout, actions = Rollout.from_dict(stored.state), []
+        for event in events:
+            rollout, more = step(rollout, event, now)
+            actions += more
         revision = self.store.save(rollout_id, rollout.to_dict(), _outbox(actions), stored.revision)
         self._apply(rollout_id, actions, now)
         self.store.clear_outbox(rollout_id, revision)

@@ -212,8 +212,9 @@ class Sim:
             if rollout.phase != "running":
                 return rollout
             self.clock.advance(dt)
-            for event in self.fleet.answers():
-                rollout = self.runner.handle(rollout_id, event)
+            answers = self.fleet.answers()
+            if answers:
+                self.runner.handle_many(rollout_id, answers)
             rollout = self.runner.tick(rollout_id)
         return rollout
 
