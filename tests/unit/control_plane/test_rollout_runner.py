@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -183,3 +187,17 @@ def test_two_runners_on_one_revision_conflict_instead_of_both_writing() -> None:
     sim.runner.tick("r1")
     with pytest.raises(Conflict):
         sim.store.save("r1", stale.state, [], stale.revision)
+
+
+def test_the_engine_imports_nothing_that_does_io() -> None:
+    code = (
+        "import sys, control_plane.core.rollout_runner, control_plane.core.rollout\n"
+        "io = {'flask', 'sqlite3', 'sqlite_utils', 'grpc', 'paho', 'psycopg', 'werkzeug'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in io))\n"
+    )
+    root = str(Path(__file__).resolve().parents[3])  # this checkout, not another install
+    env = {**os.environ, "PYTHONPATH": root}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip() == "[]"
