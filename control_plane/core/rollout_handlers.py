@@ -156,7 +156,10 @@ def _on_joined(r: Rollout, e: DeviceJoined, now: float, out: Actions) -> None:
     if known is not None:
         if known.left:
             known.left = False
-            out.append(Audit("rollout.device_rejoined", {"rollout": r.id, "device": dev.id}))
+            if spec.dynamic_tail and known.status == "queued" and not known.touched:
+                known.wave = max(known.wave, r.current)  # its wave may have gone by meanwhile
+            detail = {"rollout": r.id, "device": dev.id, "wave": known.wave}
+            out.append(Audit("rollout.device_rejoined", detail))
         return
     if not spec.dynamic_tail or r.phase in FINAL_PHASES:
         out.append(

@@ -435,3 +435,15 @@ def test_step_does_not_change_its_input() -> None:
     step(r, DeviceInstalled(first_installing(r)), T0 + 1)
     step(r, RollbackRequested("op", "all"), T0 + 1)
     assert r.model_dump() == before
+
+
+def test_a_device_that_left_before_its_wave_and_rejoins_later_gets_the_current_wave() -> None:
+    waves = [{"count": 1}, {"count": 1}, {"percent": 100}]
+    r, _ = make(n=4, waves=waves, dynamic_tail=True, bake_s=0)
+    late = [d for d, _ in r.wave_devices(1)][0]
+    r, _ = step(r, DeviceLeft(late), T0)
+    r, _ = finish_wave(r, T0 + 1)  # wave 0 passes; wave 1, empty without it, is passed over
+    r, _ = finish_wave(r, T0 + 2)
+    assert r.phase == "completed" and r.devices[late].attempts == 0
+    r, actions = step(r, DeviceJoined(TargetDevice(late, "p", {"group": "g"}, "old")), T0 + 3)
+    assert deploys(actions) == [late] and r.devices[late].wave == 2
