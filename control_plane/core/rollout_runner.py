@@ -180,6 +180,7 @@ class PortRunner:
     def tick(self, rollout_id: str) -> Rollout:
         """Read the current wave's gate readings, then let time pass in the engine."""
         rollout = Rollout.from_dict(self.store.load(rollout_id).state)
+        events: list[Event] = []
         wave = rollout.waves[rollout.current]
         if wave.status in ("deploying", "baking") and wave.started_at is not None:
             if rollout.spec.target.kind == "alias":
@@ -189,8 +190,9 @@ class PortRunner:
             now = self.clock.now()
             found = self.readings.read(rollout, wave.index, subjects, wave.started_at, now)
             if found is not None:
-                self.handle(rollout_id, GateReadingsArrived(wave.index, found))
-        return self.handle(rollout_id, Tick(self.commands.installing_elsewhere(rollout_id)))
+                events.append(GateReadingsArrived(wave.index, found))
+        events.append(Tick(self.commands.installing_elsewhere(rollout_id)))
+        return self.handle_many(rollout_id, events)
 
     def recover(self, rollout_id: str) -> int:
         """Apply what a crash left in the outbox (idempotent); returns how many actions."""
