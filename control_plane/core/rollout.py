@@ -21,6 +21,7 @@ Device events for unknown devices or stale states are ignored (redelivery).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from control_plane.core.rollout_gates import (
     GateInput,
@@ -133,6 +134,46 @@ def step(state: Rollout, event: Event, now: float) -> tuple[Rollout, Actions]:
     handle(r, event, now, out)
     _advance(r, now, out)
     return r, out
+
+
+def summary(r: Rollout) -> dict[str, Any]:
+    """What ``status`` and ``watch`` show: the phase and, per wave, devices by status and the
+    latest gate verdicts (the full state, per device, is ``r.to_dict()``)."""
+    waves = []
+    for wave in r.waves:
+        members = [d for _, d in r.wave_devices(wave.index)]
+        counts = {status: 0 for status in _STATUSES}
+        for d in members:
+            counts["left" if d.left else d.status] += 1
+        counts["rolled_back"] = sum(d.rolled_back for d in members)
+        waves.append(
+            {
+                "index": wave.index,
+                "name": wave.name,
+                "status": wave.status,
+                "traffic": wave.traffic,
+                "devices": counts,
+                "bake_until": wave.bake_until,
+                "gates": {g["gate"]: g["verdict"] for g in wave.gates},
+                "reason": wave.reason,
+            }
+        )
+    spec = r.spec
+    return {
+        "id": r.id,
+        "model": spec.model,
+        "version": spec.version,
+        "target": spec.target.kind,
+        "phase": r.phase,
+        "reason": r.reason,
+        "current_wave": r.current,
+        "traffic": r.traffic if spec.target.kind == "alias" else None,
+        "waves": waves,
+        "updated_at": r.updated_at,
+    }
+
+
+_STATUSES = ("queued", "installing", "succeeded", "failed", "timed_out", "skipped", "left")
 
 
 def _copy(state: Rollout) -> Rollout:

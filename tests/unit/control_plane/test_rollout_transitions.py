@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from control_plane.core.rollout import RolloutConflict, start_rollout, step
+from control_plane.core.rollout import RolloutConflict, start_rollout, step, summary
 from control_plane.core.rollout_gates import VersionStats, WaveReadings
 from control_plane.core.rollout_model import (
     Abort,
@@ -447,3 +448,19 @@ def test_a_device_that_left_before_its_wave_and_rejoins_later_gets_the_current_w
     assert r.phase == "completed" and r.devices[late].attempts == 0
     r, actions = step(r, DeviceJoined(TargetDevice(late, "p", {"group": "g"}, "old")), T0 + 3)
     assert deploys(actions) == [late] and r.devices[late].wave == 2
+
+
+def test_the_summary_counts_each_wave_for_status_and_watch() -> None:
+    r, _ = make(n=5, waves=[{"count": 2}, {"percent": 100}])
+    first = [d for d, _ in r.wave_devices(0)]
+    r, _ = step(r, DeviceInstalled(first[0]), T0 + 1)
+    r, _ = step(r, DeviceLeft(first[1]), T0 + 1)
+    view = summary(r)
+    assert view["phase"] == "running" and view["current_wave"] == 0
+    assert view["waves"][0]["devices"]["succeeded"] == 1
+    assert view["waves"][0]["devices"]["left"] == 1
+    assert view["waves"][1]["devices"]["queued"] == 3
+    # the one device still counted succeeded: the wave bakes, its install gate passes
+    assert view["waves"][0]["status"] == "baking"
+    assert view["waves"][0]["gates"]["install"] == "pass"
+    assert json.loads(json.dumps(view)) == view
