@@ -246,6 +246,9 @@ def install_counts(r: Rollout, index: int) -> InstallCounts:
         succeeded=sum(d.status == "succeeded" for d in members),
         failed=sum(d.status == "failed" for d in members),
         timed_out=sum(d.status == "timed_out" for d in members),
+        self_test_failed=sum(
+            d.status == "failed" and (d.reason or "").startswith("self-test") for d in members
+        ),
     )
 
 

@@ -80,7 +80,10 @@ class InstallCounts:
     total: int
     succeeded: int
     failed: int
+    """Install and self-test failures together..."""
     timed_out: int
+    self_test_failed: int = 0
+    """...of which this many failed the on-device self-test."""
 
     @property
     def finished(self) -> int:
@@ -165,6 +168,7 @@ class InstallGate:
             "total": c.total,
             "succeeded": c.succeeded,
             "failed": c.failed,
+            "self_test_failed": c.self_test_failed,
             "timed_out": c.timed_out,
             "finished": c.finished,
             "failure_ratio": bad / c.finished if c.finished else None,

@@ -111,6 +111,8 @@ def test_an_event_on_an_installing_device(
         assert [a for a in actions if isinstance(a, Deploy)][0].attempt == 2
     if isinstance(make_event(device), DeviceSelfTestFailed):
         assert after.devices[device].reason == "self-test: vector 2"
+        numbers = after.waves[0].gates[0]["numbers"]
+        assert (numbers["failed"], numbers["self_test_failed"]) == (1, 1)
 
 
 @pytest.mark.parametrize(
