@@ -18,9 +18,10 @@ pytestmark = pytest.mark.integration
 # minutes (it trains and compiles); `make demo` runs it on an empty directory.
 COMMANDS = [
     (["keys", "generate"], "private key:"),
-    (["profiles", "list"], "no hardware profiles"),
+    (["profiles", "list"], "x86-64-generic"),  # built-in profiles ship in the package
+    (["profiles", "list", "--profiles-dir", "{tmp}/none"], "does not exist"),
     (["compile", "m.onnx", "--calibration", "c.npz", "--validation", "v.npz", "--name", "m"],
-     "no hardware profiles"),
+     "run `fleetcast keys generate`"),
     (["inspect", "missing.fcpkg"], "does not exist"),
     (["inspect", "{tmp}/junk.fcpkg"], "not a .fcpkg"),
     (["verify", "{tmp}/junk.fcpkg", "--public-key", "{tmp}/junk.fcpkg"], "not a PEM public key"),

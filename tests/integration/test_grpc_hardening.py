@@ -223,20 +223,22 @@ def test_revoking_stops_a_download_in_flight(plane: ControlPlane, package: Path)
     data = package.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     plane.fleet.send_command("dev-a", "deploy", {"sha256": sha}, "op")
-    chunk = 4 * 1024
-    with grpc.insecure_channel(f"127.0.0.1:{plane.grpc_port}") as channel:
+    # One-byte chunks and a fixed 64 KiB HTTP/2 window (no BDP probing): the file is
+    # many windows long on the wire, so the server cannot have produced it all before
+    # the revoke, whatever the scheduling on a loaded machine.
+    options = [("grpc.http2.bdp_probe", 0)]
+    with grpc.insecure_channel(f"127.0.0.1:{plane.grpc_port}", options=options) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         call = stub.Download(
-            agent_pb2.DownloadRequest(sha256=sha, offset=0, chunk_size=chunk),
+            agent_pb2.DownloadRequest(sha256=sha, offset=0, chunk_size=1),
             metadata=_auth(creds),
         )
         received = 0
         with pytest.raises(grpc.RpcError) as info:
             for piece in call:
                 received += len(piece.data)
-                if received == chunk:  # the first chunk is in: revoke, then read on slowly
+                if received == 1:  # the first chunk is in: revoke, then read on
                     plane.fleet.revoke("dev-a", "op")
-                time.sleep(0.01)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "revoked" in info.value.details()
     # flow control lets a few chunks be in flight; far fewer than the file
