@@ -25,7 +25,7 @@ from control_plane.api.context import EXTENSION, ApiContext
 from control_plane.api.errors import Problem, problem, register_error_handlers, validation_problem
 from control_plane.api.openapi import problem_document
 from control_plane.api.schemas import Health
-from control_plane.errors import ControlPlaneError, InvalidInput
+from control_plane.errors import InvalidInput
 from control_plane.services.audit import AuditService
 from control_plane.services.blobs import BlobStore
 from control_plane.services.catalog import CatalogService
@@ -96,7 +96,8 @@ def readyz() -> Response | dict[str, Any]:
 
     try:
         version = api_context().repos.schema_version()
-    except ControlPlaneError as exc:
+    except Exception as exc:  # a probe: any failure to reach the store means not ready
+        logger.warning("readyz: %s", exc)
         return problem(503, f"the store is not reachable: {exc}")
     return {"status": "ready", "schema_version": version}
 
