@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from control_plane.api.factory import ApiOptions, create_api
+from control_plane.api.factory import ApiOptions, create_api, register_api
 
-__all__ = ["ApiOptions", "create_api"]
+__all__ = ["ApiOptions", "create_api", "register_api"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Response, jsonify, request
+from flask import Flask, Response, jsonify, request
 from flask_openapi3.blueprint import APIBlueprint
 from flask_openapi3.models.info import Info
 from flask_openapi3.openapi import OpenAPI
@@ -115,43 +115,60 @@ def _reject_malformed_json() -> None:
         raise InvalidInput(f"the request body is not valid JSON: {exc}") from exc
 
 
-def create_api(
-    repos: Repositories, settings: Settings, options: ApiOptions | None = None
-) -> OpenAPI:
-    """The Flask app serving ``/api/v1``, ``/healthz``, ``/readyz`` over ``repos``.
+BLUEPRINTS = (
+    catalog.bp,
+    artifacts.uploads,
+    artifacts.packages,
+    artifacts.compile_jobs,
+    admin.tokens,
+    admin.audit,
+)
 
-    The compile worker is built (``app.extensions["fleetcast.api"].worker``) but
-    not started: the process that serves starts it (``serve_http`` does).
-    """
-    options = options or ApiOptions()
-    app = OpenAPI(
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route here, written by flask-openapi3 from the views."""
+    spec = OpenAPI(
         __name__,
         info=Info(title="Fleetcast control plane", version="1"),
         security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
         validation_error_status=422,
         validation_error_model=Problem,
-        validation_error_callback=validation_problem,
         doc_ui=False,
-    )
+    )  # only collects the paths: requests are served by the app register_api was given
+    for blueprint in (health, *BLUEPRINTS):
+        spec.register_api(blueprint)
+    return problem_document(spec.api_doc)
+
+
+def register_api(
+    app: Flask, repos: Repositories, settings: Settings, options: ApiOptions | None = None
+) -> ApiContext:
+    """Add ``/api/v1``, ``/healthz``, ``/readyz`` and the error mapping to ``app``.
+
+    The compile worker is built (``context.worker``) but not started: the process
+    that serves starts it (``serve_http`` does).
+    """
+    options = options or ApiOptions()
+    context = build_context(repos, settings, options)
+    app.extensions[EXTENSION] = context
     app.config["MAX_CONTENT_LENGTH"] = options.max_json_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = build_context(repos, settings, options)
-    blueprints = [
-        catalog.bp,
-        artifacts.uploads,
-        artifacts.packages,
-        artifacts.compile_jobs,
-        admin.tokens,
-        admin.audit,
-    ]
-    for blueprint in [health, *blueprints]:
-        app.register_api(blueprint)
-    install_auth(app, frozenset(bp.name for bp in blueprints))  # 401/403 before anything else
+    app.validation_error_callback = validation_problem  # type: ignore[attr-defined]
+    for blueprint in (health, *BLUEPRINTS):
+        app.register_blueprint(blueprint)
+    install_auth(app, frozenset(bp.name for bp in BLUEPRINTS))  # 401/403 before anything else
     app.before_request(_reject_malformed_json)
     register_error_handlers(app)
+    document = openapi_document()
 
-    @app.get("/api/v1/openapi.json", endpoint="openapi_json", doc_ui=False)
+    @app.get("/api/v1/openapi.json", endpoint="openapi_json")
     def openapi_json() -> Response:
-        return jsonify(problem_document(app.api_doc))
+        return jsonify(document)
 
+    return context
+
+
+def create_api(repos: Repositories, settings: Settings, options: ApiOptions | None = None) -> Flask:
+    """A Flask app serving only the REST API (tests, and processes without transports)."""
+    app = Flask("control_plane.api")
+    register_api(app, repos, settings, options)
     return app

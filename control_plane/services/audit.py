@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from control_plane.services import Clock
 from control_plane.store.records import DEFAULT_LIMIT, AuditEntry, Page
 from control_plane.store.repos import AuditRepo
 
 logger = logging.getLogger(__name__)
-
-Clock = Callable[[], float]
 
 
 class AuditService:

@@ -21,7 +21,8 @@ from typing import Any
 
 from control_plane.core.lifecycle import check_transition
 from control_plane.errors import Conflict, InvalidInput, NotFound
-from control_plane.services.audit import AuditService, Clock
+from control_plane.services import Clock
+from control_plane.services.audit import AuditService
 from control_plane.services.blobs import BlobStore
 from control_plane.services.tokens import Principal
 from control_plane.store.records import (

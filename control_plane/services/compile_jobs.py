@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.errors import ControlPlaneError, InvalidInput
-from control_plane.services.audit import AuditService, Clock
+from control_plane.services import Clock
+from control_plane.services.audit import AuditService
 from control_plane.services.catalog import REQUIRED_DATA, CatalogService
 from control_plane.services.tokens import Principal
 from control_plane.store.records import DEFAULT_LIMIT, CompileJob, Package, Page

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from control_plane.errors import Conflict, InvalidInput, PermissionDenied, Unauthenticated
-from control_plane.services.audit import AuditService, Clock
+from control_plane.services import Clock
+from control_plane.services.audit import AuditService
 from control_plane.store.records import DEFAULT_LIMIT, ROLES, ApiToken, Page
 from control_plane.store.repos import Repositories
 

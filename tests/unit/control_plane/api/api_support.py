@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flask import Flask
 from flask.testing import FlaskClient
-from flask_openapi3.openapi import OpenAPI
 
 from control_plane.api import ApiOptions, create_api
 from control_plane.api.context import ApiContext
@@ -64,7 +64,7 @@ def fake_runner(out_dir: Path) -> Callable[[CompileTask, ProgressFn], list[Built
 
 @dataclass
 class Api:
-    app: OpenAPI
+    app: Flask
     client: FlaskClient
     repos: SqlRepositories
     bearer: dict[str, str] = field(default_factory=dict)  # role (or "device") -> token
