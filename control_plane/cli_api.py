@@ -137,15 +137,16 @@ JOB_COLUMNS = ["id", "model", "version", "state", "progress", "profiles", "error
 
 def follow_job(client: ApiClient, job_id: str, *, quiet: bool = False, poll: float = 0.5) -> Any:
     """Poll a job until it ends, drawing its progress and new log lines."""
+    from rich.console import Console
     from rich.progress import Progress
 
     seen = 0
-    with Progress(disable=quiet, transient=False) as bar:
+    with Progress(console=Console(stderr=True), disable=quiet) as bar:
         task = bar.add_task(f"compile {job_id[:8]}", total=1.0)
         while True:
             job = client.request("GET", f"/api/v1/compile-jobs/{job_id}")
             for line in job["log"][seen:].splitlines():
-                if line.strip():
+                if line.strip() and not quiet:
                     bar.console.log(line)
             seen = len(job["log"])
             bar.update(task, completed=job["progress"], description=job["state"])
