@@ -19,7 +19,7 @@ from flask_openapi3.blueprint import APIBlueprint
 from flask_openapi3.models.info import Info
 from flask_openapi3.openapi import OpenAPI
 
-from control_plane.api import admin, artifacts, catalog
+from control_plane.api import admin, artifacts, catalog, devices_read
 from control_plane.api.auth import install_auth
 from control_plane.api.context import EXTENSION, ApiContext
 from control_plane.api.errors import Problem, problem, register_error_handlers, validation_problem
@@ -122,6 +122,7 @@ BLUEPRINTS = (
     artifacts.compile_jobs,
     admin.tokens,
     admin.audit,
+    devices_read.bp,
 )
 
 

@@ -118,6 +118,8 @@ ROUTES = [
     Route("DELETE", "/api/v1/tokens/<token_id>", "/api/v1/tokens/{token}", "admin", 200),
     Route("GET", "/api/v1/audit", "/api/v1/audit", "viewer", 200),
     Route("GET", "/api/v1/whoami", "/api/v1/whoami", "viewer", 200),
+    Route("GET", "/api/v1/devices", "/api/v1/devices?selector=site=lab", "viewer", 200),
+    Route("GET", "/api/v1/devices/<device_id>", "/api/v1/devices/cam-1", "viewer", 200),
 ]
 CALLERS = [None, "device", "viewer", "operator", "admin"]
 RANK = {"viewer": 0, "operator": 1, "admin": 2}

@@ -153,3 +153,15 @@ def test_readyz_says_503_when_the_store_is_gone(api: Api) -> None:
     api.repos.close()
     answer = api.client.get("/readyz")
     assert_problem(answer, 503)
+
+
+def test_devices_list_filters_by_selector_and_never_shows_the_credential(api: Api) -> None:
+    from control_plane.store.records import NewDevice
+
+    api.repos.devices.add(NewDevice("cam-2", "h2", labels={"site": "lab"}), at=2.0)
+    api.repos.devices.add(NewDevice("cam-3", "h3", labels={"site": "shop"}), at=3.0)
+    lab = api.call("GET", "/api/v1/devices?selector=site=lab", "viewer").json["items"]
+    assert [d["id"] for d in lab] == ["cam-2"]
+    assert "token_hash" not in lab[0]
+    assert_problem(api.call("GET", "/api/v1/devices?selector=site", "viewer"), 400)
+    assert_problem(api.call("GET", "/api/v1/devices/ghost", "viewer"), 404)
