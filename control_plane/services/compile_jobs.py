@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from control_plane.errors import ControlPlaneError, InvalidInput
+from control_plane.errors import Conflict, ControlPlaneError, InvalidInput
 from control_plane.services import Clock
 from control_plane.services.audit import AuditService
 from control_plane.services.catalog import REQUIRED_DATA, CatalogService
@@ -131,11 +131,7 @@ class CompileJobService:
             built = runner(task, progress)
             for item in built:
                 self.catalog.register_package(self._package(job, item), actor)
-            version = self.catalog.get_version(job.model, job.version)
-            if version.stage == "registered":
-                self.catalog.move_stage(
-                    job.model, job.version, "compiled", Principal(actor, "operator")
-                )
+            self._mark_compiled(job, actor)
             report = {"packages": [b.summary for b in built]}
             done = self.repos.compile_jobs.finish(job.id, "succeeded", self.clock(), report=report)
         except ControlPlaneError as exc:
@@ -154,6 +150,18 @@ class CompileJobService:
             after={"state": done.state, "error": done.error},
         )
         return done
+
+    def _mark_compiled(self, job: CompileJob, actor: str) -> None:
+        """registered → compiled; another job of the same version may have done it meanwhile."""
+        if self.catalog.get_version(job.model, job.version).stage != "registered":
+            return
+        try:
+            self.catalog.move_stage(
+                job.model, job.version, "compiled", Principal(actor, "operator")
+            )
+        except Conflict:
+            if self.catalog.get_version(job.model, job.version).stage == "registered":
+                raise
 
     def _task(self, job: CompileJob) -> CompileTask:
         version = self.catalog.get_version(job.model, job.version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from api_support import PROFILE, Api, fake_runner, make_api, npz_bytes, seed
 
 from control_plane.errors import CompileError
 from control_plane.services.compile_jobs import BuiltPackage, CompileTask, CompileWorker, ProgressFn
+from control_plane.services.tokens import Principal
 
 CARD = {"intended_use": "digits", "training_data": "sklearn digits v1", "owner": "ml"}
 
@@ -197,3 +199,20 @@ def test_the_audit_log_filters(api: Api) -> None:
     assert api.call("GET", f"/api/v1/audit?since={at}&limit=1000").json["items"][0]["at"] == at
     older = api.call("GET", f"/api/v1/audit?until={at}&limit=1000").json["items"]
     assert len(older) < len(everything) or all(e["at"] <= at for e in older)
+
+
+def test_a_job_succeeds_when_another_replica_marked_the_version_compiled_first(
+    api: Api, tmp_path: Path
+) -> None:
+    catalog = api.context.catalog
+    real = catalog.move_stage
+
+    def other_replica_wins(*args: Any, **kwargs: Any) -> Any:
+        catalog.move_stage = real  # type: ignore[method-assign]
+        real("digits", "1", "compiled", Principal("replica-2", "operator"))
+        return real(*args, **kwargs)
+
+    catalog.move_stage = other_replica_wins  # type: ignore[method-assign]
+    done = api.context.jobs.run_one("w1", fake_runner(tmp_path / "out"))
+    assert done is not None and (done.state, done.error) == ("succeeded", None)
+    assert api.call("GET", "/api/v1/models/digits/versions/1").json["stage"] == "compiled"
