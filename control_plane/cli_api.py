@@ -87,9 +87,16 @@ def admin() -> None:
 @click.option("--force", is_flag=True, help="Add another admin token even if one exists.")
 @click.option("--save", is_flag=True, help="Also save it as this user's CLI login.")
 @click.option("--server", envvar="FLEETCAST_SERVER", help="The server to save with --save.")
+@click.option("--json", "as_json", is_flag=True, help="Print {id, name, role, token} as JSON.")
 @click.pass_obj
 def admin_init(
-    settings: Settings, name: str, store: str | None, force: bool, save: bool, server: str | None
+    settings: Settings,
+    name: str,
+    store: str | None,
+    force: bool,
+    save: bool,
+    server: str | None,
+    as_json: bool,
 ) -> None:
     """Make the first admin token and print it (shown once)."""
     from control_plane.services.tokens import bootstrap_admin
@@ -106,6 +113,10 @@ def admin_init(
     if save:
         write_config(config_path(), server or DEFAULT_SERVER, secret)
         click.echo(f"saved to {config_path()}", err=True)
+    if as_json:
+        view = {"id": token.id, "name": token.name, "role": token.role, "token": secret}
+        click.echo(json.dumps(view, sort_keys=True))
+        return
     click.echo(secret)
     click.echo(
         f"admin token {token.name!r} ({token.id}): store it now, it is not shown again", err=True
@@ -211,6 +222,15 @@ def packages_list(
     """Packages (filter by model, version, profile)."""
     query = {"model": model, "version": version, "profile": profile}
     emit(client.pages("/api/v1/packages", query), PACKAGE_COLUMNS, as_json)
+
+
+@packages.command("show")
+@click.argument("sha256")
+@api_command
+def packages_show(client: ApiClient, as_json: bool, sha256: str) -> None:
+    """One package (its manifest with --json)."""
+    found = client.request("GET", f"/api/v1/packages/{sha256}")
+    emit([found], [*PACKAGE_COLUMNS, "release", "created_at"], as_json)
 
 
 # ------------------------------------------------------------------ audit, tokens

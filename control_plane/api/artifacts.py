@@ -63,7 +63,9 @@ def _body_chunks() -> Iterator[bytes]:
     openapi_extensions={
         "requestBody": {
             "required": True,
-            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
         }
     },
 )

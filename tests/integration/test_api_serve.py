@@ -94,6 +94,8 @@ def test_the_cli_manages_the_catalog_over_http(served: Served, tmp_path: Path) -
     assert job["state"] == "succeeded" and job["progress"] == 1.0
     listed = served.json_lines("packages", "list", "--model", "digits")
     assert sorted(p["profile_id"] for p in listed) == ["raspberry-pi-4", "x86-64-generic"]
+    (one,) = served.json_lines("packages", "show", listed[0]["sha256"])
+    assert one["manifest"] == {"profile": listed[0]["profile_id"]}  # the fake runner's manifest
     assert served.json_lines("versions", "show", "digits", "1")[0]["stage"] == "compiled"
     for stage in ("staged", "production"):
         served.json_lines("versions", "stage", "digits", "1", stage)
@@ -170,7 +172,10 @@ def test_the_store_file_is_shared_with_admin_init(served: Served) -> None:
     """A token made by `admin init` while the server runs works at once (same store)."""
     env = {**served.env}
     extra = CliRunner().invoke(
-        cli, ["admin", "init", "--name", "second", "--force"], env=env, obj=served.settings
-    )
+        cli, ["admin", "init", "--name", "second", "--force", "--json"], env=env,
+        obj=served.settings,
+    )  # fmt: skip
     assert extra.exit_code == 0, extra.output
-    assert served.json_lines("whoami", token=extra.stdout.strip())[0]["name"] == "second"
+    made = json.loads(extra.stdout)
+    assert (made["name"], made["role"]) == ("second", "admin")
+    assert served.json_lines("whoami", token=made["token"])[0]["name"] == "second"
