@@ -196,6 +196,14 @@ def jobs_show(client: ApiClient, as_json: bool, job_id: str, follow: bool) -> No
     emit([job], JOB_COLUMNS, as_json)
 
 
+@jobs.command("cancel")
+@click.argument("job_id")
+@api_command
+def jobs_cancel(client: ApiClient, as_json: bool, job_id: str) -> None:
+    """Cancel a queued or running job."""
+    emit([client.request("POST", f"/api/v1/compile-jobs/{job_id}/cancel")], JOB_COLUMNS, as_json)
+
+
 @click.group()
 def packages() -> None:
     """Signed packages in the catalog."""

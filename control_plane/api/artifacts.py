@@ -136,3 +136,9 @@ def list_jobs(query: JobQuery) -> dict[str, Any]:
 def get_job(path: JobPath) -> dict[str, Any]:
     """One job: state, progress (0..1), log and, once finished, the report or the error."""
     return job_view(api_context().jobs.get(path.job_id))
+
+
+@compile_jobs.post("/compile-jobs/<job_id>/cancel", responses={200: JobOut})
+def cancel_job(path: JobPath) -> dict[str, Any]:
+    """Cancel a queued or running job (a running compile stops at its next step); 409 if ended."""
+    return job_view(api_context().jobs.cancel(path.job_id, current_principal()))

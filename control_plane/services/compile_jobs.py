@@ -129,6 +129,8 @@ class CompileJobService:
         try:
             task = self._task(job)
             built = runner(task, progress)
+            if self.repos.compile_jobs.get(job.id).state != "running":
+                raise Conflict(f"compile job {job.id} was cancelled while it ran")
             for item in built:
                 self.catalog.register_package(self._package(job, item), actor)
             self._mark_compiled(job, actor)
@@ -136,12 +138,10 @@ class CompileJobService:
             done = self.repos.compile_jobs.finish(job.id, "succeeded", self.clock(), report=report)
         except ControlPlaneError as exc:
             logger.warning("compile job %s failed: %s", job.id, exc)
-            done = self.repos.compile_jobs.finish(job.id, "failed", self.clock(), error=str(exc))
+            done = self._fail(job.id, str(exc))
         except Exception as exc:  # a tool chain failing in a way we did not name: keep the job
             logger.exception("compile job %s crashed", job.id)
-            done = self.repos.compile_jobs.finish(
-                job.id, "failed", self.clock(), error=f"{type(exc).__name__}: {exc}"
-            )
+            done = self._fail(job.id, f"{type(exc).__name__}: {exc}")
         self.audit.record(
             actor,
             "compile_job.finish",
@@ -150,6 +150,28 @@ class CompileJobService:
             after={"state": done.state, "error": done.error},
         )
         return done
+
+    def cancel(self, job_id: str, actor: Principal) -> CompileJob:
+        """Cancel a queued or running job; a running one stops at its next progress line."""
+        before = self.repos.compile_jobs.get(job_id)
+        done = self.repos.compile_jobs.finish(
+            job_id, "cancelled", self.clock(), error=f"cancelled by {actor.name}"
+        )  # Conflict when it already ended
+        self.audit.record(
+            actor.name,
+            "compile_job.cancel",
+            f"compile_job:{job_id}",
+            before={"state": before.state},
+            after={"state": done.state},
+        )
+        return done
+
+    def _fail(self, job_id: str, error: str) -> CompileJob:
+        """Mark a job failed, unless it ended meanwhile (cancelled): then it stays as it is."""
+        try:
+            return self.repos.compile_jobs.finish(job_id, "failed", self.clock(), error=error)
+        except Conflict:
+            return self.repos.compile_jobs.get(job_id)
 
     def _mark_compiled(self, job: CompileJob, actor: str) -> None:
         """registered → compiled; another job of the same version may have done it meanwhile."""

@@ -216,3 +216,31 @@ def test_a_job_succeeds_when_another_replica_marked_the_version_compiled_first(
     done = api.context.jobs.run_one("w1", fake_runner(tmp_path / "out"))
     assert done is not None and (done.state, done.error) == ("succeeded", None)
     assert api.call("GET", "/api/v1/models/digits/versions/1").json["stage"] == "compiled"
+
+
+def test_a_queued_job_cancelled_never_runs(api: Api, tmp_path: Path) -> None:
+    job_id = api.seeded["job"]
+    cancelled = api.call("POST", f"/api/v1/compile-jobs/{job_id}/cancel", "operator").json
+    assert (cancelled["state"], cancelled["error"]) == ("cancelled", "cancelled by operator-token")
+    assert api.context.jobs.run_one("w1", fake_runner(tmp_path / "out")) is None
+    again = api.call("POST", f"/api/v1/compile-jobs/{job_id}/cancel", "operator")
+    assert again.status_code == 409 and "already cancelled" in again.json["detail"]
+    assert api.call("GET", "/api/v1/audit?action=compile_job.cancel").json["items"][0][
+        "before"
+    ] == {"state": "queued"}
+
+
+def test_a_running_job_cancelled_stops_at_its_next_step_and_registers_nothing(
+    api: Api, tmp_path: Path
+) -> None:
+    def cancelled_midway(task: CompileTask, progress: ProgressFn) -> list[BuiltPackage]:
+        progress(0.1, "loading model")
+        api.call("POST", f"/api/v1/compile-jobs/{task.job.id}/cancel", "operator")
+        progress(0.2, "building onnx/fp32")  # the store refuses: the job is not running
+        raise AssertionError("the pipeline went on after its job was cancelled")
+
+    done = api.context.jobs.run_one("w1", cancelled_midway)
+    assert done is not None and done.state == "cancelled"
+    assert "loading model" in done.log and "building" not in done.log
+    packages = api.call("GET", "/api/v1/packages?version=1").json["items"]
+    assert [p["package_id"] for p in packages] == ["digits-1-x86"]  # only the seeded one

@@ -105,6 +105,13 @@ ROUTES = [
     ),
     Route("GET", "/api/v1/compile-jobs", "/api/v1/compile-jobs", "viewer", 200),
     Route("GET", "/api/v1/compile-jobs/<job_id>", "/api/v1/compile-jobs/{job}", "viewer", 200),
+    Route(
+        "POST",
+        "/api/v1/compile-jobs/<job_id>/cancel",
+        "/api/v1/compile-jobs/{job}/cancel",
+        "operator",
+        200,
+    ),
     Route("GET", "/api/v1/tokens", "/api/v1/tokens", "admin", 200),
     Route(
         "POST",
