@@ -10,6 +10,7 @@ from flask import current_app, request
 from control_plane.services.audit import AuditService
 from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker
+from control_plane.services.deployments import DeploymentService
 from control_plane.services.tokens import TokenService
 from control_plane.store.records import Page
 from control_plane.store.repos import Repositories
@@ -24,6 +25,7 @@ class ApiContext:
     tokens: TokenService
     catalog: CatalogService
     jobs: CompileJobService
+    deployments: DeploymentService
     worker: CompileWorker | None
     max_upload_bytes: int
 

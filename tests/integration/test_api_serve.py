@@ -20,6 +20,7 @@ from control_plane.api.serve import HttpHandle, serve_http
 from control_plane.cli import cli
 from control_plane.settings import Settings
 from control_plane.store.factory import open_repositories
+from control_plane.store.records import NewDevice
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "control_plane" / "api"))
 from api_support import fake_runner  # noqa: E402
@@ -100,6 +101,19 @@ def test_the_cli_manages_the_catalog_over_http(served: Served, tmp_path: Path) -
     for stage in ("staged", "production"):
         served.json_lines("versions", "stage", "digits", "1", stage)
     served.json_lines("versions", "alias", "digits", "production", "1")
+    repos = open_repositories(served.store)  # a device of the fleet, as enrollment adds it
+    try:
+        repos.devices.add(
+            NewDevice("cam-1", "0" * 64, labels={"site": "lab"}, profile_id="raspberry-pi-4"),
+            at=1.0,
+        )
+    finally:
+        repos.close()
+    (sent,) = served.json_lines(
+        "versions", "deploy", "digits", "production", "--selector", "site=lab"
+    )
+    pi = next(p for p in listed if p["profile_id"] == "raspberry-pi-4")
+    assert (sent["device_id"], sent["sha256"]) == ("cam-1", pi["sha256"])
     shown = served.json_lines("models", "show", "digits")[0]
     assert shown["aliases"] == {"production": "1"}
     illegal = served.run("versions", "stage", "digits", "1", "registered")

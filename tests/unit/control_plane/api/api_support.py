@@ -148,3 +148,21 @@ def seed(api: Api) -> None:
     assert job.status_code == 202, job.json
     spare = api.call("POST", "/api/v1/tokens", json={"name": "spare", "role": "viewer"})
     api.seeded.update(package=sha, job=job.json["id"], token=spare.json["id"], source=source)
+
+
+def seed_deployable(api: Api) -> None:
+    """digits 9 compiled for x86-64-generic, and an active x86 device labelled site=lab."""
+    card = {"intended_use": "digits", "training_data": "sklearn digits", "owner": "ml"}
+    answer = api.call("POST", "/api/v1/models/digits/versions", json={"version": "9", "card": card})
+    assert answer.status_code == 201, answer.json
+    sha = hashlib.sha256(b"package 9").hexdigest()
+    api.repos.packages.put(
+        Package(sha, "digits-9-x86", "digits", "9", PROFILE, 1, 9, "/nowhere", {}, 3.0)
+    )
+    moved = api.call("POST", "/api/v1/models/digits/versions/9/stage", json={"stage": "compiled"})
+    assert moved.status_code == 200, moved.json
+    api.repos.devices.add(
+        NewDevice("cam-2", hash_secret("cam-2-secret"), labels={"site": "lab"}, profile_id=PROFILE),
+        at=4.0,
+    )
+    api.seeded["package9"] = sha

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import PROFILE, Api, make_api, seed
+from api_support import PROFILE, Api, make_api, seed, seed_deployable
 
 CARD = {"intended_use": "digits", "training_data": "sklearn digits", "owner": "ml"}
 
@@ -126,6 +126,14 @@ ROUTES = [
     Route("GET", "/api/v1/audit", "/api/v1/audit", "viewer", 200),
     Route("GET", "/api/v1/whoami", "/api/v1/whoami", "viewer", 200),
     Route("GET", "/api/v1/devices", "/api/v1/devices?selector=site=lab", "viewer", 200),
+    Route(
+        "POST",
+        "/api/v1/deployments",
+        "/api/v1/deployments",
+        "operator",
+        202,
+        {"json": {"model": "digits", "version": "9", "selector": {"site": "lab"}}},
+    ),
     Route("GET", "/api/v1/devices/<device_id>", "/api/v1/devices/cam-1", "viewer", 200),
 ]
 CALLERS = [None, "device", "viewer", "operator", "admin"]
@@ -146,6 +154,7 @@ def expected_status(route: Route, caller: str | None) -> int:
 def api(tmp_path: Path) -> Api:
     api = make_api(tmp_path)
     seed(api)
+    seed_deployable(api)
     return api
 
 
