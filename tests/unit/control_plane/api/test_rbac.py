@@ -174,6 +174,7 @@ def test_the_matrix_covers_every_route(tmp_path: Path) -> None:
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r.method} {r.rule}")
 def test_rbac(api: Api, route: Route, caller: str | None) -> None:
     url = route.url.format(**api.seeded)
+    last_audit = api.context.audit.list(limit=1).items[0].id
     answer = api.call(route.method, url, caller, **route.kwargs)
     want = expected_status(route, caller)
     assert answer.status_code == want, answer.get_data(as_text=True)
@@ -182,6 +183,10 @@ def test_rbac(api: Api, route: Route, caller: str | None) -> None:
         assert answer.json["status"] == want
         if caller == "device":
             assert "device credentials" in answer.json["detail"]
+        assert api.context.audit.list(limit=1).items[0].id == last_audit  # refused: no change
     elif route.method != "GET" and route.role is not None:  # a change: audited as the caller
         newest = api.context.audit.list(limit=1).items[0]
+        assert newest.id > last_audit, "a change without an audit entry"
         assert newest.actor == f"{caller}-token"
+    else:  # a read changes nothing
+        assert api.context.audit.list(limit=1).items[0].id == last_audit
