@@ -62,7 +62,7 @@ def _known_profiles(profiles_dir: Path) -> Callable[[], Sequence[str]]:
 def build_context(repos: Repositories, settings: Settings, options: ApiOptions) -> ApiContext:
     audit = AuditService(repos.audit)
     cat = CatalogService(
-        repos, audit, BlobStore(settings.data_dir / "uploads"), settings.data_dir / "catalog"
+        repos, audit, BlobStore(settings.data_dir / "uploads"), settings.data_dir / "versions"
     )
     jobs = CompileJobService(repos, cat, audit, _known_profiles(settings.profiles_dir))
     runner = options.runner

@@ -3,7 +3,7 @@
 Each change is checked (names, the lifecycle in ``core/lifecycle.py``), written
 through the repositories and recorded in the audit log with before/after.
 What a version is compiled from (source format, calibration/validation/…
-uploads) is kept beside its blobs in ``<data>/catalog/<model>/<version>.json``,
+uploads) is kept beside its blobs in ``<data>/versions/<model>/<version>.json``,
 written once with the version (the version row has no column for it yet).
 """
 
