@@ -18,7 +18,7 @@ from control_plane.services.tokens import Principal, role_allows
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ADMIN_BLUEPRINTS = frozenset({"tokens"})
-PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "openapi_json"})
+PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "openapi_json", "metrics"})
 
 
 def required_role(blueprint: str | None, method: str) -> str:

@@ -23,6 +23,7 @@ from control_plane.api import admin, artifacts, catalog, deployments, devices_re
 from control_plane.api.auth import install_auth
 from control_plane.api.context import EXTENSION, ApiContext
 from control_plane.api.errors import Problem, problem, register_error_handlers, validation_problem
+from control_plane.api.metrics import install_metrics
 from control_plane.api.openapi import problem_document
 from control_plane.api.schemas import Health
 from control_plane.errors import InvalidInput
@@ -156,6 +157,7 @@ def register_api(
     context = build_context(repos, settings, options)
     app.extensions[EXTENSION] = context
     app.config["MAX_CONTENT_LENGTH"] = options.max_json_bytes
+    install_metrics(app)  # first: its timer starts before auth, its count sees every answer
     app.validation_error_callback = validation_problem  # type: ignore[attr-defined]
     for blueprint in (health, *BLUEPRINTS):
         app.register_blueprint(blueprint)

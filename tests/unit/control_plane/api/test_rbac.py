@@ -26,6 +26,7 @@ ROUTES = [
     Route("GET", "/healthz", "/healthz", None, 200),
     Route("GET", "/readyz", "/readyz", None, 200),
     Route("GET", "/api/v1/openapi.json", "/api/v1/openapi.json", None, 200),
+    Route("GET", "/metrics", "/metrics", None, 200),
     Route("GET", "/api/v1/models", "/api/v1/models", "viewer", 200),
     Route(
         "POST",

@@ -165,3 +165,21 @@ def test_devices_list_filters_by_selector_and_never_shows_the_credential(api: Ap
     assert "token_hash" not in lab[0]
     assert_problem(api.call("GET", "/api/v1/devices?selector=site", "viewer"), 400)
     assert_problem(api.call("GET", "/api/v1/devices/ghost", "viewer"), 404)
+
+
+def test_metrics_count_answers_by_route_template_and_status(api: Api) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    api.call("GET", "/api/v1/models/ghost")
+    api.call("GET", "/api/v1/models/ghost2")
+    api.client.get("/api/v1/models")  # no token
+    answer = api.client.get("/metrics")
+    assert answer.status_code == 200 and answer.mimetype == "text/plain"
+    samples = {
+        (s.name, s.labels.get("route"), s.labels.get("status")): s.value
+        for family in text_string_to_metric_families(answer.get_data(as_text=True))
+        for s in family.samples
+    }
+    assert samples[("fleetcast_api_requests_total", "/api/v1/models/<model>", "404")] == 2
+    assert samples[("fleetcast_api_requests_total", "/api/v1/models", "401")] == 1
+    assert samples[("fleetcast_api_request_seconds_count", "/api/v1/models/<model>", None)] == 2
