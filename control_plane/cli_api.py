@@ -152,7 +152,7 @@ def follow_job(client: ApiClient, job_id: str, *, quiet: bool = False, poll: flo
     from rich.progress import Progress
 
     seen = 0
-    with Progress(console=Console(stderr=True), disable=quiet) as bar:
+    with Progress(console=Console(stderr=True, log_path=False), disable=quiet) as bar:
         task = bar.add_task(f"compile {job_id[:8]}", total=1.0)
         while True:
             job = client.request("GET", f"/api/v1/compile-jobs/{job_id}")
