@@ -1,0 +1,180 @@
+"""``create_api(repos, settings)``: the REST API (``/api/v1``) as a Flask app.
+
+The app factory of the whole control plane (``control_plane/app.py``) calls
+this once with the store it opened, then adds its own routes to the app it
+gets back; ``serve_http`` (``api/serve.py``) serves it with waitress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from flask_openapi3.blueprint import APIBlueprint
+from flask_openapi3.models.info import Info
+from flask_openapi3.openapi import OpenAPI
+
+from control_plane.api import admin, artifacts, catalog, deployments, devices_read
+from control_plane.api.auth import install_auth
+from control_plane.api.context import EXTENSION, ApiContext
+from control_plane.api.errors import Problem, problem, register_error_handlers, validation_problem
+from control_plane.api.metrics import install_metrics
+from control_plane.api.openapi import problem_document
+from control_plane.api.schemas import Health
+from control_plane.errors import InvalidInput
+from control_plane.services.audit import AuditService
+from control_plane.services.blobs import BlobStore
+from control_plane.services.catalog import CatalogService
+from control_plane.services.compile_jobs import CompileJobService, CompileWorker, Runner
+from control_plane.services.deployments import DeploymentService
+from control_plane.services.tokens import TokenService
+from control_plane.settings import Settings
+from control_plane.store.repos import Repositories
+
+logger = logging.getLogger(__name__)
+
+JSON_TYPES = frozenset({"application/json", "application/merge-patch+json"})
+
+
+@dataclass(frozen=True)
+class ApiOptions:
+    """Limits and the compile runner (None: the real pipeline)."""
+
+    max_json_bytes: int = 1 << 20
+    max_upload_bytes: int = 256 << 20
+    runner: Runner | None = None
+    worker_name: str | None = None
+
+
+def _known_profiles(profiles_dir: Sequence[Path]) -> Callable[[], Sequence[str]]:
+    def known() -> Sequence[str]:
+        from control_plane.core.hardware import load_profiles
+
+        return sorted(load_profiles(profiles_dir))
+
+    return known
+
+
+def build_context(repos: Repositories, settings: Settings, options: ApiOptions) -> ApiContext:
+    audit = AuditService(repos.audit)
+    cat = CatalogService(
+        repos, audit, BlobStore(settings.data_dir / "uploads"), settings.data_dir / "versions"
+    )
+    jobs = CompileJobService(repos, cat, audit, _known_profiles(settings.profile_dirs()))
+    runner = options.runner
+    if runner is None:
+        from control_plane.services.compile_runner import pipeline_runner
+
+        runner = pipeline_runner(settings)
+    return ApiContext(
+        repos=repos,
+        audit=audit,
+        tokens=TokenService(repos, audit),
+        catalog=cat,
+        jobs=jobs,
+        deployments=DeploymentService(repos, audit),
+        worker=CompileWorker(jobs, runner, options.worker_name),
+        max_upload_bytes=options.max_upload_bytes,
+    )
+
+
+health = APIBlueprint("health", __name__)
+
+
+@health.get("/healthz", responses={200: Health})
+def healthz() -> dict[str, Any]:
+    """The process answers."""
+    return {"status": "ok"}
+
+
+@health.get("/readyz", responses={200: Health})
+def readyz() -> Response | dict[str, Any]:
+    """The store answers (503 problem when it does not)."""
+    from control_plane.api.context import api_context
+
+    try:
+        version = api_context().repos.schema_version()
+    except Exception as exc:  # a probe: any failure to reach the store means not ready
+        logger.warning("readyz: %s", exc)
+        return problem(503, f"the store is not reachable: {exc}")
+    return {"status": "ready", "schema_version": version}
+
+
+def _reject_malformed_json() -> None:
+    """A JSON body that does not parse is a 400 naming where, before any view sees it."""
+    if request.method not in ("POST", "PUT", "PATCH") or request.mimetype not in JSON_TYPES:
+        return
+    data = request.get_data(cache=True)
+    if not data:
+        return
+    try:
+        json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"the request body is not valid JSON: {exc}") from exc
+
+
+BLUEPRINTS = (
+    catalog.bp,
+    artifacts.uploads,
+    artifacts.packages,
+    artifacts.compile_jobs,
+    admin.tokens,
+    admin.audit,
+    devices_read.bp,
+    deployments.bp,
+)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route here, written by flask-openapi3 from the views."""
+    spec = OpenAPI(
+        __name__,
+        info=Info(title="Fleetcast control plane", version="1"),
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+        validation_error_status=422,
+        validation_error_model=Problem,
+        doc_ui=False,
+    )  # only collects the paths: requests are served by the app register_api was given
+    for blueprint in (health, *BLUEPRINTS):
+        spec.register_api(blueprint)
+    return problem_document(spec.api_doc)
+
+
+def register_api(
+    app: Flask, repos: Repositories, settings: Settings, options: ApiOptions | None = None
+) -> ApiContext:
+    """Add ``/api/v1``, ``/healthz``, ``/readyz`` and the error mapping to ``app``.
+
+    The compile worker is built (``context.worker``) but not started: the process
+    that serves starts it (``serve_http`` does).
+    """
+    options = options or ApiOptions()
+    context = build_context(repos, settings, options)
+    app.extensions[EXTENSION] = context
+    app.config["MAX_CONTENT_LENGTH"] = options.max_json_bytes
+    install_metrics(app)  # first: its timer starts before auth, its count sees every answer
+    app.validation_error_callback = validation_problem  # type: ignore[attr-defined]
+    for blueprint in (health, *BLUEPRINTS):
+        app.register_blueprint(blueprint)
+    install_auth(app, frozenset(bp.name for bp in BLUEPRINTS))  # 401/403 before anything else
+    app.before_request(_reject_malformed_json)
+    register_error_handlers(app)
+    document = openapi_document()
+
+    @app.get("/api/v1/openapi.json", endpoint="openapi_json")
+    def openapi_json() -> Response:
+        return jsonify(document)
+
+    return context
+
+
+def create_api(repos: Repositories, settings: Settings, options: ApiOptions | None = None) -> Flask:
+    """A Flask app serving only the REST API (tests, and processes without transports)."""
+    app = Flask("control_plane.api")
+    register_api(app, repos, settings, options)
+    return app

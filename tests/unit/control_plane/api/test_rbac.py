@@ -1,0 +1,193 @@
+"""Every route × every caller (no token, a device credential, viewer, operator, admin)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from api_support import PROFILE, Api, make_api, seed, seed_deployable
+
+CARD = {"intended_use": "digits", "training_data": "sklearn digits", "owner": "ml"}
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    rule: str  # as in the app's url_map
+    url: str  # with the seeded names filled in ({package}, {job}, {token})
+    role: str | None  # the least role allowed; None: public
+    ok: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+ROUTES = [
+    Route("GET", "/healthz", "/healthz", None, 200),
+    Route("GET", "/readyz", "/readyz", None, 200),
+    Route("GET", "/api/v1/openapi.json", "/api/v1/openapi.json", None, 200),
+    Route("GET", "/metrics", "/metrics", None, 200),
+    Route("GET", "/api/v1/models", "/api/v1/models", "viewer", 200),
+    Route(
+        "POST",
+        "/api/v1/models",
+        "/api/v1/models",
+        "operator",
+        201,
+        {"json": {"name": "kws", "owner": "ml"}},
+    ),
+    Route("GET", "/api/v1/models/<model>", "/api/v1/models/digits", "viewer", 200),
+    Route(
+        "GET", "/api/v1/models/<model>/versions", "/api/v1/models/digits/versions", "viewer", 200
+    ),
+    Route(
+        "POST",
+        "/api/v1/models/<model>/versions",
+        "/api/v1/models/digits/versions",
+        "operator",
+        201,
+        {"json": {"version": "3", "card": CARD}},
+    ),
+    Route(
+        "GET",
+        "/api/v1/models/<model>/versions/<version>",
+        "/api/v1/models/digits/versions/1",
+        "viewer",
+        200,
+    ),
+    Route(
+        "POST",
+        "/api/v1/models/<model>/versions/<version>/stage",
+        "/api/v1/models/digits/versions/1/stage",
+        "operator",
+        200,
+        {"json": {"stage": "compiled"}},
+    ),
+    Route("GET", "/api/v1/models/<model>/aliases", "/api/v1/models/digits/aliases", "viewer", 200),
+    Route(
+        "GET",
+        "/api/v1/models/<model>/aliases/<alias>",
+        "/api/v1/models/digits/aliases/staging",
+        "viewer",
+        200,
+    ),
+    Route(
+        "PUT",
+        "/api/v1/models/<model>/aliases/<alias>",
+        "/api/v1/models/digits/aliases/production",
+        "operator",
+        200,
+        {"json": {"version": "1"}},
+    ),
+    Route(
+        "DELETE",
+        "/api/v1/models/<model>/aliases/<alias>",
+        "/api/v1/models/digits/aliases/staging",
+        "operator",
+        204,
+    ),
+    Route(
+        "POST",
+        "/api/v1/uploads",
+        "/api/v1/uploads",
+        "operator",
+        201,
+        {"data": b"bytes", "content_type": "application/octet-stream"},
+    ),
+    Route("GET", "/api/v1/packages", "/api/v1/packages", "viewer", 200),
+    Route("GET", "/api/v1/packages/<sha256>", "/api/v1/packages/{package}", "viewer", 200),
+    Route(
+        "POST",
+        "/api/v1/compile-jobs",
+        "/api/v1/compile-jobs",
+        "operator",
+        202,
+        {"json": {"model": "digits", "version": "2", "profiles": [PROFILE]}},
+    ),
+    Route("GET", "/api/v1/compile-jobs", "/api/v1/compile-jobs", "viewer", 200),
+    Route("GET", "/api/v1/compile-jobs/<job_id>", "/api/v1/compile-jobs/{job}", "viewer", 200),
+    Route(
+        "POST",
+        "/api/v1/compile-jobs/<job_id>/cancel",
+        "/api/v1/compile-jobs/{job}/cancel",
+        "operator",
+        200,
+    ),
+    Route("GET", "/api/v1/tokens", "/api/v1/tokens", "admin", 200),
+    Route(
+        "POST",
+        "/api/v1/tokens",
+        "/api/v1/tokens",
+        "admin",
+        201,
+        {"json": {"name": "ci", "role": "operator"}},
+    ),
+    Route("GET", "/api/v1/tokens/<token_id>", "/api/v1/tokens/{token}", "admin", 200),
+    Route("DELETE", "/api/v1/tokens/<token_id>", "/api/v1/tokens/{token}", "admin", 200),
+    Route("GET", "/api/v1/audit", "/api/v1/audit", "viewer", 200),
+    Route("GET", "/api/v1/whoami", "/api/v1/whoami", "viewer", 200),
+    Route("GET", "/api/v1/devices", "/api/v1/devices?selector=site=lab", "viewer", 200),
+    Route(
+        "POST",
+        "/api/v1/deployments",
+        "/api/v1/deployments",
+        "operator",
+        202,
+        {"json": {"model": "digits", "version": "9", "selector": {"site": "lab"}}},
+    ),
+    Route("GET", "/api/v1/devices/<device_id>", "/api/v1/devices/cam-1", "viewer", 200),
+]
+CALLERS = [None, "device", "viewer", "operator", "admin"]
+RANK = {"viewer": 0, "operator": 1, "admin": 2}
+
+
+def expected_status(route: Route, caller: str | None) -> int:
+    if route.role is None:
+        return route.ok
+    if caller is None:
+        return 401
+    if caller == "device":
+        return 403
+    return route.ok if RANK[caller] >= RANK[route.role] else 403
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Api:
+    api = make_api(tmp_path)
+    seed(api)
+    seed_deployable(api)
+    return api
+
+
+def test_the_matrix_covers_every_route(tmp_path: Path) -> None:
+    app = make_api(tmp_path).app
+    served = {
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    }
+    assert served == {(r.method, r.rule) for r in ROUTES}
+
+
+@pytest.mark.parametrize("caller", CALLERS, ids=lambda c: c or "no-token")
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r.method} {r.rule}")
+def test_rbac(api: Api, route: Route, caller: str | None) -> None:
+    url = route.url.format(**api.seeded)
+    last_audit = api.context.audit.list(limit=1).items[0].id
+    answer = api.call(route.method, url, caller, **route.kwargs)
+    want = expected_status(route, caller)
+    assert answer.status_code == want, answer.get_data(as_text=True)
+    if want >= 400:
+        assert answer.mimetype == "application/problem+json"
+        assert answer.json["status"] == want
+        if caller == "device":
+            assert "device credentials" in answer.json["detail"]
+        assert api.context.audit.list(limit=1).items[0].id == last_audit  # refused: no change
+    elif route.method != "GET" and route.role is not None:  # a change: audited as the caller
+        newest = api.context.audit.list(limit=1).items[0]
+        assert newest.id > last_audit, "a change without an audit entry"
+        assert newest.actor == f"{caller}-token"
+    else:  # a read changes nothing
+        assert api.context.audit.list(limit=1).items[0].id == last_audit
