@@ -26,8 +26,8 @@ def plane(tmp_path: Path, keys: Any, package: Path) -> Iterator[ControlPlane]:
             data_dir=tmp_path / "cp", public_key=keys.public, grpc_address="127.0.0.1:0", mqtt=True
         )
     ).start()
-    assert cp.fleet is not None
-    cp.fleet.add_package(package, "test-operator")
+    assert cp.services is not None
+    cp.services.packages.register(package, "test-operator")
     try:
         yield cp
     finally:
