@@ -35,11 +35,11 @@ from control_plane.transport.changes import ChangeDispatcher
 from control_plane.transport.grpc_server import (
     DEFAULT_WORKERS,
     AgentServicer,
-    StreamRegistry,
     TlsConfig,
     start_grpc_server,
 )
 from control_plane.transport.mqtt import MqttBridge, MqttEndpoint
+from control_plane.transport.streams import StreamRegistry
 from edge_agent.core.netaddr import is_loopback, split_host_port
 from edge_agent.core.topics import device_login
 

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 2000  # short: a write transaction here lasts milliseconds
 POLL_SECONDS = 0.05
+WAL_LIMIT = 64 * 1024 * 1024  # bytes the WAL is truncated to after a checkpoint
 
 
 def _run(conn: sqlite3.Connection, sql: str, params: Params = ()) -> sqlite3.Cursor:
@@ -132,6 +133,8 @@ class SqliteDatabase:
                 path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_ms / 1000
             )
             self.conn.execute("PRAGMA journal_mode=WAL")
+            # SQLite checkpoints every 1000 pages; this truncates the WAL after each one
+            self.conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
         self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
@@ -191,6 +194,11 @@ class SqliteDatabase:
     def close(self) -> None:
         self.notifier.close()
         with self.lock:
+            if self.path is not None:
+                try:  # fold the WAL back into the file (another process may hold it: fine)
+                    self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error as exc:
+                    logger.debug("checkpoint at close: %s", exc)
             self.conn.close()
 
 

@@ -15,7 +15,7 @@ from control_plane.errors import NotFound
 from control_plane.settings import Settings
 from control_plane.store.records import Command
 from control_plane.transport.changes import ChangeDispatcher
-from control_plane.transport.grpc_server import StreamRegistry
+from control_plane.transport.streams import StreamRegistry
 
 
 def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
