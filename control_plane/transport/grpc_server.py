@@ -19,11 +19,10 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from control_plane.app import Fleetcast
 from control_plane.errors import (
     Conflict,
     ControlPlaneError,
@@ -40,6 +39,9 @@ from control_plane.transport.limits import CallLimiter, Slot
 from control_plane.transport.streams import StreamRegistry
 from edge_agent.core.topics import device_login, device_prefix
 from protos.fleetcast.v1 import agent_pb2, agent_pb2_grpc
+
+if TYPE_CHECKING:  # the container only: the transports never need Flask
+    from control_plane.app import Fleetcast
 
 logger = logging.getLogger(__name__)
 

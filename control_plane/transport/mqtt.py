@@ -18,18 +18,20 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from control_plane.app import Fleetcast
 from control_plane.errors import ControlPlaneError, ResourceExhausted, Unavailable
 from control_plane.quotas import MAX_MESSAGE_BYTES
 from control_plane.store.records import Command
 from edge_agent.core.frames import MAX_BLOCK, encode_block
 from edge_agent.core.topics import TOPIC_ROOT
 from edge_agent.transport.mqtt import no_delay
+
+if TYPE_CHECKING:  # the container only: the transports never need Flask
+    from control_plane.app import Fleetcast
 
 logger = logging.getLogger(__name__)
 

@@ -54,11 +54,16 @@ class Serve:
         else:
             self.proc.kill()
             raise RuntimeError(f"fleetcast serve did not start: {seen}")
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
+        self._drain = threading.Thread(target=self.proc.stderr.read, daemon=True)
+        self._drain.start()
 
     def stop(self) -> int:
         self.proc.terminate()
-        return self.proc.wait(20)
+        code = self.proc.wait(20)
+        self._drain.join(5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        return code
 
 
 @pytest.fixture()
