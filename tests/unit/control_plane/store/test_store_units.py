@@ -121,3 +121,23 @@ def test_broadcast_wakes_a_waiting_thread() -> None:
     hub.publish({DEVICES})
     waiter.join(15)
     assert seen == [{DEVICES}]
+
+
+def test_sqlite_reads_answer_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    repos = open_repositories(tmp_path / "store.db")
+    other = sqlite3.connect(tmp_path / "store.db", timeout=0)
+    try:
+        repos.devices.add(NewDevice("d1", "h"), at=1.0)
+        repos.commands.add("d1", "config", {}, at=2.0)
+        other.execute("BEGIN IMMEDIATE")  # e.g. the CLI in the middle of a write
+        other.execute("UPDATE devices SET host_json = host_json")
+        assert repos.devices.get("d1").status == "active"  # reads take no write lock
+        assert [c.kind for c in repos.commands.pending("d1")] == ["config"]
+        with pytest.raises(StoreUnavailable, match="store is busy"):
+            repos.devices.touch("d1", at=3.0)
+        other.rollback()
+        repos.devices.touch("d1", at=3.0)
+        assert repos.devices.get("d1").last_seen == 3.0
+    finally:
+        other.close()
+        repos.close()
