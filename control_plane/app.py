@@ -99,8 +99,9 @@ def open_store(settings: Settings) -> Repositories:
         old = settings.data_dir / OLD_STORE_FILE
         if settings.store is None and old.exists():
             logger.warning(
-                "%s is a store of an older fleetcast and is not read: devices enrolled "
-                "there enroll again (docs/store.md, 'Old stores')",
+                "%s is a store of an older fleetcast and is not read: import it with "
+                "`fleetcast store import-old %s` (docs/store.md, 'Old stores')",
+                old,
                 old,
             )
     repos = open_repositories(url)

@@ -476,6 +476,32 @@ def deploy(settings: Settings, device_id: str, package: Path, store: str | None)
     click.echo(f"command {record.id} (version {record.execution_version}): deploy {sha256}")
 
 
+@cli.group()
+def store() -> None:
+    """The control plane's store."""
+
+
+@store.command("import-old")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@_store_option
+@click.pass_obj
+def store_import_old(settings: Settings, path: Path, store: str | None) -> None:
+    """Import an old fleetcast.db (before the repositories) into a new, empty store."""
+    import time
+
+    from control_plane.legacy_store import import_old_store
+
+    services = _services(settings, store)
+    try:
+        report = import_old_store(path, services.repos, time.time())
+    finally:
+        services.close()
+    counts = ", ".join(f"{n} {what}" for what, n in sorted(report.counts.items())) or "nothing"
+    click.echo(f"imported {counts} from {path}")
+    for line in report.skipped:
+        click.echo(f"skipped {line}", err=True)
+
+
 # ------------------------------------------------------------------ demo
 
 

@@ -29,6 +29,8 @@ COMMANDS = [
     (["devices", "list"], ""),
     (["devices", "revoke", "dev-x"], "device 'dev-x' is not enrolled"),
     (["deploy", "dev-x", "{tmp}/junk.fcpkg"], "run `fleetcast keys generate`"),
+    (["store", "import-old", "missing.db"], "does not exist"),
+    (["store", "import-old", "{tmp}/junk.fcpkg"], "not a fleetcast store"),
     (["certs", "device", "dev-x"], "run `fleetcast certs init"),
     (["certs", "server", "--host", "cp.test"], "run `fleetcast certs init"),
     (["certs", "init", "--host", "cp.test"], "CA:"),
