@@ -132,12 +132,12 @@ def _deliver(
 
     start = time.perf_counter()
     records = [
-        fleet.send_command(f"bench-{i}", "deploy", {"sha256": sha}, "bench")
+        fleet.commands.send(f"bench-{i}", "deploy", {"sha256": sha}, "bench")
         for i in range(len(transports))
     ]
     with ThreadPoolExecutor(len(transports)) as pool:
         list(pool.map(device, range(len(transports))))
-    while any(fleet.command(r.id).status == "pending" for r in records):
+    while any(fleet.commands.get(r.id).status == "pending" for r in records):
         time.sleep(0.01)
     return time.perf_counter() - start, float(np.median(received))
 
@@ -185,9 +185,9 @@ def _telemetry(transports: list[Any], window: dict[str, Any]) -> tuple[float, in
 
 
 def run(results_dir: Path) -> str:
-    from control_plane.fleet import Fleet
+    from control_plane.app import build_services
+    from control_plane.settings import Settings
     from control_plane.signing import generate_keypair
-    from control_plane.store.db import open_store
     from edge_agent.package import load_public_key
     from edge_agent.transport.grpc import enroll
 
@@ -219,15 +219,16 @@ def run(results_dir: Path) -> str:
         assert http.stdout is not None
         http_port = int(re.findall(r"port (\d+)", http.stdout.readline())[0])
         try:
-            fleet = Fleet(
-                open_store(work / "data" / "fleetcast.db"), public_key, work / "data" / "catalog"
-            )
-            shas = {label: fleet.add_package(path, "bench") for label, path in packages.items()}
+            fleet = build_services(Settings(data_dir=work / "data"))  # the server's store
+            shas = {
+                label: fleet.packages.register(path, "bench").sha256
+                for label, path in packages.items()
+            }
             target = f"127.0.0.1:{server.grpc_port}"
             creds = [
                 enroll(
                     target,
-                    fleet.create_enrollment_token("bench", f"bench-{i}"),
+                    fleet.enrollment.create_token("bench", f"bench-{i}"),
                     f"bench-{i}",
                     {"os": "linux"},
                 )

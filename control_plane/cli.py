@@ -257,15 +257,26 @@ def verify(package: Path, public_key: Path, expected: str | None, this_host: boo
 # ------------------------------------------------------------------ serve and fleet admin
 
 
-def _fleet(settings: Settings, need_key: bool = False) -> Any:
-    """The fleet over the data dir's store, for admin commands run beside `fleetcast serve`."""
-    from control_plane.fleet import Fleet
-    from control_plane.signing import PUBLIC_NAME, load_fleet_public_key
-    from control_plane.store.db import open_store
+def _services(settings: Settings, store: str | None, need_key: bool = False) -> Any:
+    """The services over the data dir's store (or ``--store``), for commands run beside serve."""
+    import dataclasses
 
-    key = load_fleet_public_key(settings.key_dir / PUBLIC_NAME, required=need_key)
-    store = open_store(settings.data_dir / "fleetcast.db", busy_timeout=10.0)
-    return Fleet(store, key, settings.data_dir / "catalog")
+    from control_plane.app import build_services
+    from control_plane.signing import PUBLIC_NAME
+
+    if store:
+        settings = dataclasses.replace(settings, store=store)
+    if need_key and settings.public_key is None:
+        settings = dataclasses.replace(settings, public_key=settings.key_dir / PUBLIC_NAME)
+    return build_services(settings)
+
+
+def _store_option(command: Any) -> Any:
+    return click.option(
+        "--store",
+        envvar="FLEETCAST_STORE",
+        help="postgresql://… or a SQLite path (default: <data dir>/store.db).",
+    )(command)
 
 
 def _duration(value: str) -> float:
@@ -319,6 +330,14 @@ def _duration(value: str) -> float:
     is_flag=True,
     help="Allow plaintext on a non-loopback address (tokens and credentials in clear).",
 )
+@click.option(
+    "--http",
+    "http_address",
+    default="127.0.0.1:8080",
+    show_default=True,
+    help="HOST:PORT of the REST API (/api/v1, waitress); 'off' to serve none.",
+)
+@_store_option
 @click.pass_obj
 def serve(
     settings: Settings,
@@ -336,8 +355,10 @@ def serve(
     tls_ca: Path | None,
     tls_client_ca: Path | None,
     insecure: bool,
+    http_address: str,
+    store: str | None,
 ) -> None:
-    """Serve agents: gRPC always; MQTT with --mqtt (embedded mosquitto) or --mqtt-broker.
+    """Serve agents (gRPC; MQTT with --mqtt or --mqtt-broker) and operators (REST, --http).
 
     Off this host, TLS is required (--tls-cert/--tls-key; --mqtt-ca for an
     external broker) unless --insecure is given.
@@ -384,6 +405,8 @@ def serve(
             mqtt_tls=broker_tls if external is None else None,
             mqtt_external=external,
             insecure=insecure,
+            store=store or settings.store,
+            http_address=None if http_address == "off" else http_address,
         )
     )
     try:
@@ -397,6 +420,7 @@ def serve(
     click.echo(
         f"serving gRPC on port {plane.grpc_port}"
         + (f", MQTT on port {plane.mqtt_port}" if plane.mqtt_port else "")
+        + (f", HTTP on port {plane.http_port}" if plane.http_port else "")
         + f"; data in {settings.data_dir}",
         err=True,
     )
@@ -414,44 +438,94 @@ def devices() -> None:
 @click.option(
     "--ttl", default="24h", show_default=True, help="How long the token is valid (90s, 30m, 7d)."
 )
+@_store_option
 @click.pass_obj
-def devices_token(settings: Settings, device_id: str | None, ttl: str) -> None:
+def devices_token(settings: Settings, device_id: str | None, ttl: str, store: str | None) -> None:
     """Print a one-time enrollment token."""
-    click.echo(_fleet(settings).create_enrollment_token("cli", device_id, _duration(ttl)))
+    services = _services(settings, store)
+    try:
+        click.echo(services.enrollment.create_token("cli", device_id, _duration(ttl)))
+    finally:
+        services.close()
 
 
 @devices.command("list")
+@_store_option
 @click.pass_obj
-def devices_list(settings: Settings) -> None:
+def devices_list(settings: Settings, store: str | None) -> None:
     """One JSON object per device (stderr warns if serve runs with --insecure)."""
     from control_plane.server import insecure_notice
+    from control_plane.services.devices import device_summary
 
     notice = insecure_notice(settings.data_dir)
     if notice:
         click.echo(f"warning: {notice}", err=True)
-    for device in _fleet(settings).devices():
-        click.echo(json.dumps(device, sort_keys=True))
+    services = _services(settings, store)
+    try:
+        offset: int | None = 0
+        while offset is not None:
+            page = services.devices.list(limit=1000, offset=offset)
+            for device in page.items:
+                click.echo(json.dumps(device_summary(device), sort_keys=True))
+            offset = page.next_offset
+    finally:
+        services.close()
 
 
 @devices.command("revoke")
 @click.argument("device_id")
+@_store_option
 @click.pass_obj
-def devices_revoke(settings: Settings, device_id: str) -> None:
+def devices_revoke(settings: Settings, device_id: str, store: str | None) -> None:
     """Cut a device off both transports (the running server drops its MQTT login)."""
-    _fleet(settings).revoke(device_id, "cli")
+    services = _services(settings, store)
+    try:
+        services.devices.revoke(device_id, "cli")
+    finally:
+        services.close()
     click.echo(f"revoked {device_id}")
 
 
 @cli.command()
 @click.argument("device_id")
 @click.argument("package", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@_store_option
 @click.pass_obj
-def deploy(settings: Settings, device_id: str, package: Path) -> None:
+def deploy(settings: Settings, device_id: str, package: Path, store: str | None) -> None:
     """Add PACKAGE to the catalog (verified) and send DEVICE_ID a deploy command."""
-    fleet = _fleet(settings, need_key=True)
-    sha256 = fleet.add_package(package, "cli")
-    record = fleet.send_command(device_id, "deploy", {"sha256": sha256}, "cli")
+    services = _services(settings, store, need_key=True)
+    try:
+        sha256 = services.packages.register(package, "cli").sha256
+        record = services.commands.send(device_id, "deploy", {"sha256": sha256}, "cli")
+    finally:
+        services.close()
     click.echo(f"command {record.id} (version {record.execution_version}): deploy {sha256}")
+
+
+@cli.group()
+def store() -> None:
+    """The control plane's store."""
+
+
+@store.command("import-old")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@_store_option
+@click.pass_obj
+def store_import_old(settings: Settings, path: Path, store: str | None) -> None:
+    """Import an old fleetcast.db (before the repositories) into a new, empty store."""
+    import time
+
+    from control_plane.legacy_store import import_old_store
+
+    services = _services(settings, store)
+    try:
+        report = import_old_store(path, services.repos, time.time())
+    finally:
+        services.close()
+    counts = ", ".join(f"{n} {what}" for what, n in sorted(report.counts.items())) or "nothing"
+    click.echo(f"imported {counts} from {path}")
+    for line in report.skipped:
+        click.echo(f"skipped {line}", err=True)
 
 
 # ------------------------------------------------------------------ demo

@@ -102,7 +102,7 @@ def admin_init(
     from control_plane.services.tokens import bootstrap_admin
     from control_plane.store.factory import open_repositories
 
-    url = store or f"sqlite:///{settings.data_dir / 'store.db'}"
+    url = store or settings.store_url
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     repos = open_repositories(url)

@@ -64,20 +64,20 @@ def run_fleet_demo(
             mqtt=True,
         )
     ).start()
-    assert plane.fleet is not None and plane.mqtt_port is not None
-    fleet = plane.fleet
+    assert plane.services is not None and plane.mqtt_port is not None
+    services = plane.services
     console.print(
         f"[bold]5. control plane[/]: gRPC on 127.0.0.1:{plane.grpc_port}, embedded mosquitto on "
         f"127.0.0.1:{plane.mqtt_port} (per-device logins + ACL), SQLite in {fleet_dir}"
     )
-    sha = fleet.add_package(package, "demo")
+    sha = services.packages.register(package, "demo").sha256
     agents: list[tuple[str, subprocess.Popen[str], str]] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         for kind, port in (("grpc", plane.grpc_port), ("mqtt", plane.mqtt_port)):
             device = f"demo-{kind}"
             state = fleet_dir / device
-            token = fleet.create_enrollment_token("demo", device)
+            token = services.enrollment.create_token("demo", device)
             subprocess.run(
                 _agent_cmd(
                     "enroll",
@@ -124,9 +124,12 @@ def run_fleet_demo(
         console.print(f"[bold]6. agents[/]: {', '.join(f'{d} at {a}' for d, _, a in agents)}")
 
         records = {
-            d: fleet.send_command(d, "deploy", {"sha256": sha}, "demo") for d, _, _ in agents
+            d: services.commands.send(d, "deploy", {"sha256": sha}, "demo") for d, _, _ in agents
         }
-        _wait(lambda: all(fleet.command(r.id).status != "pending" for r in records.values()), 60)
+        _wait(
+            lambda: all(services.commands.get(r.id).status != "pending" for r in records.values()),
+            60,
+        )
         table = Table(title="rollout and telemetry")
         for column in (
             "device",
@@ -158,8 +161,8 @@ def run_fleet_demo(
                 accuracy[device] = correct / len(x_val)
 
         def rows_in(device: str) -> tuple[int, int]:
-            windows = fleet.uploads(device, "telemetry_window")
-            return sum(json.loads(w["body_json"])["rows"] for w in windows), len(windows)
+            windows = services.ingest.all(device, "telemetry_window")
+            return sum(json.loads(w.body_json)["rows"] for w in windows), len(windows)
 
         _wait(lambda: all(rows_in(d)[0] >= scored[d] for d, _, _ in agents), 30)
         for device, _, _ in agents:
@@ -167,7 +170,7 @@ def run_fleet_demo(
             table.add_row(
                 device,
                 device.removeprefix("demo-"),
-                fleet.command(records[device].id).status,
+                services.commands.get(records[device].id).status,
                 str(scored[device]),
                 f"{accuracy[device]:.4f}",
                 str(windows),

@@ -1,10 +1,14 @@
-"""`fleetcast serve`: the store, the fleet, the gRPC agent service and, optionally, MQTT.
+"""`fleetcast serve`: the app (store and services), the gRPC agent service and, optionally, MQTT.
 
 With no broker configured only gRPC is served. With MQTT on, the control plane
 either starts and manages its own mosquitto (embedded default: it writes the
 password and ACL files and adds or removes device logins) or bridges to a broker
 the fleet already runs (``mqtt_url``), whose device logins that broker's
 operator provisions.
+
+Store changes reach the devices through one :class:`ChangeDispatcher`: a
+command or a revocation written by this process, the CLI or another replica on
+the same PostgreSQL database takes the same path.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from flask import Flask
 
+from control_plane.api.serve import HttpHandle
+from control_plane.app import Fleetcast, create_app, services_of
 from control_plane.errors import ControlPlaneError
-from control_plane.fleet import Fleet
-from control_plane.signing import PUBLIC_NAME, load_fleet_public_key
-from control_plane.store.db import Store, open_store
+from control_plane.settings import Settings
 from control_plane.transport.broker import CONTROL_PLANE_USER, BrokerTls, MosquittoBroker
+from control_plane.transport.changes import ChangeDispatcher
 from control_plane.transport.grpc_server import (
     DEFAULT_WORKERS,
     AgentServicer,
@@ -34,14 +40,13 @@ from control_plane.transport.grpc_server import (
     start_grpc_server,
 )
 from control_plane.transport.mqtt import MqttBridge, MqttEndpoint
+from control_plane.transport.streams import StreamRegistry
 from edge_agent.core.netaddr import is_loopback, split_host_port
+from edge_agent.core.topics import device_login
 
 logger = logging.getLogger(__name__)
 
-WATCH_SECONDS = 0.05
-BACKSTOP_SECONDS = 2.0
 FLUSH_SECONDS = 5.0  # last-seen times and quota refusals are written this often
-CHECKPOINT_SECONDS = 300.0
 INSECURE_MARKER = "serve-insecure.json"
 
 
@@ -61,8 +66,10 @@ class ServeOptions:
     mqtt_port: int = 0  # embedded broker's port; 0 picks a free one
     mqtt_tls: BrokerTls | None = None
     mqtt_external: MqttEndpoint | None = None
+    store: str | None = None  # postgresql://… or a SQLite URL; None: <data dir>/store.db
     in_memory_store: bool = False
     insecure: bool = False  # allow plaintext off this host (warned at start and in devices list)
+    http_address: str | None = None  # the REST API (waitress); None: not served
 
 
 def plaintext_exposures(o: ServeOptions) -> list[str]:
@@ -73,6 +80,9 @@ def plaintext_exposures(o: ServeOptions) -> list[str]:
         found.append(f"gRPC on {o.grpc_address} without TLS")
     if o.mqtt and o.mqtt_external is None and o.mqtt_tls is None and not is_loopback(o.mqtt_host):
         found.append(f"MQTT on {o.mqtt_host}:{o.mqtt_port} without TLS")
+    if o.http_address is not None and not is_loopback(split_host_port(o.http_address)[0]):
+        # waitress speaks plain HTTP: off this host, a TLS proxy goes in front (docs/api.md)
+        found.append(f"the REST API on {o.http_address} (plain HTTP; bearer tokens in clear)")
     ext = o.mqtt_external
     if ext is not None and not (ext.tls or ext.ca_cert) and not is_loopback(ext.host):
         found.append(f"MQTT bridge to {ext.host}:{ext.port} without TLS")
@@ -115,99 +125,92 @@ class ControlPlane:
 
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
-        self.store: Store | None = None
-        self.fleet: Fleet | None = None
+        self.app: Flask | None = None
+        self.services: Fleetcast | None = None
         self.grpc: grpc.Server | None = None
         self.grpc_port = 0
         self.servicer: AgentServicer | None = None
+        self.http: HttpHandle | None = None
+        self.streams = StreamRegistry()
         self.broker: MosquittoBroker | None = None
         self.bridge: MqttBridge | None = None
+        self.dispatcher: ChangeDispatcher | None = None
         self._stop = threading.Event()
-        self._reconciler: threading.Thread | None = None
-        self._published: set[str] = set()
-        self._removed_logins: set[str] = set()
+        self._flusher: threading.Thread | None = None
 
     def start(self) -> ControlPlane:
         o = self.options
         exposures = check_plaintext(o)
-        self.store = open_store(None if o.in_memory_store else o.data_dir / "fleetcast.db")
-        key_path = o.public_key or o.data_dir / "keys" / PUBLIC_NAME
-        public_key = load_fleet_public_key(key_path, required=o.public_key is not None)
-        if public_key is None:
+        settings = Settings(
+            data_dir=o.data_dir,
+            store=":memory:" if o.in_memory_store else o.store,
+            public_key=o.public_key,
+        )
+        self.app = create_app(settings)
+        services = self.services = services_of(self.app)
+        if services.packages.public_key is None:
             logger.warning(
                 "no package signing key at %s yet: `fleetcast deploy` needs it "
                 "(run `fleetcast keys generate`)",
-                key_path,
+                settings.key_dir,
             )
-        self.fleet = Fleet(self.store, public_key, o.data_dir / "catalog")
+        self.dispatcher = ChangeDispatcher(services.notifier, services.commands, services.devices)
+        self.dispatcher.on_pending.append(self.streams.deliver)
+        self.dispatcher.on_revoked.append(self.streams.revoke)
         self.grpc, self.grpc_port, self.servicer = start_grpc_server(
-            self.fleet, o.grpc_address, o.grpc_tls, o.grpc_workers
+            services, self.streams, o.grpc_address, o.grpc_tls, o.grpc_workers
         )
         if o.mqtt:
             self._start_mqtt()
+        self.dispatcher.start()
+        if o.http_address is not None:
+            self._start_http(settings, o.http_address)
         for exposure in exposures:
             logger.warning("--insecure: serving %s; credentials travel in clear", exposure)
         write_insecure_notice(o.data_dir, exposures)
-        self._reconciler = threading.Thread(target=self._reconcile_loop, daemon=True)
-        self._reconciler.start()
+        self._flusher = threading.Thread(target=self._flush_loop, name="activity", daemon=True)
+        self._flusher.start()
         return self
 
-    def _reconcile_loop(self) -> None:
-        """Watch the store for other processes' commits (the CLI) and apply them.
+    def _start_http(self, settings: Settings, address: str) -> None:
+        """The REST API on the same app and services as gRPC and MQTT, behind waitress."""
+        from control_plane.api import register_api
+        from control_plane.api.serve import serve_http
 
-        One pragma every 50 ms; the command streams and the MQTT side only query
-        when something changed (or every few seconds, as a backstop).
-        """
-        idle = unflushed = unchecked = 0.0
-        while not self._stop.wait(WATCH_SECONDS):
-            idle += WATCH_SECONDS
-            unflushed += WATCH_SECONDS
-            unchecked += WATCH_SECONDS
+        assert self.app is not None and self.services is not None
+        register_api(self.app, self.services.repos, settings)
+        host, port = split_host_port(address)
+        self.http = serve_http(self.app, host, int(port))
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
+
+    def _flush_loop(self) -> None:
+        """Write the batched last-seen times and quota refusals every few seconds."""
+        while not self._stop.wait(FLUSH_SECONDS):
             try:
-                assert self.fleet is not None and self.store is not None
-                if unflushed >= FLUSH_SECONDS:
-                    unflushed = 0.0
-                    self.fleet.flush_activity()
-                if unchecked >= CHECKPOINT_SECONDS:
-                    unchecked = 0.0
-                    self.store.checkpoint()
-                if self.fleet.notice_external_changes() or idle >= BACKSTOP_SECONDS:
-                    idle = 0.0
-                    self.reconcile()
-            except Exception:  # keep watching whatever one pass hit
-                logger.exception("reconcile")
-
-    def reconcile(self) -> None:
-        """Apply changes other processes made to the store (the CLI): logins and commands."""
-        assert self.fleet is not None
-        for device_id in self.fleet.revoked_devices():
-            if device_id not in self._removed_logins:
-                self._removed_logins.add(device_id)
-                if self.broker is not None:
-                    self.broker.remove_device(device_id)
-        if self.bridge is not None:
-            for record in self.fleet.all_pending_commands():
-                if record.id not in self._published:
-                    self._published.add(record.id)
-                    self.bridge.publish_command(record)
+                assert self.services is not None
+                self.services.devices.flush_activity()
+            except Exception:  # kept for the next flush
+                logger.exception("writing device activity")
 
     def _start_mqtt(self) -> None:
         o = self.options
-        assert self.fleet is not None
+        assert self.services is not None and self.dispatcher is not None
         endpoint = o.mqtt_external
         if endpoint is None:
-            self.broker = MosquittoBroker(
+            broker = self.broker = MosquittoBroker(
                 o.data_dir / "mosquitto", host=o.mqtt_host, port=o.mqtt_port, tls=o.mqtt_tls
             )
-            self.broker.start()
-            self.fleet.enrollment.login_checks.append(self.broker.check_login_free)
-            self.fleet.on_enroll.append(self.broker.add_device)
-            self.fleet.on_revoke.append(self._remove_mqtt_login)
+            broker.start()
+            self.services.enrollment.logins = broker
+            self.dispatcher.on_revoked.append(self._remove_login)
             endpoint = MqttEndpoint(
                 o.mqtt_host if o.mqtt_host not in ("", "0.0.0.0", "::") else "127.0.0.1",
-                self.broker.port,
+                broker.port,
                 CONTROL_PLANE_USER,
-                self.broker.password,
+                broker.password,
                 tls=o.mqtt_tls is not None,
                 ca_cert=str(o.mqtt_tls.ca) if o.mqtt_tls and o.mqtt_tls.ca else None,
             )
@@ -216,22 +219,23 @@ class ControlPlane:
                 endpoint = dataclasses.replace(
                     endpoint, client_cert=str(o.mqtt_tls.cert), client_key=str(o.mqtt_tls.key)
                 )
-        self.bridge = MqttBridge(self.fleet, endpoint)
-        self.fleet.on_command.append(lambda record: self._published.add(record.id))
+        self.bridge = MqttBridge(self.services, endpoint)
+        self.dispatcher.on_pending.append(self.bridge.publish_pending)
+        self.dispatcher.on_revoked.append(self.bridge.forget)
         self.bridge.start()
 
-    def _remove_mqtt_login(self, device_id: str, _: str) -> None:
-        self._removed_logins.add(device_id)
-        if self.broker is not None:
+    def _remove_login(self, device_id: str) -> None:
+        """A revoked device's broker login goes (mosquitto drops its connection on reload)."""
+        if self.broker is not None and device_login(device_id) in self.broker.logins():
             self.broker.remove_device(device_id)
 
     def restart_grpc(self) -> None:
         """Stop the gRPC server and start it again on the same port (tests cut transfers so)."""
-        assert self.fleet is not None and self.grpc is not None
+        assert self.services is not None and self.grpc is not None
         self.grpc.stop(grace=None).wait(5)
         address = f"127.0.0.1:{self.grpc_port}"
         self.grpc, port, servicer = start_grpc_server(
-            self.fleet, address, self.options.grpc_tls, self.options.grpc_workers
+            self.services, self.streams, address, self.options.grpc_tls, self.options.grpc_workers
         )
         assert port == self.grpc_port
         if self.servicer is not None:  # keep counting transfers across the restart
@@ -246,23 +250,25 @@ class ControlPlane:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._reconciler is not None:
-            self._reconciler.join(5)
+        if self._flusher is not None:
+            self._flusher.join(5)
         write_insecure_notice(self.options.data_dir, [])
+        if self.http is not None:
+            self.http.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         if self.bridge is not None:
             self.bridge.stop()
         if self.broker is not None:
             self.broker.stop()
         if self.grpc is not None:
             self.grpc.stop(grace=1).wait(5)
-        if self.fleet is not None:
+        if self.services is not None:
             try:
-                self.fleet.flush_activity()
+                self.services.devices.flush_activity()
             except ControlPlaneError as exc:
                 logger.warning("last-seen times not written at stop: %s", exc)
-        if self.store is not None:
-            self.store.checkpoint()
-            self.store.close()
+            self.services.close()
 
 
 class ServeProcess:
@@ -279,18 +285,21 @@ class ServeProcess:
             "PATH": os.environ.get("PATH", "") + ":/usr/sbin",
         }
         command = [sys.executable, "-m", "control_plane", "serve", "--grpc", "127.0.0.1:0",
-                   "--mqtt", "--mqtt-port", "0", *extra]  # fmt: skip
+                   "--mqtt", "--mqtt-port", "0", "--http", "127.0.0.1:0", *extra]  # fmt: skip
         self.proc = subprocess.Popen(command, env=self.env, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         seen, match = "", None
         while line := self.proc.stderr.readline():  # warnings may come first
             seen += line
-            if match := re.search(r"gRPC on port (\d+), MQTT on port (\d+)", line):
+            if match := re.search(
+                r"gRPC on port (\d+), MQTT on port (\d+), HTTP on port (\d+)", line
+            ):
                 break
         if not match:
             self.proc.kill()
             raise RuntimeError(f"fleetcast serve did not start: {seen}{self.proc.stderr.read()}")
         self.grpc_port, self.mqtt_port = int(match.group(1)), int(match.group(2))
+        self.http_port = int(match.group(3))
         threading.Thread(target=self.proc.stderr.read, daemon=True).start()
 
     def stop(self) -> int:

@@ -7,12 +7,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+STORE_FILE = "store.db"  # the old store's file was fleetcast.db (docs/store.md)
+
 
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path(".fleetcast")
     # a directory of the user's own profiles, overlaid on the built-in ones by id
     profiles_dir: Path | None = None
+    store: str | None = None  # postgresql://…, sqlite:///path, a path, :memory:; None: the data dir
+    public_key: Path | None = None  # None: <data dir>/keys/fleetcast.pub, if it is there
 
     @property
     def key_dir(self) -> Path:
@@ -29,12 +33,24 @@ class Settings:
         user = override or self.profiles_dir
         return [builtin_profiles_dir(), *([user] if user else [])]
 
+    @property
+    def catalog_dir(self) -> Path:
+        """Where the control plane keeps the package files it registered."""
+        return self.data_dir / "catalog"
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///{self.data_dir / STORE_FILE}"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         defaults = cls()
+        key = environ.get("FLEETCAST_PUBLIC_KEY")
         return cls(
             data_dir=Path(environ.get("FLEETCAST_DATA_DIR", defaults.data_dir)),
             profiles_dir=Path(environ["FLEETCAST_PROFILES_DIR"])
             if environ.get("FLEETCAST_PROFILES_DIR")
             else defaults.profiles_dir,
+            store=environ.get("FLEETCAST_STORE") or None,
+            public_key=Path(key) if key else None,
         )

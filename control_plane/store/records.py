@@ -46,6 +46,7 @@ class Device:
     revoked_at: float | None
     last_seen: float | None
     next_version: int
+    uploads_refused: int = 0  # uploads refused over the device's ingest quota
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,15 @@ class DeviceRepo(Protocol):
     ) -> Page[Device]: ...
     def revoke(self, device_id: str, at: float) -> Device: ...
     def touch(self, device_id: str, at: float) -> None: ...
+    def record_activity(
+        self, seen: Mapping[str, float], refused: Mapping[str, int] | None = None
+    ) -> None:
+        """In one transaction: last-seen times (never moved back) and quota refusals to add.
+
+        Unknown device ids are skipped (a device may be gone by the time a batch is written).
+        """
+        ...
+
     def set_labels(self, device_id: str, labels: Mapping[str, str]) -> Device: ...
     def report(
         self,
@@ -94,6 +103,10 @@ class CommandRepo(Protocol):
         self, command_id: str, device_id: str, ok: bool, result: Mapping[str, Any], at: float
     ) -> Command:
         """Record the device's ack; a second ack changes nothing."""
+        ...
+
+    def sent_package(self, device_id: str, sha256: str) -> bool:
+        """Whether a deploy command for package ``sha256`` was ever sent to the device."""
         ...
 
     def list(

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from control_plane.errors import Conflict, ControlPlaneError
+from control_plane.files import make_private_dir, private_file
 from control_plane.quotas import MAX_MESSAGE_BYTES
-from control_plane.store.db import make_private_dir, private_file
 from edge_agent.core.topics import ACL_ROOT, TOPIC_ROOT, device_login
 
 logger = logging.getLogger(__name__)

@@ -1,8 +1,11 @@
-"""The agent-facing gRPC service (protos/fleetcast/v1/agent.proto) over :class:`Fleet`.
+"""The agent-facing gRPC service (protos/fleetcast/v1/agent.proto) over the services.
 
-Thin: each method turns the request into Fleet calls and the answer back.
-Errors map to status codes once, in :func:`_abort`. The device id always
-comes from the credential in the metadata, never from the request body.
+Thin: each method turns the request into service calls and the answer back.
+Domain errors map to status codes once, in :func:`_abort` (:data:`GRPC_STATUS`).
+The device id always comes from the credential in the metadata, never from the
+request body. Command streams and downloads learn of new commands and
+revocations from :class:`StreamRegistry`, which the change dispatcher feeds
+(``transport/changes.py``): one path, no polling of the store.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -30,11 +33,15 @@ from control_plane.errors import (
     Unauthenticated,
     Unavailable,
 )
-from control_plane.fleet import Fleet
 from control_plane.quotas import MAX_MESSAGE_BYTES
+from control_plane.store.records import Command
 from control_plane.transport.limits import CallLimiter, Slot
+from control_plane.transport.streams import StreamRegistry
 from edge_agent.core.topics import device_login, device_prefix
 from edge_agent.proto.fleetcast.v1 import agent_pb2, agent_pb2_grpc
+
+if TYPE_CHECKING:  # the container only: the transports never need Flask
+    from control_plane.app import Fleetcast
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +107,15 @@ class TransferStats:
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(
-        self, fleet: Fleet, poll_seconds: float = 2.0, limiter: CallLimiter | None = None
+        self,
+        services: Fleetcast,
+        streams: StreamRegistry,
+        limiter: CallLimiter | None = None,
+        idle_seconds: float = 2.0,
     ) -> None:
-        self.fleet = fleet
-        self.poll_seconds = poll_seconds
+        self.services = services
+        self.streams = streams
+        self.idle_seconds = idle_seconds  # how often an idle stream checks that its call lives
         self.transfers = TransferStats()
         self.limiter = limiter or CallLimiter(DEFAULT_WORKERS)
 
@@ -112,8 +124,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         header = str(metadata.get("authorization", ""))
         if not header.startswith("Bearer "):
             raise Unauthenticated("missing 'authorization: Bearer <device token>' metadata")
-        device_id = self.fleet.authenticate(header.removeprefix("Bearer ").strip())
-        self.fleet.touch(device_id)
+        device_id = self.services.devices.authenticate(header.removeprefix("Bearer ").strip())
+        self.services.devices.touch(device_id)
         return device_id
 
     def _admit(
@@ -135,7 +147,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             "execution_providers": list(request.host.execution_providers),
             "agent_version": request.host.agent_version,
         }
-        creds = self.fleet.enroll(request.enrollment_token, request.device_id, host)
+        creds = self.services.enrollment.enroll(request.enrollment_token, request.device_id, host)
         return agent_pb2.EnrollResponse(
             device_id=creds.device_id,
             device_token=creds.device_token,
@@ -157,32 +169,39 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def _command_stream(
         self, device_id: str, slot: Slot, request_iterator: Any, context: grpc.ServicerContext
     ) -> Iterator[Any]:
-        if slot.replacing:
-            self.fleet.wake()  # the stream this one replaces ends at once
-        done = threading.Event()
-        context.add_callback(done.set)
-        reader = threading.Thread(
-            target=self._read_acks, args=(device_id, request_iterator, done), daemon=True
-        )
-        reader.start()
-        sent: set[str] = set()
-        while not done.is_set() and context.is_active():
-            if slot.replaced.is_set():
-                logger.info("command stream of %s replaced by a newer one", device_id)
-                return
-            if not self.fleet.is_active(device_id):
-                raise Unauthenticated(f"device {device_id!r} is revoked")
-            for record in self.fleet.pending_commands(device_id):
-                if record.id in sent:
-                    continue
-                sent.add(record.id)
-                yield agent_pb2.Command(
-                    command_id=record.id,
-                    execution_version=record.execution_version,
-                    kind=record.kind,
-                    body_json=json.dumps(record.body, sort_keys=True),
-                )
-            self.fleet.wait_for_change(self.poll_seconds)
+        stream = self.streams.open(device_id)
+        try:
+            if slot.replacing:
+                self.streams.wake(device_id)  # the stream this one replaces ends at once
+            done = threading.Event()
+            context.add_callback(done.set)
+            context.add_callback(stream.wake.set)
+            reader = threading.Thread(
+                target=self._read_acks, args=(device_id, request_iterator, done), daemon=True
+            )
+            reader.start()
+            sent: set[str] = set()
+            commands: list[Command] | None = self.services.commands.pending(device_id)
+            while not done.is_set() and context.is_active():
+                if slot.replaced.is_set():
+                    logger.info("command stream of %s replaced by a newer one", device_id)
+                    return
+                if stream.revoked:
+                    raise Unauthenticated(f"device {device_id!r} is revoked")
+                for record in commands or ():
+                    if record.id in sent:
+                        continue
+                    sent.add(record.id)
+                    yield agent_pb2.Command(
+                        command_id=record.id,
+                        execution_version=record.execution_version,
+                        kind=record.kind,
+                        body_json=json.dumps(record.body, sort_keys=True),
+                    )
+                stream.wake.wait(self.idle_seconds)
+                commands = self.streams.take(stream)
+        finally:
+            self.streams.close(stream)
 
     def _read_acks(self, device_id: str, requests: Any, done: threading.Event) -> None:
         try:
@@ -195,7 +214,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                             "error": ack.error,
                             **(detail if isinstance(detail, dict) else {}),
                         }
-                        self.fleet.ack_command(device_id, ack.command_id, ack.ok, result)
+                        self.services.commands.ack(device_id, ack.command_id, ack.ok, result)
                     except (ControlPlaneError, ValueError) as exc:
                         logger.warning("ack from %s rejected: %s", device_id, exc)
         except grpc.RpcError:
@@ -214,7 +233,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def _download(
         self, device_id: str, request: Any, context: grpc.ServicerContext
     ) -> Iterator[Any]:
-        path = self.fleet.package_for_device(device_id, request.sha256)
+        path = self.services.packages.path_for_device(device_id, request.sha256)
         total = path.stat().st_size
         if request.offset > total:
             context.abort(
@@ -226,7 +245,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             digest.update(handle.read(request.offset))  # the hash covers the whole file
             offset = request.offset
             while True:
-                if offset > request.offset and not self.fleet.is_active(device_id):
+                if offset > request.offset and self.streams.is_revoked(device_id):
                     raise Unauthenticated(f"device {device_id!r} is revoked")
                 data = handle.read(size)
                 digest.update(data)
@@ -247,7 +266,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def UploadTelemetry(self, request: Any, context: grpc.ServicerContext) -> Any:
         device_id, slot = self._admit(context)
         try:
-            result = self.fleet.ingest(
+            result = self.services.ingest.ingest(
                 device_id, ((i.seq, i.kind, i.body_json) for i in request.items), "grpc"
             )
         finally:
@@ -265,7 +284,8 @@ class TlsConfig:
 
 
 def start_grpc_server(
-    fleet: Fleet,
+    services: Fleetcast,
+    streams: StreamRegistry,
     address: str = "127.0.0.1:0",
     tls: TlsConfig | None = None,
     workers: int = DEFAULT_WORKERS,
@@ -289,7 +309,7 @@ def start_grpc_server(
             ("grpc.http2.max_pings_without_data", 0),
         ],
     )
-    servicer = AgentServicer(fleet, limiter=CallLimiter(workers))
+    servicer = AgentServicer(services, streams, limiter=CallLimiter(workers))
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     if tls is None:
         port = server.add_insecure_port(address)

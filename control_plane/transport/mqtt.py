@@ -1,6 +1,9 @@
 """The control plane's side of MQTT: commands down, acks/telemetry/block requests up.
 
-paho callbacks only enqueue; one worker thread parses and calls :class:`Fleet`.
+paho callbacks only enqueue; one worker thread parses and calls the services.
+Commands go down through one trigger: the change dispatcher hands the pending
+commands to :meth:`MqttBridge.publish_pending`, which publishes the ones not
+yet published (a device that comes online gets its pending ones again).
 The device id of a message is the one in its topic: the broker's ACL lets a
 device publish only under its own prefix, so the topic is as good as a login.
 A malformed payload is logged and answered with an error where the device
@@ -15,17 +18,20 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from control_plane.errors import ControlPlaneError, ResourceExhausted, Unavailable
-from control_plane.fleet import CommandRecord, Fleet
 from control_plane.quotas import MAX_MESSAGE_BYTES
+from control_plane.store.records import Command
 from edge_agent.core.frames import MAX_BLOCK, encode_block
 from edge_agent.core.topics import TOPIC_ROOT
 from edge_agent.transport.mqtt import no_delay
+
+if TYPE_CHECKING:  # the container only: the transports never need Flask
+    from control_plane.app import Fleetcast
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +52,14 @@ class MqttEndpoint:
 
 
 class MqttBridge:
-    def __init__(self, fleet: Fleet, endpoint: MqttEndpoint) -> None:
-        self.fleet = fleet
+    def __init__(self, services: Fleetcast, endpoint: MqttEndpoint) -> None:
+        self.services = services
         self.endpoint = endpoint
         self.rejected = 0
         self.blocks_served = 0
         self._active: dict[str, tuple[bool, float]] = {}  # device -> (active, checked at)
+        self._published: set[str] = set()  # ids of pending commands published already
+        self._published_lock = threading.Lock()
         self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -71,7 +79,6 @@ class MqttBridge:
         self._client.on_connect = self._on_connect
         self._client.on_message = lambda _c, _u, message: self._queue.put(message)
         self._worker = threading.Thread(target=self._work, name="mqtt-bridge", daemon=True)
-        fleet.on_command.append(self.publish_command)
 
     def start(self) -> None:
         self._worker.start()
@@ -100,7 +107,20 @@ class MqttBridge:
             # not connected: the device gets it on its next status/online resend
             logger.info("MQTT publish to %s deferred: %s", topic, mqtt.error_string(info.rc))
 
-    def publish_command(self, record: CommandRecord) -> None:
+    def publish_pending(self, pending: list[Command]) -> None:
+        """Publish the pending commands not published yet (the change dispatcher calls this)."""
+        with self._published_lock:
+            ids = {c.id for c in pending}
+            fresh = [c for c in pending if c.id not in self._published]
+            self._published = (self._published & ids) | {c.id for c in fresh}
+        for record in fresh:
+            self.publish_command(record)
+
+    def forget(self, device_id: str) -> None:
+        """A device was revoked: refuse its messages from now on (the dispatcher calls this)."""
+        self._active[device_id] = (False, time.monotonic())
+
+    def publish_command(self, record: Command) -> None:
         payload = {
             "command_id": record.id,
             "execution_version": record.execution_version,
@@ -110,7 +130,7 @@ class MqttBridge:
         self._publish(f"{TOPIC_ROOT}/{record.device_id}/commands", json.dumps(payload))
 
     def resend_pending(self, device_id: str) -> None:
-        for record in self.fleet.pending_commands(device_id):
+        for record in self.services.commands.pending(device_id):
             self.publish_command(record)
 
     # -- uplink
@@ -152,7 +172,7 @@ class MqttBridge:
                 self._telemetry_ack(device_id, [], [], [f"payload is not a JSON object: {exc}"])
             return
         if leaf == "status":
-            self.fleet.touch(device_id)
+            self.services.devices.touch(device_id)
             if body.get("online"):
                 self.resend_pending(device_id)
         elif leaf == "acks":
@@ -167,7 +187,7 @@ class MqttBridge:
         now = time.monotonic()
         cached = self._active.get(device_id)
         if cached is None or now - cached[1] > ACTIVE_TTL:
-            cached = (self.fleet.is_active(device_id), now)
+            cached = (self.services.devices.is_active(device_id), now)
             self._active[device_id] = cached
         return cached[0]
 
@@ -178,7 +198,7 @@ class MqttBridge:
     def _ack(self, device_id: str, body: dict[str, Any]) -> None:
         try:
             detail = body.get("detail") if isinstance(body.get("detail"), dict) else {}
-            self.fleet.ack_command(
+            self.services.commands.ack(
                 device_id,
                 str(body["command_id"]),
                 bool(body.get("ok")),
@@ -202,7 +222,7 @@ class MqttBridge:
                 if isinstance(seq, int):
                     bad.append(seq)
         try:
-            result = self.fleet.ingest(device_id, parsed, "mqtt")
+            result = self.services.ingest.ingest(device_id, parsed, "mqtt")
         except (ResourceExhausted, Unavailable) as exc:  # not stored: the device resends later
             self._telemetry_ack(device_id, [], [], [str(exc)])
             return
@@ -220,7 +240,7 @@ class MqttBridge:
             request = json.loads(raw)
             sha256, offset = str(request["sha256"]), int(request["offset"])
             length = min(int(request.get("length") or MAX_BLOCK), MAX_BLOCK)
-            path = self.fleet.package_for_device(device_id, sha256)
+            path = self.services.packages.path_for_device(device_id, sha256)
         except (ValueError, KeyError, TypeError, ControlPlaneError) as exc:
             self._reject(topic, f"block request: {exc}")
             self._publish(topic, encode_block({"error": f"block request: {exc}"}, b""))

@@ -168,7 +168,7 @@ def control_plane(
     (data / "keys" / "fleetcast.pub").write_bytes(keys.public.read_bytes())
     env = {**installed.env, "FLEETCAST_DATA_DIR": str(data)}
     proc = subprocess.Popen(
-        ["fleetcast", "serve", "--grpc", "127.0.0.1:0"],
+        ["fleetcast", "serve", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"],
         cwd=installed.home, env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stderr is not None

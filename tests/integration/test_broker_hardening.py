@@ -50,13 +50,13 @@ def _item(device: str, seq: int, pad: int = 0) -> dict[str, Any]:
 def test_a_device_cannot_take_over_the_control_planes_broker_login(
     plane: ControlPlane, tmp_path: Path
 ) -> None:
-    assert plane.fleet is not None and plane.broker is not None
+    assert plane.services is not None and plane.broker is not None
     target = f"127.0.0.1:{plane.grpc_port}"
     before = {line.split(":")[0]: line for line in plane.broker.passwd.read_text().splitlines()}
 
     with pytest.raises(InvalidInput, match="'fleetcast-control-plane' is reserved"):
-        plane.fleet.create_enrollment_token("op", CONTROL_PLANE_USER)
-    unbound = plane.fleet.create_enrollment_token("op")
+        plane.services.enrollment.create_token("op", CONTROL_PLANE_USER)
+    unbound = plane.services.enrollment.create_token("op")
     with pytest.raises(TransportError, match="INVALID_ARGUMENT: device id 'fleetcast-control"):
         enroll(target, unbound, CONTROL_PLANE_USER, HOST)
 
@@ -72,7 +72,7 @@ def test_a_device_cannot_take_over_the_control_planes_broker_login(
     # the control plane's own MQTT login still works: its commands reach the device
     device = _mqtt_device(plane, "dev-a", creds, tmp_path)
     try:
-        record = plane.fleet.send_command("dev-a", "config", {"window_seconds": 5}, "op")
+        record = plane.services.commands.send("dev-a", "config", {"window_seconds": 5}, "op")
         commands: list[Any] = []
         assert wait_until(lambda: commands.extend(device.poll_commands(0.2)) or commands)
         assert commands[0].id == record.id
@@ -81,12 +81,12 @@ def test_a_device_cannot_take_over_the_control_planes_broker_login(
 
 
 def test_ids_colliding_with_a_broker_login_are_refused(plane: ControlPlane) -> None:
-    assert plane.fleet is not None and plane.broker is not None
+    assert plane.services is not None and plane.broker is not None
     # a login left in the password file (an operator's, or a device whose removal failed)
     plane.broker._passwd("-b", str(plane.broker.passwd), "devices/dev-stale", "old-password")
     with pytest.raises(Conflict, match="broker already has a login 'devices/dev-stale'"):
-        plane.fleet.create_enrollment_token("op", "dev-stale")
-    unbound = plane.fleet.create_enrollment_token("op")
+        plane.services.enrollment.create_token("op", "dev-stale")
+    unbound = plane.services.enrollment.create_token("op")
     with pytest.raises(TransportError, match="ALREADY_EXISTS: .*already has a login"):
         enroll(f"127.0.0.1:{plane.grpc_port}", unbound, "dev-stale", HOST)
     line = next(x for x in plane.broker.passwd.read_text().splitlines() if "dev-stale" in x)
@@ -105,16 +105,17 @@ def test_reconcile_after_a_restart_tolerates_an_already_removed_login(
     )
     first = ControlPlane(options).start()
     try:
-        assert first.fleet is not None
+        assert first.services is not None
         enroll_device(first, "dev-a")
-        first.fleet.revoke("dev-a", "op")  # removes the login
+        first.services.devices.revoke("dev-a", "op")  # removes the login
     finally:
         first.stop()
     second = ControlPlane(options).start()
     try:
         assert second.broker is not None
         assert "devices/dev-a" not in second.broker.logins()
-        second.reconcile()  # removing it again is done, not an error
+        assert second.dispatcher is not None  # a fresh start re-reads every revoked device
+        second.dispatcher.apply(frozenset({"*"}))  # removing it again is done, not an error
         second.broker.remove_device("dev-a")
         assert second.broker.running
     finally:
@@ -125,7 +126,7 @@ def test_reconcile_after_a_restart_tolerates_an_already_removed_login(
 
 
 def test_a_huge_mqtt_message_is_not_stored(plane: ControlPlane) -> None:
-    assert plane.fleet is not None and plane.mqtt_port is not None
+    assert plane.services is not None and plane.mqtt_port is not None
     creds = enroll_device(plane, "dev-a")
     device = RawMqtt(plane.mqtt_port, creds["mqtt_username"], creds["mqtt_password"], "big")
     try:
@@ -138,7 +139,7 @@ def test_a_huge_mqtt_message_is_not_stored(plane: ControlPlane) -> None:
     again = RawMqtt(plane.mqtt_port, creds["mqtt_username"], creds["mqtt_password"], "small")
     try:
         again.publish(f"{TOPIC_ROOT}/dev-a/telemetry", json.dumps({"items": [_item("dev-a", 2)]}))
-        assert wait_until(lambda: [u["seq"] for u in plane.fleet.uploads()] == [2])  # type: ignore[union-attr]
+        assert wait_until(lambda: [u.seq for u in plane.services.ingest.all()] == [2])  # type: ignore[union-attr]
     finally:
         again.close()
     conf = plane.broker.conf.read_text()  # type: ignore[union-attr]
@@ -148,13 +149,13 @@ def test_a_huge_mqtt_message_is_not_stored(plane: ControlPlane) -> None:
 def test_mqtt_uploads_over_quota_are_refused_counted_and_resent(
     plane: ControlPlane, tmp_path: Path
 ) -> None:
-    assert plane.fleet is not None
+    assert plane.services is not None
     creds = enroll_device(plane, "dev-a")
     now = [0.0]
-    plane.fleet.quota.limits = QuotaLimits(
+    plane.services.ingest.quota.limits = QuotaLimits(
         bytes_per_second=100, burst_bytes=400, items_per_second=1, burst_items=50
     )
-    plane.fleet.quota.clock = lambda: now[0]
+    plane.services.ingest.quota.clock = lambda: now[0]
     device = _mqtt_device(plane, "dev-a", creds, tmp_path)
     msgs = [
         OutboxMessage(i, "status", {"device_id": "dev-a", "sequence": i, "pad": "x" * 150}, 1)
@@ -164,11 +165,11 @@ def test_mqtt_uploads_over_quota_are_refused_counted_and_resent(
         assert sorted(device.send(msgs[:2])) == [1, 2]
         with pytest.raises(TransportError, match="over its upload quota"):
             device.send(msgs[2:])
-        assert [u["seq"] for u in plane.fleet.uploads()] == [1, 2]
-        assert plane.fleet.devices()[0]["uploads_refused"] == 1
+        assert [u.seq for u in plane.services.ingest.all()] == [1, 2]
+        assert plane.services.devices.list().items[0].uploads_refused == 1
         now[0] += 10
         assert sorted(device.send(msgs[2:])) == [3, 4]
-        assert [u["seq"] for u in plane.fleet.uploads()] == [1, 2, 3, 4]
+        assert [u.seq for u in plane.services.ingest.all()] == [1, 2, 3, 4]
     finally:
         device.close()
 
@@ -176,11 +177,11 @@ def test_mqtt_uploads_over_quota_are_refused_counted_and_resent(
 def test_mqtt_block_requests_are_scoped_to_the_device(
     plane: ControlPlane, package: Path, tmp_path: Path
 ) -> None:
-    assert plane.fleet is not None
+    assert plane.services is not None
     a = enroll_device(plane, "dev-a")
     b = enroll_device(plane, "dev-b")
     sha = hashlib.sha256(package.read_bytes()).hexdigest()
-    plane.fleet.send_command("dev-a", "deploy", {"sha256": sha}, "op")
+    plane.services.commands.send("dev-a", "deploy", {"sha256": sha}, "op")
     thief = _mqtt_device(plane, "dev-b", b, tmp_path)
     owner = _mqtt_device(plane, "dev-a", a, tmp_path)
     try:
@@ -206,7 +207,7 @@ def test_data_files_are_private(plane: ControlPlane) -> None:
 
     assert mode(data_dir) == 0o700
     assert mode(plane.broker.directory) == 0o700
-    for path in [data_dir / "fleetcast.db", *data_dir.glob("fleetcast.db-*")]:
+    for path in [data_dir / "store.db", *data_dir.glob("store.db-*")]:
         assert mode(path) == 0o600, path
     for path in plane.broker.directory.iterdir():  # passwd, acl, conf, log, CP secret
         assert mode(path) == 0o600, path

@@ -30,6 +30,8 @@ COMMANDS = [
     (["devices", "list"], ""),
     (["devices", "revoke", "dev-x"], "device 'dev-x' is not enrolled"),
     (["deploy", "dev-x", "{tmp}/junk.fcpkg"], "run `fleetcast keys generate`"),
+    (["store", "import-old", "missing.db"], "does not exist"),
+    (["store", "import-old", "{tmp}/junk.fcpkg"], "not a fleetcast store"),
     (["certs", "device", "dev-x"], "run `fleetcast certs init"),
     (["certs", "server", "--host", "cp.test"], "run `fleetcast certs init"),
     (["certs", "init", "--host", "cp.test"], "CA:"),
@@ -62,7 +64,16 @@ def test_each_command_on_an_empty_data_dir(tmp_path: Path, args: list[str], says
 def test_serve_on_an_empty_data_dir_starts_and_says_what_is_missing(tmp_path: Path) -> None:
     env = {**os.environ, "FLEETCAST_DATA_DIR": str(tmp_path / "data")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "control_plane", "serve", "--grpc", "127.0.0.1:0"],
+        [
+            sys.executable,
+            "-m",
+            "control_plane",
+            "serve",
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ],
         env=env,
         cwd=tmp_path,
         stderr=subprocess.PIPE,

@@ -39,13 +39,13 @@ def _agent(plane: ControlPlane, kind: str, device_id: str, keys: Any, tmp_path: 
 
 
 def _deploy(plane: ControlPlane, agent: Agent, package: Path) -> str:
-    assert plane.fleet is not None
+    assert plane.services is not None
     sha = hashlib.sha256(package.read_bytes()).hexdigest()
-    record = plane.fleet.send_command(
+    record = plane.services.commands.send(
         agent.settings.device_id, "deploy", {"sha256": sha}, "test-operator"
     )
-    assert wait_until(lambda: plane.fleet.command(record.id).status != "pending")  # type: ignore[union-attr]
-    return plane.fleet.command(record.id).status
+    assert wait_until(lambda: plane.services.commands.get(record.id).status != "pending")  # type: ignore[union-attr]
+    return plane.services.commands.get(record.id).status
 
 
 def _score(agent: Agent, rows: np.ndarray, seconds: float) -> int:
@@ -63,9 +63,9 @@ def _score(agent: Agent, rows: np.ndarray, seconds: float) -> int:
 
 
 def _ingested_rows(plane: ControlPlane, device_id: str) -> tuple[int, int]:
-    assert plane.fleet is not None
-    windows = plane.fleet.uploads(device_id, "telemetry_window")
-    return sum(json.loads(w["body_json"])["rows"] for w in windows), len(windows)
+    assert plane.services is not None
+    windows = plane.services.ingest.all(device_id, "telemetry_window")
+    return sum(json.loads(w.body_json)["rows"] for w in windows), len(windows)
 
 
 @pytest.mark.parametrize("kind", ["grpc", "mqtt"])
@@ -109,7 +109,7 @@ def test_every_window_arrives_once_across_an_outage(
 def test_commands_run_once_and_bad_packages_are_refused(
     plane: ControlPlane, package: Path, keys: Any, tmp_path: Path, kind: str
 ) -> None:
-    assert plane.fleet is not None
+    assert plane.services is not None
     agent = _agent(plane, kind, f"dev-{kind}", keys, tmp_path)
     try:
         assert _deploy(plane, agent, package) == "ok"
@@ -117,30 +117,24 @@ def test_commands_run_once_and_bad_packages_are_refused(
         assert installs is not None and installs.detail["package_id"].startswith("digits-mlp")
         # the same command delivered again (a lost ack): acked again, not installed again
         pointer = agent.installed()["digits-mlp"]
-        assert plane.fleet.pending_commands(agent.settings.device_id) == []
+        assert plane.services.commands.pending(agent.settings.device_id) == []
         from edge_agent.transport.base import Command
 
-        record = next(
-            plane.fleet.store.db.table("commands").rows_where(
-                "device_id = ?", [agent.settings.device_id]
-            )
-        )
+        (record,) = plane.services.commands.list(device_id=agent.settings.device_id).items
         agent.handle_command(
-            Command(
-                record["id"],
-                "deploy",
-                json.loads(record["body_json"]),
-                execution_version=record["execution_version"],
-            )
+            Command(record.id, "deploy", record.body, execution_version=record.execution_version)
         )
         assert agent.installed()["digits-mlp"] == pointer
         # a deploy of a package the catalog does not hold is refused at the source
         with pytest.raises(Exception, match="not in the catalog"):
-            plane.fleet.send_command(agent.settings.device_id, "deploy", {"sha256": "e" * 64}, "op")
+            plane.services.commands.send(
+                agent.settings.device_id, "deploy", {"sha256": "e" * 64}, "op"
+            )
         # a command kind the agent does not know is acked as failed, and it keeps serving
-        odd = plane.fleet.send_command(agent.settings.device_id, "capture", {"rate": 7}, "op")
-        assert wait_until(lambda: plane.fleet.command(odd.id).status == "failed")  # type: ignore[union-attr]
-        result = json.loads(plane.fleet.store.db.table("commands").get(odd.id)["result_json"])
+        odd = plane.services.commands.send(agent.settings.device_id, "capture", {"rate": 7}, "op")
+        assert wait_until(lambda: plane.services.commands.get(odd.id).status == "failed")  # type: ignore[union-attr]
+        result = plane.services.commands.get(odd.id).result
+        assert result is not None
         assert "capture rate 7.0 is not within [0, 1]" in result["error"]
         outputs, _ = agent.predict("digits-mlp", {"input": np.zeros((1, 64), np.float32)})
         assert outputs["output"].shape == (1, 10)

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
+from control_plane.app import sqlite_path
 from control_plane.errors import Unauthenticated
 from control_plane.server import ControlPlane, ServeOptions
 from edge_agent.outbox import OutboxMessage
@@ -77,7 +78,7 @@ def test_idle_streams_of_one_device_do_not_starve_the_others(tmp_path: Path, key
             grpc_workers=16,  # as the audit ran it; the same code path as 512
         )
     ).start()
-    assert plane.fleet is not None
+    assert plane.services is not None
     hog = enroll_device(plane, "dev-hog")
     other = enroll_device(plane, "dev-b")
     streams: list[IdleStream] = []
@@ -97,7 +98,7 @@ def test_idle_streams_of_one_device_do_not_starve_the_others(tmp_path: Path, key
         assert list(reply.acked) == [1]
         b_stream = IdleStream(stub, other)
         streams.append(b_stream)
-        record = plane.fleet.send_command("dev-b", "config", {"window_seconds": 5}, "op")
+        record = plane.services.commands.send("dev-b", "config", {"window_seconds": 5}, "op")
         assert wait_until(lambda: [c.command_id for c in b_stream.received] == [record.id])
         assert enroll_device(plane, "dev-new")["device_id"] == "dev-new"
 
@@ -116,13 +117,20 @@ def test_idle_streams_of_one_device_do_not_starve_the_others(tmp_path: Path, key
 # ------------------------------------------------------------------ enrollment tokens expire
 
 
+def _store_path(plane: ControlPlane) -> Path:
+    assert plane.services is not None
+    path = sqlite_path(plane.services.settings.store_url)
+    assert path is not None
+    return path
+
+
 def test_enrollment_tokens_expire(plane: ControlPlane) -> None:
-    assert plane.fleet is not None
+    assert plane.services is not None
     target = f"127.0.0.1:{plane.grpc_port}"
     now = [time.time()]
-    plane.fleet.enrollment.clock = lambda: now[0]
-    default = plane.fleet.create_enrollment_token("op", "dev-late")
-    short = plane.fleet.create_enrollment_token("op", "dev-short", ttl=90)
+    plane.services.enrollment.clock = lambda: now[0]
+    default = plane.services.enrollment.create_token("op", "dev-late")
+    short = plane.services.enrollment.create_token("op", "dev-short", ttl=90)
     now[0] += 91
     with pytest.raises(TransportError, match="UNAUTHENTICATED: enrollment token expired"):
         enroll(target, short, "dev-short", HOST)
@@ -130,16 +138,18 @@ def test_enrollment_tokens_expire(plane: ControlPlane) -> None:
     with pytest.raises(TransportError, match="expired .* mint a new one"):
         enroll(target, default, "dev-late", HOST)
     # a token stored without an expiry (an older store) expires 24 h after creation
-    fresh = plane.fleet.create_enrollment_token("op", "dev-old")
-    with plane.fleet.store.session() as db:
-        db.execute(
+    fresh = plane.services.enrollment.create_token("op", "dev-old")
+    old = sqlite3.connect(_store_path(plane))
+    with old:
+        old.execute(
             "UPDATE enrollment_tokens SET created_at = ?, expires_at = NULL WHERE device_id = ?",
             [now[0] - 400 * 86400, "dev-old"],
         )
+    old.close()
     with pytest.raises(TransportError, match="expired"):
         enroll(target, fresh, "dev-old", HOST)
-    assert [d["id"] for d in plane.fleet.devices()] == []
-    ok = plane.fleet.create_enrollment_token("op", "dev-ok")
+    assert [d.id for d in plane.services.devices.list().items] == []
+    ok = plane.services.enrollment.create_token("op", "dev-ok")
     assert enroll(target, ok, "dev-ok", HOST)["device_id"] == "dev-ok"
 
 
@@ -147,10 +157,10 @@ def test_enrollment_tokens_expire(plane: ControlPlane) -> None:
 
 
 def test_a_locked_store_answers_unavailable_instead_of_stalling(plane: ControlPlane) -> None:
-    assert plane.fleet is not None and plane.store is not None and plane.store.path is not None
+    assert plane.services is not None
     creds = enroll_device(plane, "dev-a")
-    token = plane.fleet.create_enrollment_token("op", "dev-z")
-    other = sqlite3.connect(plane.store.path, timeout=0)
+    token = plane.services.enrollment.create_token("op", "dev-z")
+    other = sqlite3.connect(_store_path(plane), timeout=0)
     with grpc.insecure_channel(f"127.0.0.1:{plane.grpc_port}") as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         try:
@@ -174,7 +184,7 @@ def test_a_locked_store_answers_unavailable_instead_of_stalling(plane: ControlPl
             stream = IdleStream(stub, creds)
             try:
                 other.rollback()
-                record = plane.fleet.send_command("dev-a", "config", {"a": 1}, "op")
+                record = plane.services.commands.send("dev-a", "config", {"a": 1}, "op")
                 other.execute("BEGIN IMMEDIATE")
                 other.execute("UPDATE devices SET host_json = host_json")
                 assert wait_until(lambda: [c.command_id for c in stream.received] == [record.id])
@@ -187,10 +197,8 @@ def test_a_locked_store_answers_unavailable_instead_of_stalling(plane: ControlPl
             agent_pb2.UploadRequest(items=[_status("dev-a", 1)]), metadata=_auth(creds), timeout=10
         )
         assert list(reply.acked) == [1]
-    plane.fleet.flush_activity()  # last-seen is written in batches, not on every call
-    with plane.store.session() as db:
-        (row,) = db.query("SELECT last_seen FROM devices WHERE id = 'dev-a'")
-    assert row["last_seen"] is not None
+    plane.services.devices.flush_activity()  # last-seen is written in batches, not on every call
+    assert plane.services.repos.devices.get("dev-a").last_seen is not None
     assert enroll(f"127.0.0.1:{plane.grpc_port}", token, "dev-z", HOST)["device_id"] == "dev-z"
 
 
@@ -200,11 +208,11 @@ def test_a_locked_store_answers_unavailable_instead_of_stalling(plane: ControlPl
 def test_a_device_downloads_only_packages_deployed_to_it(
     plane: ControlPlane, package: Path, tmp_path: Path
 ) -> None:
-    assert plane.fleet is not None
+    assert plane.services is not None
     a = enroll_device(plane, "dev-a")
     b = enroll_device(plane, "dev-b")
     sha = hashlib.sha256(package.read_bytes()).hexdigest()
-    plane.fleet.send_command("dev-a", "deploy", {"sha256": sha}, "op")
+    plane.services.commands.send("dev-a", "deploy", {"sha256": sha}, "op")
     target = f"127.0.0.1:{plane.grpc_port}"
     thief = GrpcTransport(target, b["device_token"], tmp_path / "b")
     owner = GrpcTransport(target, a["device_token"], tmp_path / "a")
@@ -218,11 +226,11 @@ def test_a_device_downloads_only_packages_deployed_to_it(
 
 
 def test_revoking_stops_a_download_in_flight(plane: ControlPlane, package: Path) -> None:
-    assert plane.fleet is not None and plane.servicer is not None
+    assert plane.services is not None and plane.servicer is not None
     creds = enroll_device(plane, "dev-a")
     data = package.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
-    plane.fleet.send_command("dev-a", "deploy", {"sha256": sha}, "op")
+    plane.services.commands.send("dev-a", "deploy", {"sha256": sha}, "op")
     # One-byte chunks and a fixed 64 KiB HTTP/2 window (no BDP probing): the file is
     # many windows long on the wire, so the server cannot have produced it all before
     # the revoke, whatever the scheduling on a loaded machine.
@@ -238,13 +246,13 @@ def test_revoking_stops_a_download_in_flight(plane: ControlPlane, package: Path)
             for piece in call:
                 received += len(piece.data)
                 if received == 1:  # the first chunk is in: revoke, then read on
-                    plane.fleet.revoke("dev-a", "op")
+                    plane.services.devices.revoke("dev-a", "op")
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "revoked" in info.value.details()
     # flow control lets a few chunks be in flight; far fewer than the file
     assert received < len(data) // 2, (received, len(data))
     with pytest.raises(Unauthenticated):
-        plane.fleet.authenticate(creds["device_token"])
+        plane.services.devices.authenticate(creds["device_token"])
 
 
 def test_uploads_over_quota_are_refused_counted_and_kept(
@@ -252,13 +260,13 @@ def test_uploads_over_quota_are_refused_counted_and_kept(
 ) -> None:
     from control_plane.quotas import QuotaLimits
 
-    assert plane.fleet is not None
+    assert plane.services is not None
     creds = enroll_device(plane, "dev-a")
     now = [0.0]
-    plane.fleet.quota.limits = QuotaLimits(
+    plane.services.ingest.quota.limits = QuotaLimits(
         bytes_per_second=100, burst_bytes=200, items_per_second=1, burst_items=5
     )
-    plane.fleet.quota.clock = lambda: now[0]
+    plane.services.ingest.quota.clock = lambda: now[0]
     transport = GrpcTransport(f"127.0.0.1:{plane.grpc_port}", creds["device_token"], tmp_path)
     msgs = [
         OutboxMessage(i, "status", {"device_id": "dev-a", "sequence": i, "pad": "x" * 40}, 1)
@@ -268,14 +276,14 @@ def test_uploads_over_quota_are_refused_counted_and_kept(
         assert sorted(transport.send(msgs[:2])) == [1, 2]  # ~2 x 88 bytes of 200
         with pytest.raises(TransportError, match="RESOURCE_EXHAUSTED: .*over its upload quota"):
             transport.send(msgs[2:])
-        assert [u["seq"] for u in plane.fleet.uploads()] == [1, 2]  # nothing of it stored
-        (device,) = plane.fleet.devices()
-        assert device["uploads_refused"] == 1
+        assert [u.seq for u in plane.services.ingest.all()] == [1, 2]  # nothing of it stored
+        (device,) = plane.services.devices.list().items
+        assert device.uploads_refused == 1
         now[0] += 10  # the bucket refills; the device sends the same messages again
         assert sorted(transport.send(msgs[2:])) == [3, 4]
-        assert [u["seq"] for u in plane.fleet.uploads()] == [1, 2, 3, 4]
+        assert [u.seq for u in plane.services.ingest.all()] == [1, 2, 3, 4]
     finally:
         transport.close()
-    plane.fleet.flush_activity()
-    (device,) = plane.fleet.devices()
-    assert device["uploads_refused"] == 1
+    plane.services.devices.flush_activity()
+    (device,) = plane.services.devices.list().items
+    assert device.uploads_refused == 1

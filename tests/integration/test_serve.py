@@ -95,7 +95,7 @@ def test_mqtt_over_tls(tmp_path: Path, keys: Any) -> None:
         )
     ).start()
     try:
-        assert plane.fleet is not None and plane.mqtt_port is not None
+        assert plane.services is not None and plane.mqtt_port is not None
         creds = enroll_device(plane, "dev-tls")
         device = MqttTransport(
             "localhost",
@@ -107,7 +107,7 @@ def test_mqtt_over_tls(tmp_path: Path, keys: Any) -> None:
         )
         try:
             assert device.connected.wait(10)
-            record = plane.fleet.send_command("dev-tls", "config", {"window_seconds": 5}, "op")
+            record = plane.services.commands.send("dev-tls", "config", {"window_seconds": 5}, "op")
             commands: list[Any] = []
             assert wait_until(lambda: commands.extend(device.poll_commands(0.2)) or commands)
             assert commands[0].id == record.id

@@ -199,7 +199,7 @@ def test_mutual_tls_on_both_transports(tmp_path: Path, keys: Any) -> None:
         )
     ).start()
     try:
-        assert plane.fleet is not None
+        assert plane.services is not None
         client = GrpcTls(ca=ca.cert, cert=device.cert, key=device.key)
         state = tmp_path / "state"
         save_credentials(state, enroll_device(plane, "dev-m", tls=client))
@@ -211,7 +211,9 @@ def test_mutual_tls_on_both_transports(tmp_path: Path, keys: Any) -> None:
             try:
                 if scheme == "mqtt":
                     assert transport.connected.wait(10)
-                record = plane.fleet.send_command("dev-m", "config", {"window_seconds": 5}, "op")
+                record = plane.services.commands.send(
+                    "dev-m", "config", {"window_seconds": 5}, "op"
+                )
                 got: list[Any] = []
                 assert wait_until(
                     lambda t=transport, c=got, r=record: (
@@ -219,7 +221,9 @@ def test_mutual_tls_on_both_transports(tmp_path: Path, keys: Any) -> None:
                     )
                 )
                 transport.ack(next(c for c in got if c.id == record.id), True)
-                assert wait_until(lambda r=record, f=plane.fleet: f.command(r.id).status == "ok")
+                assert wait_until(
+                    lambda r=record, f=plane.services: f.commands.get(r.id).status == "ok"
+                )
             finally:
                 transport.close()
         # the CA alone is not enough on MQTT either: no client certificate, no session

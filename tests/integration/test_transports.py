@@ -35,10 +35,10 @@ def _msg(msg_id: int, device: str, seq: int, kind: str = "status") -> OutboxMess
 
 
 def test_enrollment_token_is_one_time_and_bound(plane: ControlPlane) -> None:
-    assert plane.fleet is not None
+    assert plane.services is not None
     creds = enroll_device(plane, "dev-a")
     assert creds["device_id"] == "dev-a" and creds["device_token"].startswith("dev-a.")
-    token = plane.fleet.create_enrollment_token("op", "dev-b")
+    token = plane.services.enrollment.create_token("op", "dev-b")
     from edge_agent.transport.grpc import enroll
 
     target = f"127.0.0.1:{plane.grpc_port}"
@@ -52,7 +52,7 @@ def test_enrollment_token_is_one_time_and_bound(plane: ControlPlane) -> None:
     ):
         enroll(target, token, "dev-b", {"os": "linux"})
     with pytest.raises(TransportError, match="INVALID_ARGUMENT: device id 'Bad Id!'"):
-        enroll(target, plane.fleet.create_enrollment_token("op"), "Bad Id!", {"os": "linux"})
+        enroll(target, plane.services.enrollment.create_token("op"), "Bad Id!", {"os": "linux"})
 
 
 def test_grpc_calls_need_the_device_credential(plane: ControlPlane, tmp_path: Path) -> None:
@@ -73,22 +73,22 @@ def test_grpc_calls_need_the_device_credential(plane: ControlPlane, tmp_path: Pa
     try:
         acked = transport.send([_msg(1, "dev-a", 1), _msg(2, "dev-b", 2)])
         assert sorted(acked) == [1, 2]  # both answered: one stored, one rejected for good
-        assert plane.fleet is not None
-        stored = plane.fleet.uploads()
-        assert [(u["device_id"], u["seq"]) for u in stored] == [("dev-a", 1)]
+        assert plane.services is not None
+        stored = plane.services.ingest.all()
+        assert [(u.device_id, u.seq) for u in stored] == [("dev-a", 1)]
     finally:
         transport.close()
 
 
 def test_revoking_cuts_a_device_off_both_transports(plane: ControlPlane, tmp_path: Path) -> None:
-    assert plane.fleet is not None and plane.mqtt_port is not None
+    assert plane.services is not None and plane.mqtt_port is not None
     creds = enroll_device(plane, "dev-a")
     grpc_transport = GrpcTransport(f"127.0.0.1:{plane.grpc_port}", creds["device_token"], tmp_path)
     mqtt_device = RawMqtt(plane.mqtt_port, "devices/dev-a", creds["mqtt_password"], "dev-a-raw")
     try:
         assert mqtt_device.connected.is_set()
         assert grpc_transport.send([_msg(1, "dev-a", 1)]) == [1]
-        plane.fleet.revoke("dev-a", "test-operator")
+        plane.services.devices.revoke("dev-a", "test-operator")
         with pytest.raises(TransportError, match="UNAUTHENTICATED: device 'dev-a' is revoked"):
             grpc_transport.send([_msg(2, "dev-a", 2)])
         # mosquitto re-checks logins on SIGHUP and drops the revoked device
@@ -105,7 +105,7 @@ def test_revoking_cuts_a_device_off_both_transports(plane: ControlPlane, tmp_pat
 
 
 def test_mqtt_devices_touch_only_their_own_topics(plane: ControlPlane, package: Path) -> None:
-    assert plane.fleet is not None and plane.mqtt_port is not None
+    assert plane.services is not None and plane.mqtt_port is not None
     a = enroll_device(plane, "dev-a")
     enroll_device(plane, "dev-b")
     anonymous = RawMqtt(plane.mqtt_port, None, None, "anon")
@@ -124,8 +124,8 @@ def test_mqtt_devices_touch_only_their_own_topics(plane: ControlPlane, package: 
         intruder.subscribe(f"{TOPIC_ROOT}/dev-b/commands")
         intruder.subscribe(f"{TOPIC_ROOT}/#")
         sha = hashlib.sha256(package.read_bytes()).hexdigest()
-        plane.fleet.send_command("dev-b", "deploy", {"sha256": sha}, "test-operator")
-        plane.fleet.send_command("dev-a", "config", {"window_seconds": 10}, "test-operator")
+        plane.services.commands.send("dev-b", "deploy", {"sha256": sha}, "test-operator")
+        plane.services.commands.send("dev-a", "config", {"window_seconds": 10}, "test-operator")
         assert wait_until(
             lambda: any(m.topic.endswith("dev-a/commands") for m in intruder.messages)
         )
@@ -153,9 +153,9 @@ def test_mqtt_devices_touch_only_their_own_topics(plane: ControlPlane, package: 
             ]
         }
         intruder.publish(f"{TOPIC_ROOT}/dev-a/telemetry", json.dumps(own_item))
-        assert wait_until(lambda: len(plane.fleet.uploads("dev-a")) == 1)  # type: ignore[union-attr]
+        assert wait_until(lambda: len(plane.services.ingest.all("dev-a")) == 1)  # type: ignore[union-attr]
         time.sleep(0.3)
-        assert plane.fleet.uploads("dev-b") == []
+        assert plane.services.ingest.all("dev-b") == []
     finally:
         intruder.close()
 
@@ -167,7 +167,7 @@ def test_mqtt_devices_touch_only_their_own_topics(plane: ControlPlane, package: 
 def test_commands_acks_and_downloads(
     plane: ControlPlane, package: Path, tmp_path: Path, kind: str
 ) -> None:
-    assert plane.fleet is not None and plane.mqtt_port is not None
+    assert plane.services is not None and plane.mqtt_port is not None
     creds = enroll_device(plane, "dev-a")
     transport: Any
     if kind == "grpc":
@@ -184,7 +184,7 @@ def test_commands_acks_and_downloads(
         assert transport.connected.wait(10)
     try:
         sha = hashlib.sha256(package.read_bytes()).hexdigest()
-        record = plane.fleet.send_command("dev-a", "deploy", {"sha256": sha}, "test-operator")
+        record = plane.services.commands.send("dev-a", "deploy", {"sha256": sha}, "test-operator")
         commands = []
         assert wait_until(lambda: commands.extend(transport.poll_commands(0.2)) or commands)
         command = commands[0]
@@ -192,13 +192,13 @@ def test_commands_acks_and_downloads(
         assert command.body["sha256"] == sha
         assert transport.fetch_package(sha) == package.read_bytes()
         transport.ack(command, True, detail={"installed": "digits-mlp-1-x86-64-generic-r1"})
-        assert wait_until(lambda: plane.fleet.command(record.id).status == "ok")  # type: ignore[union-attr]
+        assert wait_until(lambda: plane.services.commands.get(record.id).status == "ok")  # type: ignore[union-attr]
         transport.ack(command, False, error="late duplicate")  # a second ack changes nothing
         time.sleep(0.3)
-        assert plane.fleet.command(record.id).status == "ok"
+        assert plane.services.commands.get(record.id).status == "ok"
 
         with pytest.raises(NotFound, match="not in the catalog"):
-            plane.fleet.send_command("dev-a", "deploy", {"sha256": "0" * 64}, "test-operator")
+            plane.services.commands.send("dev-a", "deploy", {"sha256": "0" * 64}, "test-operator")
         with pytest.raises(Fatal, match="not in the catalog"):
             transport.fetch_package("f" * 64)
     finally:
@@ -227,13 +227,13 @@ def paced_download(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_grpc_download_resumes_after_server_restart(
     plane: ControlPlane, package: Path, tmp_path: Path
 ) -> None:
-    assert plane.fleet is not None and plane.servicer is not None
+    assert plane.services is not None and plane.servicer is not None
     creds = enroll_device(plane, "dev-a")
     chunk = 8 * 1024
     data = package.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     chunks_in_file = -(-len(data) // chunk)
-    plane.fleet.send_command("dev-a", "deploy", {"sha256": sha}, "test-operator")
+    plane.services.commands.send("dev-a", "deploy", {"sha256": sha}, "test-operator")
     transport = GrpcTransport(
         f"127.0.0.1:{plane.grpc_port}", creds["device_token"], tmp_path / "dl", chunk_size=chunk
     )
@@ -262,11 +262,11 @@ def test_grpc_download_resumes_after_server_restart(
 def test_mqtt_download_resumes_after_broker_restart(
     plane: ControlPlane, package: Path, tmp_path: Path
 ) -> None:
-    assert plane.fleet is not None and plane.broker is not None and plane.bridge is not None
+    assert plane.services is not None and plane.broker is not None and plane.bridge is not None
     creds = enroll_device(plane, "dev-a")
     data = package.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
-    plane.fleet.send_command("dev-a", "deploy", {"sha256": sha}, "test-operator")
+    plane.services.commands.send("dev-a", "deploy", {"sha256": sha}, "test-operator")
     transport = MqttTransport(
         "127.0.0.1", plane.broker.port, "dev-a", creds["mqtt_password"], tmp_path / "dl"
     )
@@ -340,7 +340,7 @@ def test_grpc_malformed_and_oversized_messages_are_refused(plane: ControlPlane) 
 
 
 def test_mqtt_malformed_payloads_are_rejected_and_the_bridge_lives(plane: ControlPlane) -> None:
-    assert plane.fleet is not None and plane.mqtt_port is not None and plane.bridge is not None
+    assert plane.services is not None and plane.mqtt_port is not None and plane.bridge is not None
     creds = enroll_device(plane, "dev-a")
     device = RawMqtt(plane.mqtt_port, "devices/dev-a", creds["mqtt_password"], "dev-a-raw")
     try:
@@ -360,7 +360,7 @@ def test_mqtt_malformed_payloads_are_rejected_and_the_bridge_lives(plane: Contro
             ]
         }
         device.publish(f"{TOPIC_ROOT}/dev-a/telemetry", json.dumps(good))
-        assert wait_until(lambda: [u["seq"] for u in plane.fleet.uploads("dev-a")] == [9])  # type: ignore[union-attr]
+        assert wait_until(lambda: [u.seq for u in plane.services.ingest.all("dev-a")] == [9])  # type: ignore[union-attr]
     finally:
         device.close()
 

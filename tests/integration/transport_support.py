@@ -24,8 +24,8 @@ HOST = {"os": "linux", "arch": "x86_64", "cpu_features": ["avx2"], "runtimes": [
 
 
 def enroll_device(plane: ControlPlane, device_id: str, tls: Any = None) -> dict[str, str]:
-    assert plane.fleet is not None
-    token = plane.fleet.create_enrollment_token("test-operator", device_id)
+    assert plane.services is not None
+    token = plane.services.enrollment.create_token("test-operator", device_id)
     return enroll(f"127.0.0.1:{plane.grpc_port}", token, device_id, HOST, tls)
 
 

@@ -137,6 +137,22 @@ class SqlDeviceRepo:
             if not tx.execute("UPDATE devices SET last_seen = ? WHERE id = ?", [at, device_id]):
                 raise NotFound(f"device {device_id!r} is not enrolled")
 
+    def record_activity(
+        self, seen: Mapping[str, float], refused: Mapping[str, int] | None = None
+    ) -> None:
+        with self.db.transaction() as tx:
+            for device_id, at in sorted(seen.items()):
+                tx.execute(
+                    "UPDATE devices SET last_seen = ? WHERE id = ?"
+                    " AND (last_seen IS NULL OR last_seen < ?)",
+                    [at, device_id, at],
+                )
+            for device_id, count in sorted((refused or {}).items()):
+                tx.execute(
+                    "UPDATE devices SET uploads_refused = uploads_refused + ? WHERE id = ?",
+                    [count, device_id],
+                )
+
     def set_labels(self, device_id: str, labels: Mapping[str, str]) -> Device:
         labels = check_labels(labels)
         with self.db.transaction() as tx:
@@ -275,6 +291,7 @@ def _devices(tx: Tx, rows: list[Row]) -> list[Device]:
             revoked_at=r["revoked_at"],
             last_seen=r["last_seen"],
             next_version=int(r["next_version"]),
+            uploads_refused=int(r.get("uploads_refused") or 0),
         )
         for r in rows
     ]

@@ -85,6 +85,18 @@ class SqlCommandRepo:
                 tx.changed(COMMANDS)
             return _get(tx, command_id)
 
+    def sent_package(self, device_id: str, sha256: str) -> bool:
+        # the body is written by dumps() (compact): LIKE narrows the rows on both backends
+        # without their JSON dialects (its wildcards only widen), the decoded body decides
+        needle = '%"sha256":' + dumps(sha256) + "%"
+        with self.db.transaction() as tx:
+            rows = tx.rows(
+                "SELECT body_json FROM commands WHERE device_id = ? AND kind = 'deploy'"
+                " AND body_json LIKE ?",
+                [device_id, needle],
+            )
+        return any(loads(r["body_json"]).get("sha256") == sha256 for r in rows)
+
     def list(
         self,
         *,

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 2000  # short: a write transaction here lasts milliseconds
 POLL_SECONDS = 0.05
+WAL_LIMIT = 64 * 1024 * 1024  # bytes the WAL is truncated to after a checkpoint
 
 
 def _run(conn: sqlite3.Connection, sql: str, params: Params = ()) -> sqlite3.Cursor:
@@ -35,20 +36,38 @@ def _run(conn: sqlite3.Connection, sql: str, params: Params = ()) -> sqlite3.Cur
         raise Conflict(f"the store refused a write: {exc}") from exc
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
-            raise StoreUnavailable(f"SQLite store stays locked: {exc}") from exc
+            raise StoreUnavailable(
+                f"the store is busy (SQLite stays locked: {exc}); retry shortly"
+            ) from exc
         raise
 
 
 class _SqliteTx:
+    """Takes the write lock (``BEGIN IMMEDIATE``) at its first statement that is not a SELECT.
+
+    Reads before it run on their own WAL snapshot, so a method that only reads
+    (authentication, pending commands) keeps answering while another process
+    holds the write lock; writes are compare-and-set statements, which stay
+    correct whatever was read before the lock.
+    """
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.topics: set[str] = set()
+        self.writing = False
+
+    def _run(self, sql: str, params: Params) -> sqlite3.Cursor:
+        if not self.writing and not sql.lstrip()[:6].upper() == "SELECT":
+            # IMMEDIATE takes the write lock up front: no deadlock upgrading a read later
+            _run(self.conn, "BEGIN IMMEDIATE")
+            self.writing = True
+        return _run(self.conn, sql, params)
 
     def execute(self, sql: str, params: Params = ()) -> int:
-        return _run(self.conn, sql, params).rowcount
+        return self._run(sql, params).rowcount
 
     def rows(self, sql: str, params: Params = ()) -> list[Row]:
-        cursor = _run(self.conn, sql, params)
+        cursor = self._run(sql, params)
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
 
@@ -114,6 +133,8 @@ class SqliteDatabase:
                 path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_ms / 1000
             )
             self.conn.execute("PRAGMA journal_mode=WAL")
+            # SQLite checkpoints every 1000 pages; this truncates the WAL after each one
+            self.conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
         self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
@@ -123,12 +144,11 @@ class SqliteDatabase:
     @contextmanager
     def transaction(self) -> Iterator[_SqliteTx]:
         with self.lock:
-            # IMMEDIATE takes the write lock up front: no deadlock upgrading a read later
-            _run(self.conn, "BEGIN IMMEDIATE")
             tx = _SqliteTx(self.conn)
             try:
                 yield tx
-                _run(self.conn, "COMMIT")
+                if tx.writing:
+                    _run(self.conn, "COMMIT")
             except BaseException:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
@@ -174,6 +194,11 @@ class SqliteDatabase:
     def close(self) -> None:
         self.notifier.close()
         with self.lock:
+            if self.path is not None:
+                try:  # fold the WAL back into the file (another process may hold it: fine)
+                    self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error as exc:
+                    logger.debug("checkpoint at close: %s", exc)
             self.conn.close()
 
 

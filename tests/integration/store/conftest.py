@@ -1,38 +1,23 @@
 """The store suite runs on both backends: ``repos`` is SQLite (a WAL file) and PostgreSQL.
 
-PostgreSQL is a real server started once per session (see ``tests/pg_support.py``);
+PostgreSQL is a real server started once per session (``postgres_server`` in
+``tests/integration/conftest.py``, see ``tests/pg_support.py``);
 every test gets a fresh database on it, migrated by the store it opens.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pg_support import INSTALL_HINT, PostgresServer, find_pg_bin
+from pg_support import PostgresServer
 from store_support import OpenStore
 
 from control_plane.store.factory import open_repositories
 from control_plane.store.sql.store import SqlRepositories
 
-logger = logging.getLogger(__name__)
-
 BACKENDS = ["sqlite", "postgres"]
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    bin_dir = find_pg_bin()
-    if bin_dir is None:  # never a skip, in CI or not: `make test` installs it
-        pytest.fail(INSTALL_HINT)
-    server = PostgresServer(bin_dir).start()
-    logger.info("PostgreSQL started in %.2f s", server.startup_seconds)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -105,42 +105,33 @@ def test_token_ttl_durations(text: str, seconds: float) -> None:
     assert _duration(text) == seconds
 
 
-def test_token_ttl_is_stored_and_bounded(tmp_path: Path) -> None:
-    from control_plane.enrollment import Enrollment
-    from control_plane.store.db import open_store
+def test_token_ttl_is_stored_and_bounded() -> None:
+    from control_plane.services.enrollment import EnrollmentService
+    from control_plane.store.factory import open_repositories
 
-    store = open_store(None)
-    enrollment = Enrollment(store, lambda: 1000.0)
-    enrollment.create_token("dev-a", ttl=90)
-    with store.session() as db:
-        (row,) = db.query("SELECT created_at, expires_at FROM enrollment_tokens")
-    assert (row["created_at"], row["expires_at"]) == (1000.0, 1090.0)
+    repos = open_repositories(":memory:")
+    enrollment = EnrollmentService(repos, lambda: 1000.0)
+    enrollment.create_token("op", "dev-a", ttl=90)
+    (row,) = repos.enrollment_tokens.list().items
+    assert (row.created_at, row.expires_at, row.device_id) == (1000.0, 1090.0, "dev-a")
     for bad in (0, -5, 400 * 86400):
         with pytest.raises(InvalidInput, match="token ttl"):
-            enrollment.create_token(None, ttl=bad)
+            enrollment.create_token("op", None, ttl=bad)
+    repos.close()
 
 
-def test_an_older_store_gains_the_new_columns(tmp_path: Path) -> None:
-    import sqlite3
+def test_the_store_file_and_its_directory_are_private(tmp_path: Path) -> None:
+    from control_plane.app import open_store
+    from control_plane.settings import Settings
 
-    from control_plane.store.db import open_store
-
-    path = tmp_path / "data" / "fleetcast.db"
-    path.parent.mkdir()
-    old = sqlite3.connect(path)
-    old.execute("CREATE TABLE devices (id TEXT PRIMARY KEY, token_hash TEXT, status TEXT)")
-    old.execute(
-        "CREATE TABLE enrollment_tokens (token_hash TEXT PRIMARY KEY, device_id TEXT, "
-        "created_at FLOAT, used_by TEXT, used_at FLOAT)"
-    )
-    old.commit()
-    old.close()
-    path.chmod(0o644)
-    store = open_store(path)
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    (data / "store.db").touch(mode=0o644)
+    repos = open_store(Settings(data_dir=data))
     try:
-        assert "uploads_refused" in store.db.table("devices").columns_dict
-        assert "expires_at" in store.db.table("enrollment_tokens").columns_dict
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        repos.devices.list()
+        for path in [data / "store.db", *data.glob("store.db-*")]:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
     finally:
-        store.close()
+        repos.close()

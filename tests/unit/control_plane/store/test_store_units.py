@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from control_plane.errors import InvalidInput, StoreUnavailable
-from control_plane.store.db import open_store as open_legacy_store
 from control_plane.store.factory import open_repositories
 from control_plane.store.migrations import MigrationError, load_migrations, pending
 from control_plane.store.notify import COMMANDS, DEVICES, Broadcast
@@ -22,7 +21,7 @@ from control_plane.store.sqlite.backend import SqliteDatabase
 def test_memory_store_is_migrated_and_usable() -> None:
     repos = open_repositories(":memory:")
     try:
-        assert repos.schema_version() == 1
+        assert repos.schema_version() == 2
         repos.devices.add(NewDevice("d1", "h"), at=1.0)
         sub = repos.notifier.subscribe()
         repos.commands.add("d1", "deploy", {}, at=2.0)
@@ -64,7 +63,10 @@ def test_a_sqlite_file_locked_by_another_writer_is_store_unavailable(tmp_path: P
 
 
 def test_a_file_of_the_old_store_is_refused_by_name(tmp_path: Path) -> None:
-    open_legacy_store(tmp_path / "old.db").close()
+    old = sqlite3.connect(tmp_path / "old.db")  # the tables the old store/db.py made
+    old.execute("CREATE TABLE devices (id TEXT PRIMARY KEY, token_hash TEXT, status TEXT)")
+    old.commit()
+    old.close()
     with pytest.raises(MigrationError, match="old store"):
         open_repositories(tmp_path / "old.db")
 
@@ -119,3 +121,23 @@ def test_broadcast_wakes_a_waiting_thread() -> None:
     hub.publish({DEVICES})
     waiter.join(15)
     assert seen == [{DEVICES}]
+
+
+def test_sqlite_reads_answer_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    repos = open_repositories(tmp_path / "store.db")
+    other = sqlite3.connect(tmp_path / "store.db", timeout=0)
+    try:
+        repos.devices.add(NewDevice("d1", "h"), at=1.0)
+        repos.commands.add("d1", "config", {}, at=2.0)
+        other.execute("BEGIN IMMEDIATE")  # e.g. the CLI in the middle of a write
+        other.execute("UPDATE devices SET host_json = host_json")
+        assert repos.devices.get("d1").status == "active"  # reads take no write lock
+        assert [c.kind for c in repos.commands.pending("d1")] == ["config"]
+        with pytest.raises(StoreUnavailable, match="store is busy"):
+            repos.devices.touch("d1", at=3.0)
+        other.rollback()
+        repos.devices.touch("d1", at=3.0)
+        assert repos.devices.get("d1").last_seen == 3.0
+    finally:
+        other.close()
+        repos.close()
