@@ -5,7 +5,10 @@ The control plane serves gRPC and an embedded mosquitto in this process; two
 talking gRPC and one MQTT. Each enrolls with a one-time token, receives a
 deploy command, downloads, verifies, self-tests and switches to the package,
 scores held-out digits sent through its local gRPC API, and reports telemetry
-windows, which the control plane stores once each.
+windows, which the control plane stores once each. The control plane then
+judges drift from those windows against the package's reference statistics
+(clean digits, then dimmed ones: control_plane/demo_monitoring.py), and an
+admin token reads the same fleet and its audit log over the REST API.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -40,6 +44,78 @@ def _agent_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "edge_agent", *args]
 
 
+def _score(address: str, x: np.ndarray, y: np.ndarray) -> float:
+    """Score ``x`` through an agent's local gRPC API, 16 rows a call; the accuracy."""
+    import grpc
+
+    from edge_agent.local_api import decode_tensor, encode_tensor
+    from edge_agent.proto.fleetcast.v1 import scoring_pb2 as pb
+    from edge_agent.proto.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
+
+    correct = 0
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.EdgeScoringStub(channel)  # type: ignore[no-untyped-call]
+        for start in range(0, len(x), 16):
+            request = pb.PredictRequest(
+                name="digits-mlp", inputs=[encode_tensor("input", x[start : start + 16])]
+            )
+            scores = decode_tensor(stub.Predict(request, timeout=10).outputs[0])
+            correct += int((scores.argmax(axis=1) == y[start : start + 16]).sum())
+    return correct / len(x)
+
+
+def _monitoring_step(
+    console: Console,
+    plane: ControlPlane,
+    agents: list[tuple[str, subprocess.Popen[str], str]],
+    package: Path,
+    key_dir: Path,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    scored: dict[str, int],
+    rows_in: Callable[[str], tuple[int, int]],
+) -> None:
+    """Drift on the clean telemetry, then on dimmed digits; the same fleet over REST."""
+    from control_plane.demo_monitoring import drift_since, last_seq, print_drift
+    from control_plane.services.tokens import bootstrap_admin
+    from edge_agent.package import load_public_key, open_package
+
+    assert plane.services is not None
+    services = plane.services
+    manifest = open_package(package, load_public_key(key_dir / PUBLIC_NAME)).manifest
+    rows = [(device, "held-out digits", drift_since(services, device, manifest, 0))
+            for device, _, _ in agents]  # fmt: skip
+    device, _, address = agents[0]
+    mark = last_seq(services, device)
+    dimmed = (x_val * 0.6).astype(x_val.dtype)
+    accuracy = _score(address, dimmed, y_val)
+    scored[device] += len(x_val)
+    _wait(lambda: rows_in(device)[0] >= scored[device], 30)
+    rows.append((device, f"dimmed x0.6 (accuracy {accuracy:.3f})",
+                 drift_since(services, device, manifest, mark)))  # fmt: skip
+    print_drift(console, rows)
+
+    _, token = bootstrap_admin(services.repos, "demo-admin")
+    base = f"http://127.0.0.1:{plane.http_port}/api/v1"
+    devices = _get_json(f"{base}/devices", token)
+    audit = _get_json(f"{base}/audit?limit=100", token)
+    console.print(
+        f"[bold]8. operators[/]: GET {base}/devices with an admin token lists "
+        f"{', '.join(d['id'] + ' (' + d['status'] + ')' for d in devices['items'])}; "
+        f"/audit holds {len(audit['items'])} entries (enrollments, deploys, acks, tokens); "
+        f"OpenAPI at {base}/openapi.json"
+    )
+
+
+def _get_json(url: str, token: str) -> dict[str, Any]:
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body: dict[str, Any] = json.loads(response.read())
+    return body
+
+
 def run_fleet_demo(
     console: Console,
     workdir: Path,
@@ -48,12 +124,6 @@ def run_fleet_demo(
     x_val: np.ndarray,
     y_val: np.ndarray,
 ) -> None:
-    import grpc
-
-    from edge_agent.local_api import decode_tensor, encode_tensor
-    from edge_agent.proto.fleetcast.v1 import scoring_pb2 as pb
-    from edge_agent.proto.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
-
     fleet_dir = workdir / "fleet"
     shutil.rmtree(fleet_dir, ignore_errors=True)
     plane = ControlPlane(
@@ -62,13 +132,15 @@ def run_fleet_demo(
             public_key=key_dir / PUBLIC_NAME,
             grpc_address="127.0.0.1:0",
             mqtt=True,
+            http_address="127.0.0.1:0",
         )
     ).start()
     assert plane.services is not None and plane.mqtt_port is not None
     services = plane.services
     console.print(
         f"[bold]5. control plane[/]: gRPC on 127.0.0.1:{plane.grpc_port}, embedded mosquitto on "
-        f"127.0.0.1:{plane.mqtt_port} (per-device logins + ACL), SQLite in {fleet_dir}"
+        f"127.0.0.1:{plane.mqtt_port} (per-device logins + ACL), REST API on "
+        f"127.0.0.1:{plane.http_port}, SQLite in {fleet_dir}"
     )
     sha = services.packages.register(package, "demo").sha256
     agents: list[tuple[str, subprocess.Popen[str], str]] = []
@@ -144,21 +216,8 @@ def run_fleet_demo(
         scored: dict[str, int] = {}
         accuracy: dict[str, float] = {}
         for device, _, address in agents:
-            with grpc.insecure_channel(address) as channel:
-                stub = pb_grpc.EdgeScoringStub(channel)  # type: ignore[no-untyped-call]
-                correct = 0
-                for start in range(0, len(x_val), 16):
-                    batch = x_val[start : start + 16]
-                    reply = stub.Predict(
-                        pb.PredictRequest(
-                            name="digits-mlp", inputs=[encode_tensor("input", batch)]
-                        ),
-                        timeout=10,
-                    )
-                    scores = decode_tensor(reply.outputs[0])
-                    correct += int((scores.argmax(axis=1) == y_val[start : start + 16]).sum())
-                scored[device] = len(x_val)
-                accuracy[device] = correct / len(x_val)
+            accuracy[device] = _score(address, x_val, y_val)
+            scored[device] = len(x_val)
 
         def rows_in(device: str) -> tuple[int, int]:
             windows = services.ingest.all(device, "telemetry_window")
@@ -178,9 +237,10 @@ def run_fleet_demo(
             )
         console.print(table)
         console.print(
-            "[bold]7. done[/]: every device ran the signed package it was sent "
+            "[bold]7. telemetry[/]: every device ran the signed package it was sent "
             f"(sha256 {sha[:16]}...), and every scored row came back once in its telemetry."
         )
+        _monitoring_step(console, plane, agents, package, key_dir, x_val, y_val, scored, rows_in)
     finally:
         for _, proc, _ in agents:
             proc.terminate()
