@@ -54,8 +54,8 @@ def resigned(package: Path, keys: Any, release: int, directory: Path) -> Path:
 
 
 def statuses(plane: ControlPlane, device_id: str) -> list[dict[str, Any]]:
-    assert plane.fleet is not None
-    return [json.loads(u["body_json"]) for u in plane.fleet.uploads(device_id, "status")]
+    assert plane.services is not None
+    return [json.loads(u.body_json) for u in plane.services.ingest.all(device_id, "status")]
 
 
 @pytest.mark.parametrize("kind", ["grpc", "mqtt"])
@@ -105,9 +105,9 @@ def test_a_huge_capture_does_not_hold_back_the_install_report(
             ),
             30,
         ), "the install report never reached the control plane"
-        assert plane.fleet is not None
+        assert plane.services is not None
         windows = [
-            json.loads(u["body_json"]) for u in plane.fleet.uploads(device, "telemetry_window")
+            json.loads(u.body_json) for u in plane.services.ingest.all(device, "telemetry_window")
         ]
         assert windows, "the window with the captures should arrive too"
         for window in windows:
@@ -128,12 +128,12 @@ def test_a_huge_capture_does_not_hold_back_the_install_report(
 def test_a_deploy_resent_after_a_crash_at_report_keeps_the_rollback_version(
     plane: ControlPlane, package: Path, keys: Any, tmp_path: Path
 ) -> None:
-    assert plane.fleet is not None
+    assert plane.services is not None
     device = "device-under-test"
     state = tmp_path / "state"
     save_credentials(state, enroll_device(plane, device))
     r1, r2 = package, resigned(package, keys, 2, tmp_path)
-    plane.fleet.add_package(r2, "test-operator")
+    plane.services.packages.register(r2, "test-operator")
     env = {
         "FLEETCAST_AGENT_DEVICE_ID": device,
         "FLEETCAST_AGENT_SERVER": f"grpc://127.0.0.1:{plane.grpc_port}",
@@ -141,31 +141,31 @@ def test_a_deploy_resent_after_a_crash_at_report_keeps_the_rollback_version(
     }
 
     def deploy(path: Path) -> str:
-        assert plane.fleet is not None
-        return plane.fleet.send_command(device, "deploy", {"sha256": sha(path)}, "op").id
+        assert plane.services is not None
+        return plane.services.commands.send(device, "deploy", {"sha256": sha(path)}, "op").id
 
     agent = AgentProcess(state, keys.public, env)
     try:
         first = deploy(r1)
-        assert wait_until(lambda: plane.fleet.command(first).status == "ok", 60)  # type: ignore[union-attr]
+        assert wait_until(lambda: plane.services.commands.get(first).status == "ok", 60)  # type: ignore[union-attr]
     finally:
         agent.stop()
     crashing = AgentProcess(state, keys.public, {**env, "FLEETCAST_AGENT_CRASH_AT": "report"})
     second = deploy(r2)
     assert crashing.wait(60) == -signal.SIGKILL
-    assert plane.fleet.command(second).status == "pending"  # never acked: it is sent again
+    assert plane.services.commands.get(second).status == "pending"  # never acked: it is sent again
     restarted = AgentProcess(state, keys.public, env)
     try:
-        assert wait_until(lambda: plane.fleet.command(second).status != "pending", 60)  # type: ignore[union-attr]
-        assert plane.fleet.command(second).status == "ok"
+        assert wait_until(lambda: plane.services.commands.get(second).status != "pending", 60)  # type: ignore[union-attr]
+        assert plane.services.commands.get(second).status == "ok"
         store = SlotStore(state / "models" / MODEL)
         pointer = store.pointer()
         assert pointer is not None and pointer.active.release == 2
         assert pointer.previous is not None and pointer.previous.release == 1
         assert sha(store.package_path(pointer.previous.slot)) == sha(r1)
-        back = plane.fleet.send_command(device, "rollback", {"model_name": MODEL}, "op").id
-        assert wait_until(lambda: plane.fleet.command(back).status != "pending", 60)  # type: ignore[union-attr]
-        assert plane.fleet.command(back).status == "ok"
+        back = plane.services.commands.send(device, "rollback", {"model_name": MODEL}, "op").id
+        assert wait_until(lambda: plane.services.commands.get(back).status != "pending", 60)  # type: ignore[union-attr]
+        assert plane.services.commands.get(back).status == "ok"
 
         def installed() -> list[int]:
             return [s["release"] for s in statuses(plane, device) if s.get("event") == "installed"]
