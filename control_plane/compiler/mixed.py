@@ -53,7 +53,8 @@ class SearchResult:
 
 
 def weight_nodes(fp32: bytes) -> list[WeightNode]:
-    """Every MatMul/Gemm whose second input is a 2-d float initializer."""
+    """Every MatMul/Gemm whose second input is a 2-d float initializer, and every Gather
+    from a 2-d float table (embeddings: quantize_dynamic stores them as int8 too)."""
     import onnx
     from onnx import numpy_helper
 
@@ -61,6 +62,11 @@ def weight_nodes(fp32: bytes) -> list[WeightNode]:
     inits = {i.name: i for i in model.graph.initializer}
     found = []
     for node in model.graph.node:
+        if node.op_type == "Gather" and node.name and node.input[0] in inits:
+            table = numpy_helper.to_array(inits[node.input[0]])
+            if table.dtype == np.float32 and table.ndim == 2:
+                found.append(WeightNode(node.name, "Gather", "", table))
+            continue
         if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
             continue
         if node.input[1] not in inits or not node.name:
@@ -134,9 +140,15 @@ def sensitivities(
     nodes = weight_nodes(fp32)
     if not nodes:
         return []
-    acts = _activations(fp32, nodes, inputs, batch)
+    acts = _activations(fp32, [n for n in nodes if n.activation], inputs, batch)
     ranked = []
     for node in nodes:
+        if node.op == "Gather":  # the table itself: int8 per tensor, as quantize_dynamic does
+            table = node.weight.astype(np.float64)
+            scale = float(np.abs(table).max()) / 127.0 or 1.0
+            gap = float(np.linalg.norm(np.clip(np.rint(table / scale), -127, 127) * scale - table))
+            ranked.append((node, gap / (float(np.linalg.norm(table)) or 1e-12)))
+            continue
         x = acts[node.activation].astype(np.float64)
         x = x.reshape(-1, x.shape[-1])
         w = node.weight.astype(np.float64)

@@ -81,7 +81,8 @@ def build_encoder() -> Any:
 
         def pooled(self, ids: Any, mask: Any) -> Any:
             m = mask.to(torch.float32)
-            bias = (1.0 - m)[:, None, None, :] * -1e4
+            # mask arithmetic as exported encoders have it (GreaterOrEqual + Where in ONNX)
+            bias = torch.where(mask >= 1, 0.0, -1e4)[:, None, None, :]
             x = self.embed(ids) + self.pos
             for block in self.blocks:
                 x = block(x, bias)
