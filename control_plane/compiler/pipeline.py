@@ -219,7 +219,9 @@ class Compiler:
                         list(self.ref_validation),
                         [s.dtype for s in self.source.inputs],
                     )
-                cand.model_bytes, cand.signature = self._tflite.build(recipe, self.calibration)
+                cand.model_bytes, signature = self._tflite.build(recipe, self.calibration)
+                # a fixed-batch source is converted at that batch: the package declares it
+                cand.signature = signature.model_copy(update={"batch": self.source.batch})
             runtime = "onnxruntime" if fmt == "onnx" else "litert"
             loaded = load_model_bytes(runtime, cand.model_bytes, cand.signature)
             cand.outputs = loaded.predict(self.validation)

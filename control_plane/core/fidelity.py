@@ -133,9 +133,9 @@ def fidelity_report(
         p1 = figures["p1_cosine"] = float(np.nan_to_num(np.percentile(cos, 1), nan=-1.0))
         nn = figures["nn_agreement"] = nn_agreement(ref_out, cand_out) if rows > 2 else 1.0
         if mean < emb.min_mean_cosine:
-            reasons.append(f"mean cosine {mean:.4f} below {emb.min_mean_cosine:g}")
+            reasons.append(f"mean cosine {mean:.6f} below {emb.min_mean_cosine:g}")
         if p1 < emb.min_p1_cosine:
-            reasons.append(f"1st-percentile cosine {p1:.4f} below {emb.min_p1_cosine:g}")
+            reasons.append(f"1st-percentile cosine {p1:.6f} below {emb.min_p1_cosine:g}")
         if nn < emb.min_nn_agreement:
             reasons.append(f"nearest-neighbour agreement {nn:.4f} below {emb.min_nn_agreement:g}")
     if budgets.max_abs_error is not None and max_abs > budgets.max_abs_error:
