@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import realworld_models as rw
 from click.testing import CliRunner
 
-import realworld_models as rw
 from control_plane.cli import cli
 from control_plane.compiler.pipeline import CompileRequest, compile_model
 from control_plane.core.fidelity import cosines, nn_agreement
