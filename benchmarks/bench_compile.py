@@ -28,6 +28,8 @@ from benchmarks.common import (
     tool_versions,
     write_results,
 )
+from benchmarks.realworld_score import render as render_realworld
+from benchmarks.realworld_score import run_realworld
 from control_plane.compiler.bench import host_description
 from control_plane.compiler.pipeline import TOOLS, Compiler, CompileRequest
 from control_plane.core.hardware import HardwareProfile, load_profiles
@@ -194,6 +196,8 @@ def run(results_dir: Path) -> str:
                     record.get("chosen", record.get("error")),
                 )
                 records.append(record)
+        # issue #8: the BERT-sized encoder and the diabetes regressor
+        realworld = run_realworld({p.id: p for p in profiles}, key)
     data = {
         "benchmark": "compile",
         "command": COMMAND,
@@ -205,8 +209,9 @@ def run(results_dir: Path) -> str:
         "wall_seconds": round(time.perf_counter() - started, 1),
         "targets": evaluate(records),
         "results": records,
+        "realworld": realworld,
     }
-    markdown = render(data)
+    markdown = render(data) + "\n\n" + "\n\n".join(render_realworld(realworld))
     write_results(results_dir, "compile", markdown, data)
     return markdown
 

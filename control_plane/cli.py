@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -179,13 +180,11 @@ def compile(  # noqa: A001 - the command's name
         created_by=author,
         unknown_id=unknown_id,
     )
-    with console.status("compiling") as status:
-
-        def progress(message: str) -> None:
-            status.update(message)
-            console.log(message)
-
+    progress, bar = _progress_bar(console)
+    try:
         outcomes = compile_model(request, progress)
+    finally:
+        bar.stop()
     for outcome in outcomes:
         summary = outcome.summary()
         if as_json:
@@ -202,6 +201,40 @@ def compile(  # noqa: A001 - the command's name
                 f"{summary['size_bytes']} B, {measured}, {latency}\n"
                 f"  {outcome.decision}\n  -> {summary['path']}"
             )
+
+
+def _progress_bar(console: Any) -> tuple[Callable[[str], None], Any]:
+    """A progress bar over the candidates (``candidate i/n: key`` messages); every
+    message is also logged, so mixed-precision trials and decisions stay visible."""
+    import re
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    task = bar.add_task("compiling", total=None)
+    pattern = re.compile(r"^candidate (\d+)/(\d+): (.+)$")
+
+    def progress(message: str) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        match = pattern.match(message)
+        if match:
+            done, total = int(match.group(1)) - 1, int(match.group(2))
+            bar.update(task, completed=done, total=total, description=match.group(3))
+        elif message.startswith(("choosing for", "wrote")):
+            bar.update(task, completed=bar.tasks[0].total or 0, description=message)
+        else:
+            bar.update(task, description=message.strip()[:60])
+        console.log(message)
+
+    return progress, bar
 
 
 def _fidelity_line(fid: Any) -> str:
