@@ -137,3 +137,21 @@ def test_embeddings_are_judged_on_cosine_and_nearest_neighbours() -> None:
     assert not bad.passed
     assert any("mean cosine" in r for r in bad.reasons)
     assert bad.nn_agreement is not None and bad.nn_agreement < report.nn_agreement
+
+
+def test_task_is_inferred_with_a_reason() -> None:
+    from control_plane.compiler.tasks import infer_task
+
+    rng = np.random.default_rng(2)
+    unit = rng.normal(size=(50, 384)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    task, why = infer_task({"e": unit}, None)
+    assert task == "embedding" and "unit length" in why
+    logits = rng.normal(size=(50, 10)).astype(np.float32)
+    assert infer_task({"y": logits}, np.arange(50) % 10)[0] == "classification"
+    assert infer_task({"y": logits}, None)[0] == "classification"
+    assert infer_task({"y": logits[:, :1]}, None) == ("regression", "one output value per row")
+    assert infer_task({"y": logits[:, :1]}, rng.normal(size=50))[0] == "regression"
+    wide = rng.normal(size=(50, 256)).astype(np.float32)
+    task, why = infer_task({"e": wide}, None)
+    assert task == "embedding" and "--task classification" in why
