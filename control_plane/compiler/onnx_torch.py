@@ -10,7 +10,21 @@ Python values.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import sys
+import types
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from control_plane.compiler.sources import quiet_stdout
+from control_plane.errors import CompileError
+
+logger = logging.getLogger(__name__)
+
+ONNX2TORCH_OPSET = 17
 
 
 def _reshape(x: Any, shape: tuple[int, ...]) -> Any:
@@ -197,3 +211,102 @@ def normalise_for_onnx2torch(model: Any) -> None:
                 shape = consts.get(node.input[1]) if len(node.input) > 1 else None
                 if attr.name == "allowzero" and shape is not None and 0 not in shape.tolist():
                     node.attribute.remove(attr)
+
+
+def _install_torchvision_stub() -> None:
+    """onnx2torch imports torchvision only for NonMaxSuppression and RoiAlign.
+
+    PyPI's torchvision does not load beside the CPU torch wheel, so when it is
+    missing we register a stub whose use fails with a message naming the op.
+    """
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        stub = types.ModuleType("torchvision")
+        ops = types.ModuleType("torchvision.ops")
+
+        def _missing(*_: Any, **__: Any) -> Any:
+            raise CompileError("op NonMaxSuppression/RoiAlign needs torchvision, not installed")
+
+        ops.nms = ops.box_convert = ops.roi_align = _missing  # type: ignore[attr-defined]
+        stub.ops = ops  # type: ignore[attr-defined]
+        sys.modules["torchvision"] = stub
+        sys.modules["torchvision.ops"] = ops
+
+
+def simplify_onnx(onnx_bytes: bytes, shapes: Mapping[str, tuple[int, ...]] | None = None) -> bytes:
+    """Fold constants and simplify the graph (onnxslim), so mask arithmetic such as
+    GreaterOrEqual/Where on constant shapes and Constant-fed Clip bounds become plain
+    initializers before ONNX -> torch conversion; the input unchanged if onnxslim fails."""
+    import onnx
+
+    try:
+        import onnxslim
+    except ImportError:  # optional: conversion is still attempted on the graph as given
+        return onnx_bytes
+    model = onnx.load_model_from_string(onnx_bytes)
+    fixed = [f"{name}:{','.join(str(d) for d in shape)}" for name, shape in (shapes or {}).items()]
+    try:
+        with quiet_stdout():
+            slimmed = onnxslim.slim(model, input_shapes=fixed or None)
+        if slimmed is not None:
+            model = slimmed
+    except Exception as exc:  # onnxslim raises plain exceptions on graphs it cannot handle
+        logger.debug("onnxslim could not simplify the graph: %s", exc)
+    opsets = {o.domain: o.version for o in model.opset_import}
+    if opsets.get("", opsets.get("ai.onnx", 0)) > ONNX2TORCH_OPSET:
+        try:  # onnx2torch knows the opset <= 17 versions of Split, Reduce*, ...
+            model = onnx.version_converter.convert_version(model, ONNX2TORCH_OPSET)
+        except Exception as exc:  # no adapter (Split 18 -> 17): undo the opset-18 changes by hand
+            logger.debug("onnx cannot convert the graph to opset 17 (%s); by hand", exc)
+            model = down_to_opset17(model) or model
+    return bytes(model.SerializeToString())
+
+
+def _failing_node(exc: BaseException) -> str | None:
+    """The ONNX node onnx2torch was converting when it failed (from its frame)."""
+    tb = exc.__traceback__
+    node = None
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("onnx_node")
+        if candidate is not None:
+            node = candidate
+        tb = tb.tb_next
+    if node is None:
+        return None
+    name = getattr(node, "name", "") or getattr(node, "unique_name", "?")
+    return f"{getattr(node, 'operation_type', '?')} node {name!r}"
+
+
+def onnx_to_torch(
+    onnx_bytes: bytes, path: Path, shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> Any:
+    import re
+
+    import onnx
+
+    _install_torchvision_stub()
+    from onnx2torch import convert
+
+    model = onnx.load_model_from_string(simplify_onnx(onnx_bytes, shapes))
+    normalise_for_onnx2torch(model)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            converted = convert(model).eval()
+        fold_shape_operands(converted)
+        return converted
+    except NotImplementedError as exc:
+        match = re.search(r"operation_type='([^']+)'.*?version=(\d+)", str(exc))
+        node = _failing_node(exc)
+        op = f"{match.group(1)} (opset {match.group(2)})" if match else str(exc)
+        where = f" at {node}" if node else ""
+        raise CompileError(
+            f"model {path}: op {op}{where} cannot be converted for TFLite targets (onnx2torch); "
+            "give the .pt2 or the module (--factory) instead of the ONNX file"
+        ) from exc
+    except Exception as exc:
+        node = _failing_node(exc)
+        where = f" at {node}" if node else ""
+        raise CompileError(
+            f"model {path}: cannot convert ONNX to torch for TFLite{where}: {exc}"
+        ) from exc

@@ -21,9 +21,7 @@ compile leaves no package behind.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from control_plane.compiler.bench import measure_latency
-from control_plane.compiler.mixed import attention_node, search, sensitivities
+from control_plane.compiler.mixed import attention_node
 from control_plane.compiler.package import build_package, package_filename, write_atomic
 from control_plane.compiler.quantize import build_onnx
 from control_plane.compiler.record import make_manifest
@@ -48,6 +46,7 @@ from control_plane.compiler.sources import (
 )
 from control_plane.compiler.tasks import infer_task
 from control_plane.compiler.tflite import TfliteBuilder
+from control_plane.compiler.tuning import tune_mixed
 from control_plane.core.fidelity import fidelity_report
 from control_plane.core.hardware import HardwareProfile
 from control_plane.core.stats import reference_statistics
@@ -147,7 +146,7 @@ class Compiler:
         self._tflite: TfliteBuilder | None = None
         self.candidates: dict[str, Candidate] = {}
         self._mixed_cache: dict[str, Candidate] = {}
-        self._ranked: list[Any] | None = None
+        self._ranked: dict[str, list[Any]] = {}
 
     # -- inputs
 
@@ -253,71 +252,6 @@ class Compiler:
             self.progress(f"  {cand.key} failed: {cand.error}")
         return cand
 
-    def _mixed(self, profile: HardwareProfile) -> Candidate:
-        """onnx/mixed_int8 for this profile's budget (cached per budget)."""
-        budgets = profile.budgets
-        spec = profile.compile
-        key = json.dumps(
-            [budgets.model_dump(mode="json"), spec.max_float_nodes, spec.max_tuning_seconds],
-            sort_keys=True,
-        )
-        if key in self._mixed_cache:
-            return self._mixed_cache[key]
-        cand = Candidate(key="onnx/mixed_int8", format="onnx", recipe="mixed_int8")
-        self._mixed_cache[key] = cand
-        base_key = "onnx/dynamic_int8_per_channel"
-        if base_key not in self.candidates:
-            self.candidates[base_key] = self._build("onnx", "dynamic_int8_per_channel")
-        base = self.candidates[base_key]
-        if base.error:
-            cand.error = f"mixed precision starts from {base_key}, which failed: {base.error}"
-            return cand
-        report = self._fidelity(base.outputs, profile)
-        if report.passed:
-            cand.skipped = f"not needed: {base_key} is within budget"
-            return cand
-        started = time.monotonic()
-        self.progress(f"mixed precision for {profile.id}: ranking weight nodes by sensitivity")
-        try:
-            if self._ranked is None:
-                self._ranked = sensitivities(
-                    self.source.onnx_bytes, self.validation, self.source.batch
-                )
-        except Exception as exc:  # an onnxruntime run of the instrumented graph
-            cand.error = f"mixed precision: sensitivity run failed: {exc}"
-            return cand
-        if not self._ranked:
-            cand.error = "mixed precision: the model has no weight MatMul/Gemm to keep in float"
-            return cand
-
-        def score(names: list[str]) -> tuple[bytes, dict[str, np.ndarray], FidelityReport]:
-            data = build_onnx(self.source.onnx_bytes, "mixed_int8", self.calibration, exclude=names)
-            loaded = load_model_bytes("onnxruntime", data, self.onnx_signature)
-            outputs = score_rows(loaded, self.validation)
-            return data, outputs, self._fidelity(outputs, profile)
-
-        remaining = spec.max_tuning_seconds - (time.monotonic() - started)
-        try:
-            result = search(
-                self._ranked,
-                score,
-                lambda r: r.passed,
-                spec.max_float_nodes,
-                remaining,
-                self.progress,
-            )
-        except ControlPlaneError as exc:
-            cand.error = str(exc)
-            return cand
-        cand.trials = result.trials
-        if result.error or result.report is None:
-            cand.error = result.error
-            return cand
-        cand.model_bytes, cand.outputs = result.model_bytes, result.outputs
-        cand.signature = self.onnx_signature
-        cand.float_nodes = result.float_nodes
-        return cand
-
     def _fidelity(
         self, outputs: Mapping[str, np.ndarray], profile: HardwareProfile
     ) -> FidelityReport:
@@ -348,7 +282,9 @@ class Compiler:
         passing: list[tuple[Candidate, FidelityReport]] = []
         for spec in profile.compile.candidates:
             cand = (
-                self._mixed(profile) if spec.key == "onnx/mixed_int8" else self.candidates[spec.key]
+                tune_mixed(self, profile, spec.format)
+                if spec.recipe == "mixed_int8"
+                else self.candidates[spec.key]
             )
             row: dict[str, Any] = {"candidate": cand.key, "size_bytes": cand.size_bytes or None}
             if cand.trials:
@@ -430,7 +366,7 @@ class Compiler:
                 (spec.format, spec.recipe)
                 for profile in req.profiles
                 for spec in profile.compile.candidates
-                if spec.key != "onnx/mixed_int8"
+                if spec.recipe != "mixed_int8"
             )
         )
         for i, (fmt, recipe) in enumerate(keys, 1):

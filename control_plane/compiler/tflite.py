@@ -3,6 +3,8 @@
 - ``fp32``: ``litert_torch.convert`` of the torch module (batch 1, as mobile
   targets score).
 - ``dynamic_int8``: int8 weights, float activations (``dynamic_wi8_afp32``).
+- ``mixed_int8``: the same with the most sensitive ops kept in float, see
+  :mod:`control_plane.compiler.tflite_mixed`.
 - ``static_int8``: full integer (``static_wi8_ai8``) calibrated on the
   calibration set (global min/max, see :func:`_quantize`): int8 weights,
   activations, inputs and outputs, what Coral-style accelerators take. The
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -65,7 +67,14 @@ class TfliteBuilder:
                 ) from exc
         return self._float
 
-    def build(self, recipe: str, calibration: Mapping[str, np.ndarray]) -> tuple[bytes, Signature]:
+    def build(
+        self,
+        recipe: str,
+        calibration: Mapping[str, np.ndarray],
+        exclude: Sequence[str] = (),
+        ops: Mapping[str, str] | None = None,
+    ) -> tuple[bytes, Signature]:
+        """One recipe's model; ``mixed_int8`` keeps the ``exclude`` scopes in float."""
         float_bytes = self.float_model(calibration)
         try:
             with quiet_stdout():
@@ -73,6 +82,15 @@ class TfliteBuilder:
                     model = float_bytes
                 elif recipe == "dynamic_int8":
                     model = _quantize(float_bytes, "dynamic", calibration, self._inputs)
+                elif recipe == "mixed_int8":
+                    from ai_edge_quantizer import quantizer
+
+                    from control_plane.compiler.tflite_mixed import mixed_recipe
+
+                    q = quantizer.Quantizer(
+                        bytearray(float_bytes), mixed_recipe(exclude, ops or {})
+                    )
+                    model = bytes(q.quantize(enable_progress_report=False).quantized_model)
                 elif recipe == "static_int8":
                     model = _quantize(float_bytes, "static", calibration, self._inputs)
                 else:

@@ -32,7 +32,7 @@ RECIPES: dict[str, frozenset[str]] = {
             "static_int8",
         }
     ),
-    "tflite": frozenset({"fp32", "dynamic_int8", "static_int8"}),
+    "tflite": frozenset({"fp32", "dynamic_int8", "mixed_int8", "static_int8"}),
 }
 
 
@@ -64,9 +64,9 @@ class Candidate(_Strict):
 
 
 class CompileSpec(_Strict):
-    """What to build. ``mixed_int8`` (ONNX) starts from dynamic per-channel int8 and keeps
-    the most sensitive weight MatMul/Gemm nodes in float until the fidelity budget
-    holds, within ``max_tuning_seconds`` and ``max_float_nodes``."""
+    """What to build. ``mixed_int8`` starts from dynamic int8 with per-channel weights and
+    keeps the most sensitive weight ops in float until the fidelity budget holds, within
+    ``max_tuning_seconds`` and ``max_float_nodes``."""
 
     opset: int = Field(default=17, ge=13, le=23)
     candidates: tuple[Candidate, ...] = Field(min_length=1)

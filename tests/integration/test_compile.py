@@ -145,7 +145,7 @@ def test_cnn_from_torch_export_meets_budgets(
         # every measured candidate, quantized ones included, was compared on held-out data
         for row in outcome.rows:
             if row["status"] == "skipped":  # mixed precision, when int8 already fits
-                assert row["candidate"] == "onnx/mixed_int8" and "not needed" in row["reason"]
+                assert row["candidate"].endswith("/mixed_int8") and "not needed" in row["reason"]
                 continue
             assert row["fidelity"]["rows"] == len(digits_cnn.x_validation)
 

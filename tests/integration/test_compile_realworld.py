@@ -161,33 +161,47 @@ def test_token_inputs_get_statistics_drift_can_watch(
         model.predict({"ids": np.full((1, rw.SEQ), 2**70), "mask": encoder.validation["mask"][:1]})
 
 
+@pytest.mark.parametrize(
+    ("base", "fmt", "plain", "min_cosine"),
+    [
+        ("x86-64-avx512-vnni", "onnx", "dynamic_int8_per_channel", 0.99999),
+        ("x86-64-litert", "tflite", "dynamic_int8", 0.999995),
+    ],
+)
 def test_mixed_precision_lifts_int8_over_a_tight_budget(
-    encoder: rw.Trained, compile_trained: Callable[..., Any], keys: Any, tmp_path: Path
+    encoder: rw.Trained,
+    compile_trained: Callable[..., Any],
+    keys: Any,
+    tmp_path: Path,
+    base: str,
+    fmt: str,
+    plain: str,
+    min_cosine: float,
 ) -> None:
-    """A budget plain per-channel int8 misses: the tuned candidate keeps a few nodes in float."""
-    text = (PROFILES_DIR / "x86-64-avx512-vnni.toml").read_text()
-    text = text.replace('id = "x86-64-avx512-vnni"', 'id = "tight-vnni"')
-    text = text.replace("min_mean_cosine = 0.99\n", "min_mean_cosine = 0.99999\n")
-    (tmp_path / "tight-vnni.toml").write_text(text)
+    """A budget plain per-channel int8 misses: the tuned candidate keeps a few ops in float
+    (onnxruntime's nodes_to_exclude; ai-edge-quantizer's per-op no_quantize recipes)."""
+    text = (PROFILES_DIR / f"{base}.toml").read_text()
+    text = text.replace(f'id = "{base}"', 'id = "tight"')
+    text = text.replace("min_mean_cosine = 0.99\n", f"min_mean_cosine = {min_cosine}\n")
+    (tmp_path / "tight.toml").write_text(text)
     (outcome,) = compile_trained(
-        encoder, "realworld_models:build_encoder", ["tight-vnni"], profiles_dir=tmp_path
+        encoder, "realworld_models:build_encoder", ["tight"], profiles_dir=tmp_path
     )
     rows = {r["candidate"]: r for r in outcome.rows}
-    plain = rows["onnx/dynamic_int8_per_channel"]
-    assert plain["status"] == "rejected" and "mean cosine" in plain["reason"]
-    assert rows["onnx/dynamic_int8"]["status"] == "rejected"
-    tuned = rows["onnx/mixed_int8"]
+    missed = rows[f"{fmt}/{plain}"]
+    assert missed["status"] == "rejected" and "mean cosine" in missed["reason"]
+    tuned = rows[f"{fmt}/mixed_int8"]
     assert tuned["status"] in ("chosen", "within budget"), tuned
     assert any(t.endswith("within budget") for t in tuned["trials"]), tuned["trials"]
     nodes = tuned["fidelity"]["float_nodes"]
-    assert 1 <= len(nodes) <= PROFILES["x86-64-avx512-vnni"].compile.max_float_nodes
+    assert 1 <= len(nodes) <= PROFILES[base].compile.max_float_nodes
     for node in nodes:
-        assert node["name"] and node["op"] in ("MatMul", "Gemm", "Gather")
-        assert node["sensitivity"] > 0 and node["added_bytes"] > 0
-    assert tuned["size_bytes"] < rows["onnx/fp32"]["size_bytes"]
+        assert node["name"] and node["sensitivity"] > 0 and node["added_bytes"] > 0
+        assert node["op"] in ("MatMul", "Gemm", "Gather", "FULLY_CONNECTED", "EMBEDDING_LOOKUP")
+    assert tuned["size_bytes"] < rows[f"{fmt}/fp32"]["size_bytes"]
     if outcome.manifest.recipe == "mixed_int8":  # chosen: score it independently
         cos = cosines(_fp32(encoder), _score(outcome, encoder, keys))
-        assert cos.mean() >= 0.99999
+        assert cos.mean() >= min_cosine
         assert [n.name for n in outcome.manifest.fidelity.float_nodes] == [n["name"] for n in nodes]
 
 
