@@ -114,17 +114,18 @@ def bench_profile(
         chosen=outcome.chosen.key, decision=outcome.decision, package_bytes=outcome.package_bytes
     )
 
+    built = {**compiler.candidates, **{c.key: c for c in compiler._mixed_cache.values()}}
     timed = {
         k: Timed("onnxruntime" if c.format == "onnx" else "litert", c.model_bytes, c.signature)
-        for k, c in compiler.candidates.items()
-        if not c.error and c.signature is not None
+        for k, c in built.items()
+        if not c.error and not c.skipped and c.signature is not None and c.model_bytes
     }
     sample = {name: rows[:1] for name, rows in compiler.validation.items()}
     latency = interleaved_latency(timed, sample, threads=profile.runtime.threads)
     record["candidates"] = []
     for row in outcome.rows:
-        cand = compiler.candidates[row["candidate"]]
-        fp32 = compiler.candidates.get(f"{cand.format}/fp32")
+        cand = built[row["candidate"]]
+        fp32 = built.get(f"{cand.format}/fp32")
         fidelity = row.get("fidelity") or {}
         metric = fidelity.get("metric") or {}
         lat, base = latency.get(cand.key), latency.get(f"{cand.format}/fp32")
