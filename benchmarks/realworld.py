@@ -210,6 +210,17 @@ def prepare_regressor(directory: Path) -> RealWorkload:
 # ---------------------------------------------------------------- the compile, in a child
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss: Linux keeps
+    ru_maxrss across exec, so a spawned child would report its parent's size at fork."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _compile_child(args: tuple[RealWorkload, Any, Path, Path, Path]) -> None:
     workload, profile, key, out, result = args
     from control_plane.compiler.pipeline import Compiler, CompileRequest
@@ -248,7 +259,7 @@ def _compile_child(args: tuple[RealWorkload, Any, Path, Path, Path]) -> None:
     except Exception as exc:  # the record says why
         payload["compile_seconds"] = time.perf_counter() - started
         payload["error"] = str(exc)
-    payload["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    payload["peak_rss_mb"] = _peak_rss_mb()
     payload["candidates"] = {
         k: (c.format, c.model_bytes, c.signature, c.outputs)
         for k, c in compiler.candidates.items()
