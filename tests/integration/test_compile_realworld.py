@@ -127,6 +127,12 @@ def test_transformer_embeddings_compile_for_onnx_and_litert(
         assert fid.top1_agreement is None
         ids, mask = manifest.signature.inputs
         assert ids.dtype == "int64" and mask.dtype == "int64"
+        # the device's self-test reproduces the package's integer test vectors
+        from edge_agent.install import self_test
+
+        model = open_model(outcome.path, keys.public.read_bytes())
+        assert self_test(model.loaded, manifest) == []
+        assert np.asarray(manifest.test_vectors.inputs["ids"]).dtype.kind == "i"
         # static activation quantization is ruled out for attention, with the reason
         skipped = [r for r in outcome.rows if r["status"] == "skipped"]
         assert any("static" in r["candidate"] and "attention" in r["reason"] for r in skipped)
