@@ -28,6 +28,8 @@ from benchmarks.common import (
     tool_versions,
     write_results,
 )
+from benchmarks.realworld_score import render as render_realworld
+from benchmarks.realworld_score import run_realworld
 from control_plane.compiler.bench import host_description
 from control_plane.compiler.pipeline import TOOLS, Compiler, CompileRequest
 from control_plane.core.hardware import HardwareProfile, load_profiles
@@ -112,17 +114,18 @@ def bench_profile(
         chosen=outcome.chosen.key, decision=outcome.decision, package_bytes=outcome.package_bytes
     )
 
+    built = {**compiler.candidates, **{c.key: c for c in compiler._mixed_cache.values()}}
     timed = {
         k: Timed("onnxruntime" if c.format == "onnx" else "litert", c.model_bytes, c.signature)
-        for k, c in compiler.candidates.items()
-        if not c.error and c.signature is not None
+        for k, c in built.items()
+        if not c.error and not c.skipped and c.signature is not None and c.model_bytes
     }
     sample = {name: rows[:1] for name, rows in compiler.validation.items()}
     latency = interleaved_latency(timed, sample, threads=profile.runtime.threads)
     record["candidates"] = []
     for row in outcome.rows:
-        cand = compiler.candidates[row["candidate"]]
-        fp32 = compiler.candidates.get(f"{cand.format}/fp32")
+        cand = built[row["candidate"]]
+        fp32 = built.get(f"{cand.format}/fp32")
         fidelity = row.get("fidelity") or {}
         metric = fidelity.get("metric") or {}
         lat, base = latency.get(cand.key), latency.get(f"{cand.format}/fp32")
@@ -194,6 +197,8 @@ def run(results_dir: Path) -> str:
                     record.get("chosen", record.get("error")),
                 )
                 records.append(record)
+        # issue #8: the BERT-sized encoder and the diabetes regressor
+        realworld = run_realworld({p.id: p for p in profiles}, key)
     data = {
         "benchmark": "compile",
         "command": COMMAND,
@@ -205,8 +210,9 @@ def run(results_dir: Path) -> str:
         "wall_seconds": round(time.perf_counter() - started, 1),
         "targets": evaluate(records),
         "results": records,
+        "realworld": realworld,
     }
-    markdown = render(data)
+    markdown = render(data) + "\n\n" + "\n\n".join(render_realworld(realworld))
     write_results(results_dir, "compile", markdown, data)
     return markdown
 

@@ -7,6 +7,7 @@ import logging
 import re
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,16 @@ def profiles_list(settings: Settings, directory: Path | None) -> None:
     type=click.IntRange(min=1),
     help="anti-rollback release number",
 )
-@click.option("--task", type=click.Choice(["classification", "regression"]))
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "regression", "embedding"]),
+    help="what the model does, which sets the fidelity measure (default: inferred)",
+)
+@click.option(
+    "--unknown-id",
+    type=int,
+    help="the tokenizer's unknown-token id: its share is watched for drift",
+)
 @click.option("--author", help="recorded in lineage (default: the OS user)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per package")
 @click.pass_obj
@@ -166,6 +176,7 @@ def compile(  # noqa: A001 - the command's name
     model_version: str,
     release: int,
     task: str | None,
+    unknown_id: int | None,
     author: str | None,
     as_json: bool,
 ) -> None:
@@ -192,21 +203,19 @@ def compile(  # noqa: A001 - the command's name
         release=release,
         task=task,  # type: ignore[arg-type]
         created_by=author,
+        unknown_id=unknown_id,
     )
-    with console.status("compiling") as status:
-
-        def progress(message: str) -> None:
-            status.update(message)
-            console.log(message)
-
+    progress, bar = _progress_bar(console)
+    try:
         outcomes = compile_model(request, progress)
+    finally:
+        bar.stop()
     for outcome in outcomes:
         summary = outcome.summary()
         if as_json:
             click.echo(json.dumps(summary, sort_keys=True))
         else:
-            fid = outcome.fidelity
-            agree = f"{fid.top1_agreement:.4f}" if fid and fid.top1_agreement is not None else "-"
+            measured = _fidelity_line(outcome.fidelity)
             latency = (
                 f"{summary['latency_ms']:.3f} ms"
                 if summary["latency_ms"] is not None
@@ -214,9 +223,63 @@ def compile(  # noqa: A001 - the command's name
             )
             console.print(
                 f"[bold]{outcome.profile}[/]: {summary['format']}/{summary['recipe']} "
-                f"{summary['size_bytes']} B, top-1 agreement {agree}, {latency}\n"
+                f"{summary['size_bytes']} B, {measured}, {latency}\n"
                 f"  {outcome.decision}\n  -> {summary['path']}"
             )
+
+
+def _progress_bar(console: Any) -> tuple[Callable[[str], None], Any]:
+    """A progress bar over the candidates (``candidate i/n: key`` messages); every
+    message is also logged, so mixed-precision trials and decisions stay visible."""
+    import re
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    task = bar.add_task("compiling", total=None)
+    pattern = re.compile(r"^candidate (\d+)/(\d+): (.+)$")
+
+    def progress(message: str) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        match = pattern.match(message)
+        if match:
+            done, total = int(match.group(1)) - 1, int(match.group(2))
+            bar.update(task, completed=done, total=total, description=match.group(3))
+        elif message.startswith(("choosing for", "wrote")):
+            bar.update(task, completed=bar.tasks[0].total or 0, description=message)
+        else:
+            bar.update(task, description=message.strip()[:60])
+        console.log(message)
+
+    return progress, bar
+
+
+def _fidelity_line(fid: Any) -> str:
+    """The task's own measure, as the report judged it."""
+    if fid is None:
+        return "fidelity -"
+    parts = [
+        f"{label} {value:.4f}"
+        for label, value in (
+            ("top-1 agreement", fid.top1_agreement),
+            ("relative error", fid.relative_error),
+            ("mean cosine", fid.mean_cosine),
+            ("p1 cosine", fid.p1_cosine),
+            ("NN agreement", fid.nn_agreement),
+        )
+        if value is not None
+    ]
+    if fid.float_nodes:
+        parts.append(f"{len(fid.float_nodes)} node(s) kept in float")
+    return f"{fid.task or 'fidelity'}: " + ", ".join(parts or ["-"])
 
 
 # ------------------------------------------------------------------ inspect / verify

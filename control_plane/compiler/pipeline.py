@@ -20,21 +20,20 @@ compile leaves no package behind.
 
 from __future__ import annotations
 
-import getpass
-import importlib.metadata
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from control_plane import __version__
 from control_plane.compiler.bench import measure_latency
+from control_plane.compiler.mixed import attention_node
 from control_plane.compiler.package import build_package, package_filename, write_atomic
 from control_plane.compiler.quantize import build_onnx
+from control_plane.compiler.record import make_manifest
 from control_plane.compiler.report import Candidate, ProfileOutcome
 from control_plane.compiler.sources import (
     SourceModel,
@@ -43,10 +42,11 @@ from control_plane.compiler.sources import (
     load_npz,
     load_onnx,
     load_torch,
-    sha256_file,
     torch_module_for,
 )
+from control_plane.compiler.tasks import infer_task
 from control_plane.compiler.tflite import TfliteBuilder
+from control_plane.compiler.tuning import tune_mixed
 from control_plane.core.fidelity import fidelity_report
 from control_plane.core.hardware import HardwareProfile
 from control_plane.core.stats import reference_statistics
@@ -55,20 +55,14 @@ from control_plane.signing import load_private_key
 from edge_agent.core.host import HostInfo
 from edge_agent.core.manifest import (
     Benchmark,
-    DatasetRef,
     FidelityReport,
-    Lineage,
-    Manifest,
-    ModelFile,
     Signature,
     Task,
     TensorSpec,
-    TestVectors,
-    make_package_id,
 )
 from edge_agent.host import detect_host
-from edge_agent.package import key_id
 from edge_agent.runtime import load_model_bytes
+from edge_agent.runtime.base import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -95,47 +89,46 @@ class CompileRequest:
     task: Task | None = None
     created_by: str | None = None
     test_vectors: int = 8
-
-
-def _tool_versions() -> dict[str, str]:
-    versions = {"fleetcast": __version__}
-    for tool in TOOLS:
-        try:
-            versions[tool] = importlib.metadata.version(tool)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def _infer_task(outputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> Task:
-    first = next(iter(outputs.values()))
-    if first.ndim == 2 and first.shape[1] > 1:
-        if labels is None or labels.dtype.kind in "iu" or np.all(labels == np.round(labels)):
-            return "classification"
-    return "regression"
+    unknown_id: int | None = None  # the tokenizer's unknown-token id, for drift statistics
 
 
 def _onnx_signature(source: SourceModel, outputs: Mapping[str, np.ndarray]) -> Signature:
     return Signature(
         inputs=tuple(
-            TensorSpec(name=s.name, runtime_name=s.name, shape=(-1, *s.shape[1:]))
+            TensorSpec(
+                name=s.name,
+                runtime_name=s.name,
+                shape=(-1, *s.shape[1:]),
+                dtype=s.dtype,  # type: ignore[arg-type]
+                model_dtype=s.dtype,  # type: ignore[arg-type]
+            )
             for s in source.inputs
         ),
         outputs=tuple(
             TensorSpec(name=name, runtime_name=name, shape=(-1, *value.shape[1:]))
             for name, value in outputs.items()
         ),
+        batch=source.batch,
     )
 
 
-def _tolerance(recipe: str, expected: Mapping[str, np.ndarray]) -> tuple[float, float]:
-    """(atol, rtol) for on-device self-test: int8 kernels differ by a step across CPUs."""
-    spread = max(float(np.ptp(v)) if v.size else 0.0 for v in expected.values())
-    if recipe == "fp32":
-        return 1e-4 + 1e-4 * spread, 1e-3
-    if recipe == "fp16":
-        return 1e-3 + 1e-2 * spread, 1e-2
-    return 1e-3 + 5e-2 * spread, 0.0
+SCORE_ROWS = 64
+
+
+def score_rows(model: LoadedModel, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs for every row, scored ``SCORE_ROWS`` at a time and copied out.
+
+    Chunks bound the runtime's working memory on large models (a BERT-sized encoder
+    needs ~600 MB of activations for 256 rows of 64 tokens at once), and the copy
+    matters: onnxruntime's output arrays can keep the session's memory arena alive,
+    which piled up ~650 MB per candidate before.
+    """
+    rows = next(iter(data.values())).shape[0]
+    parts = [
+        model.predict({k: v[i : i + SCORE_ROWS] for k, v in data.items()})
+        for i in range(0, rows, SCORE_ROWS)
+    ]
+    return {k: np.concatenate([np.array(p[k], copy=True) for p in parts]) for k in parts[0]}
 
 
 class Compiler:
@@ -152,6 +145,8 @@ class Compiler:
         self.host = host or detect_host()
         self._tflite: TfliteBuilder | None = None
         self.candidates: dict[str, Candidate] = {}
+        self._mixed_cache: dict[str, Candidate] = {}
+        self._ranked: dict[str, list[Any]] = {}
 
     # -- inputs
 
@@ -187,17 +182,20 @@ class Compiler:
 
     def _run_reference(self) -> None:
         fp32 = self.source.onnx_bytes
-        names = [s.name for s in self.source.inputs]
         probe = Signature(
-            inputs=tuple(TensorSpec(name=n, runtime_name=n, shape=(-1,)) for n in names),
+            inputs=tuple(
+                TensorSpec(name=s.name, runtime_name=s.name, shape=(-1,))
+                for s in self.source.inputs
+            ),
             outputs=tuple(
                 TensorSpec(name=n, runtime_name=n, shape=(-1,)) for n in self.source.output_names
             ),
+            batch=self.source.batch,
         )
         try:
             model = load_model_bytes("onnxruntime", fp32, probe)
-            self.ref_validation = model.predict(self.validation)
-            self.ref_reference = model.predict(self.reference)
+            self.ref_validation = score_rows(model, self.validation)
+            self.ref_reference = score_rows(model, self.reference)
         except ControlPlaneError:
             raise
         except Exception as exc:  # onnxruntime names the op it has no kernel for
@@ -205,27 +203,47 @@ class Compiler:
                 f"model {self.request.model}: fp32 reference does not run: {exc}"
             ) from exc
         self.onnx_signature = _onnx_signature(self.source, self.ref_validation)
-        self.task: Task = self.request.task or _infer_task(self.ref_validation, self.labels)
+        self._attention = attention_node(self.source.onnx_bytes)
+        if self.request.task is not None:
+            self.task: Task = self.request.task
+            self.progress(f"task: {self.task} (--task)")
+        else:
+            self.task, why = infer_task(self.ref_validation, self.labels)
+            self.progress(f"task: {self.task}, inferred: {why}")
 
     # -- candidates
 
     def _build(self, fmt: str, recipe: str) -> Candidate:
         cand = Candidate(key=f"{fmt}/{recipe}", format=fmt, recipe=recipe)
+        if recipe == "static_int8" and self._attention is not None:
+            cand.skipped = (
+                f"not built: static activation quantization breaks attention ({self._attention}) "
+                "and is not faster there; see docs/compiler.md"
+            )
+            self.progress(f"  {cand.key} {cand.skipped}")
+            return cand
         self.progress(f"building {cand.key}")
         try:
             if fmt == "onnx":
-                cand.model_bytes = build_onnx(self.source.onnx_bytes, recipe, self.calibration)
+                cand.model_bytes = build_onnx(
+                    self.source.onnx_bytes, recipe, self.calibration, self.source.batch
+                )
                 cand.signature = self.onnx_signature
             else:
                 if self._tflite is None:
                     module = torch_module_for(self.source)
                     self._tflite = TfliteBuilder(
-                        module, [s.name for s in self.source.inputs], list(self.ref_validation)
+                        module,
+                        [s.name for s in self.source.inputs],
+                        list(self.ref_validation),
+                        [s.dtype for s in self.source.inputs],
                     )
-                cand.model_bytes, cand.signature = self._tflite.build(recipe, self.calibration)
+                cand.model_bytes, signature = self._tflite.build(recipe, self.calibration)
+                # a fixed-batch source is converted at that batch: the package declares it
+                cand.signature = signature.model_copy(update={"batch": self.source.batch})
             runtime = "onnxruntime" if fmt == "onnx" else "litert"
             loaded = load_model_bytes(runtime, cand.model_bytes, cand.signature)
-            cand.outputs = loaded.predict(self.validation)
+            cand.outputs = score_rows(loaded, self.validation)
         except ControlPlaneError as exc:
             cand.error = str(exc)
         except Exception as exc:  # a runtime that cannot run what a tool chain produced
@@ -233,6 +251,13 @@ class Compiler:
         if cand.error:
             self.progress(f"  {cand.key} failed: {cand.error}")
         return cand
+
+    def _fidelity(
+        self, outputs: Mapping[str, np.ndarray], profile: HardwareProfile
+    ) -> FidelityReport:
+        return fidelity_report(
+            self.ref_validation, outputs, self.task, profile.budgets, labels=self.labels
+        )
 
     def _latency(self, cand: Candidate, profile: HardwareProfile) -> Benchmark:
         threads = profile.runtime.threads
@@ -256,21 +281,24 @@ class Compiler:
         rows: list[dict[str, Any]] = []
         passing: list[tuple[Candidate, FidelityReport]] = []
         for spec in profile.compile.candidates:
-            cand = self.candidates[spec.key]
+            cand = (
+                tune_mixed(self, profile, spec.format)
+                if spec.recipe == "mixed_int8"
+                else self.candidates[spec.key]
+            )
             row: dict[str, Any] = {"candidate": cand.key, "size_bytes": cand.size_bytes or None}
+            if cand.trials:
+                row["trials"] = cand.trials
             rows.append(row)
+            if cand.skipped:
+                row.update(status="skipped", reason=cand.skipped)
+                continue
             if cand.error:
                 row.update(status="failed", reason=cand.error)
                 continue
-            report = fidelity_report(
-                self.ref_validation,
-                cand.outputs,
-                self.task,
-                max_top1_loss=budgets.max_top1_loss,
-                max_metric_drop=budgets.max_metric_drop,
-                max_abs_error=budgets.max_abs_error,
-                labels=self.labels,
-            )
+            report = self._fidelity(cand.outputs, profile)
+            if cand.float_nodes:
+                report = report.model_copy(update={"float_nodes": cand.float_nodes})
             row["fidelity"] = report.model_dump(mode="json")
             reasons = list(report.reasons)
             if cand.size_bytes > budgets.max_package_bytes:
@@ -320,82 +348,6 @@ class Compiler:
             profile.id, rows, decision, chosen=chosen[0], fidelity=chosen[1], benchmark=chosen[2]
         )
 
-    def _manifest(self, profile: HardwareProfile, outcome: ProfileOutcome) -> Manifest:
-        req = self.request
-        cand = outcome.chosen
-        assert cand is not None and cand.signature is not None and outcome.fidelity is not None
-        count = min(req.test_vectors, next(iter(self.validation.values())).shape[0])
-        expected = {k: v[:count] for k, v in cand.outputs.items()}
-        atol, rtol = _tolerance(cand.recipe, expected)
-        datasets = [
-            DatasetRef(
-                role="calibration",
-                name=req.calibration.name,
-                sha256=sha256_file(req.calibration),
-                rows=_rows(self.calibration),
-            ),
-            DatasetRef(
-                role="validation",
-                name=req.validation.name,
-                sha256=sha256_file(req.validation),
-                rows=_rows(self.validation),
-            ),
-        ]
-        if req.reference:
-            datasets.append(
-                DatasetRef(
-                    role="reference",
-                    name=req.reference.name,
-                    sha256=sha256_file(req.reference),
-                    rows=_rows(self.reference),
-                )
-            )
-        if req.labels and self.labels is not None:
-            datasets.append(
-                DatasetRef(
-                    role="labels",
-                    name=req.labels.name,
-                    sha256=sha256_file(req.labels),
-                    rows=int(self.labels.shape[0]),
-                )
-            )
-        return Manifest(
-            package_id=make_package_id(req.model_name, req.model_version, profile.id, req.release),
-            model_name=req.model_name,
-            model_version=req.model_version,
-            release=req.release,
-            profile=profile.ref(),
-            runtime=profile.runtime.name,
-            format=cand.format,  # type: ignore[arg-type]
-            recipe=cand.recipe,  # type: ignore[arg-type]
-            task=self.task,
-            model_file=ModelFile(
-                path=f"model.{cand.format}",
-                sha256=_sha256(cand.model_bytes),
-                size_bytes=cand.size_bytes,
-            ),
-            signature=cand.signature,
-            reference=self.stats,
-            fidelity=outcome.fidelity,
-            test_vectors=TestVectors(
-                inputs={k: v[:count].tolist() for k, v in self.validation.items()},
-                outputs={k: v.tolist() for k, v in expected.items()},
-                atol=atol,
-                rtol=rtol,
-            ),
-            benchmark=outcome.benchmark,
-            lineage=Lineage(
-                source_sha256=self.source.sha256,
-                source_format=self.source.kind,
-                datasets=tuple(datasets),
-                compiler_version=__version__,
-                tool_versions=_tool_versions(),
-                created_by=req.created_by or getpass.getuser(),
-                created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            ),
-            key_id=key_id(self.key.public_key()),
-        )
-
     def run(self) -> list[ProfileOutcome]:
         req = self.request
         if not req.profiles:
@@ -407,11 +359,20 @@ class Compiler:
             self.ref_reference,
             self.task,
             source=(req.reference or req.calibration).name,
+            unknown_id=req.unknown_id,
         )
-        for profile in req.profiles:
-            for spec in profile.compile.candidates:
-                if spec.key not in self.candidates:
-                    self.candidates[spec.key] = self._build(spec.format, spec.recipe)
+        keys = list(
+            dict.fromkeys(
+                (spec.format, spec.recipe)
+                for profile in req.profiles
+                for spec in profile.compile.candidates
+                if spec.recipe != "mixed_int8"
+            )
+        )
+        for i, (fmt, recipe) in enumerate(keys, 1):
+            if f"{fmt}/{recipe}" not in self.candidates:
+                self.progress(f"candidate {i}/{len(keys)}: {fmt}/{recipe}")
+                self.candidates[f"{fmt}/{recipe}"] = self._build(fmt, recipe)
         outcomes = []
         for profile in req.profiles:
             self.progress(f"choosing for {profile.id}")
@@ -425,28 +386,18 @@ class Compiler:
         packages = []
         by_id = {p.id: p for p in req.profiles}
         for outcome in outcomes:
-            manifest = self._manifest(by_id[outcome.profile], outcome)
+            manifest = make_manifest(self, by_id[outcome.profile], outcome)
             assert outcome.chosen is not None
             data = build_package(manifest, outcome.chosen.model_bytes, self.key)
             outcome.manifest = manifest
             outcome.path = req.out_dir / package_filename(manifest)
-            outcome.package_sha256 = _sha256(data)
+            outcome.package_sha256 = hashlib.sha256(data).hexdigest()
             outcome.package_bytes = len(data)
             packages.append((outcome.path, data))
         for path, data in packages:
             write_atomic(path, data)
             self.progress(f"wrote {path}")
         return outcomes
-
-
-def _rows(arrays: Mapping[str, np.ndarray]) -> int:
-    return int(next(iter(arrays.values())).shape[0])
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
 
 
 def compile_model(

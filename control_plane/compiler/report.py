@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.core.manifest import Benchmark, FidelityReport, Manifest, Signature
+from edge_agent.core.manifest import Benchmark, FidelityReport, FloatNode, Manifest, Signature
 
 
 @dataclass
@@ -20,7 +20,10 @@ class Candidate:
     signature: Signature | None = None
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     error: str | None = None
+    skipped: str | None = None  # not built, and why (mixed precision when int8 already fits)
     latency: dict[int, Benchmark] = field(default_factory=dict)
+    float_nodes: tuple[FloatNode, ...] = ()  # mixed precision: nodes kept in float
+    trials: list[str] = field(default_factory=list)  # mixed precision: the search's steps
 
     @property
     def size_bytes(self) -> int:

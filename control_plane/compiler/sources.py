@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import tempfile
-import types
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ SourceKind = Literal["onnx", "torch-export", "torch-state-dict"]
 class InputSpec:
     name: str
     shape: tuple[int, ...]  # -1 for a dynamic dimension
+    dtype: str = "float32"  # float32, int64, int32, bool, ...
 
 
 @dataclass
@@ -47,6 +47,7 @@ class SourceModel:
     inputs: list[InputSpec]
     output_names: list[str]
     torch_module: Any | None = None  # torch.nn.Module, for the TFLite path
+    batch: int | None = None  # the fixed batch of the model file, None when any batch scores
     _converted: Any | None = field(default=None, repr=False)
 
 
@@ -131,11 +132,7 @@ def check_data(
     rows: set[int] = set()
     for spec in specs:
         array = arrays[spec.name]
-        if array.dtype.kind != "f":
-            raise InvalidInput(
-                f"{role} data {path}: input {spec.name!r} has dtype {array.dtype}, "
-                "expected floating point (float32)"
-            )
+        _check_kind(array, spec, role, path)
         if array.ndim != len(spec.shape) or any(
             want not in (-1, got)
             for want, got in zip(spec.shape[1:], array.shape[1:], strict=False)
@@ -147,16 +144,42 @@ def check_data(
             )
         if array.shape[0] == 0:
             raise InvalidInput(f"{role} data {path}: input {spec.name!r} has no rows")
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise InvalidInput(
-                f"{role} data {path}: input {spec.name!r} contains {bad} NaN or infinite values"
-            )
+        if array.dtype.kind == "f":
+            bad = int(np.count_nonzero(~np.isfinite(array)))
+            if bad:
+                raise InvalidInput(
+                    f"{role} data {path}: input {spec.name!r} contains {bad} NaN or infinite values"
+                )
         rows.add(array.shape[0])
-        checked[spec.name] = np.ascontiguousarray(array, dtype=np.float32)
+        checked[spec.name] = np.ascontiguousarray(array, dtype=np.dtype(spec.dtype))
     if len(rows) > 1:
         raise InvalidInput(f"{role} data {path}: inputs disagree on the number of rows {rows}")
     return checked
+
+
+def _check_kind(array: np.ndarray, spec: InputSpec, role: str, path: Path) -> None:
+    """Float inputs take floats; integer inputs (ids, codes) integers that fit; masks 0/1."""
+    want = np.dtype(spec.dtype)
+    if want.kind == "f":
+        if array.dtype.kind != "f":
+            raise InvalidInput(
+                f"{role} data {path}: input {spec.name!r} has dtype {array.dtype}, "
+                f"the model takes floating point ({spec.dtype})"
+            )
+        return
+    if array.dtype.kind not in "iub":
+        raise InvalidInput(
+            f"{role} data {path}: input {spec.name!r} has dtype {array.dtype}, the model "
+            f"takes {spec.dtype} (token ids, codes or a mask: pass integers)"
+        )
+    if array.size == 0 or array.dtype.kind == "b":
+        return
+    low, high = (0, 1) if want.kind == "b" else (int(np.iinfo(want).min), int(np.iinfo(want).max))
+    if int(array.min()) < low or int(array.max()) > high:
+        raise InvalidInput(
+            f"{role} data {path}: input {spec.name!r} holds values "
+            f"{int(array.min())}..{int(array.max())} outside {spec.dtype}"
+        )
 
 
 def load_labels(path: Path, rows: int) -> np.ndarray:
@@ -180,9 +203,13 @@ def _onnx_inputs(model: Any) -> tuple[list[InputSpec], list[str]]:
     for value in model.graph.input:
         if value.name in initializers:
             continue
+        import onnx
+
         dims = value.type.tensor_type.shape.dim
         shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
-        specs.append(InputSpec(value.name, shape))
+        elem = value.type.tensor_type.elem_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).name
+        specs.append(InputSpec(value.name, shape, "bool" if dtype == "bool" else dtype))
     return specs, [o.name for o in model.graph.output]
 
 
@@ -200,6 +227,7 @@ def load_onnx(path: Path) -> SourceModel:
     if not inputs:
         raise InvalidInput(f"model {path}: the graph has no inputs")
     return SourceModel(
+        batch=fixed_batch(inputs, path),
         kind="onnx",
         path=path,
         sha256=sha256_file(path),
@@ -207,6 +235,30 @@ def load_onnx(path: Path) -> SourceModel:
         inputs=inputs,
         output_names=outputs,
     )
+
+
+def fixed_batch(inputs: list[InputSpec], path: Path) -> int | None:
+    """The batch every input fixes, or None when the batch is dynamic."""
+    batches = {spec.shape[0] for spec in inputs if spec.shape}
+    if not batches or batches == {-1}:
+        return None
+    if len(batches) > 1:
+        raise InvalidInput(
+            f"model {path}: inputs disagree on the batch dimension ({sorted(batches)})"
+        )
+    return int(batches.pop())
+
+
+def _program_batch(program: Any) -> int | None:
+    """The batch a torch.export program was traced with when it is static, else None."""
+    names = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in names:
+            value = node.meta.get("val")
+            shape = getattr(value, "shape", None)
+            if shape is not None and len(shape) and isinstance(shape[0], int):
+                return int(shape[0])
+    return None
 
 
 def _load_module(path: Path, factory: str | None) -> tuple[Any, SourceKind]:
@@ -263,13 +315,26 @@ def load_torch(
         module.eval()
     names = torch_input_names(calibration)
     arrays = list(calibration.values())
+    dtypes = [_torch_dtype(a) for a in arrays]
     for name, array in zip(names, arrays, strict=True):
-        if array.dtype.kind != "f":
+        if array.dtype.kind not in "fiub":
             raise InvalidInput(
                 f"calibration data {data_path}: input {name!r} has dtype {array.dtype}, "
-                "expected floating point (float32)"
+                "expected floating point, integers (ids, codes) or bool (a mask)"
             )
-    sample = tuple(torch.from_numpy(np.ascontiguousarray(a[:2], dtype=np.float32)) for a in arrays)
+    # a program traced with a static batch scores that batch only: the compiler feeds it
+    # chunks of that many rows and the package declares it (the runtime splits requests)
+    batch = _program_batch(program) if program is not None else None
+    rows = batch or 2
+    sample = tuple(
+        torch.from_numpy(np.ascontiguousarray(a[:rows], dtype=np.dtype(d)))
+        for a, d in zip(arrays, dtypes, strict=True)
+    )
+    if sample[0].shape[0] < rows:
+        raise InvalidInput(
+            f"calibration data {data_path}: the model has a fixed batch of {rows}, "
+            f"the data only {sample[0].shape[0]} rows"
+        )
     try:  # a plain forward pass tells a data shape that does not fit from an export failure
         with torch.no_grad():
             module(*sample)
@@ -286,21 +351,27 @@ def load_torch(
 
     model = onnx.load_model_from_string(onnx_bytes)
     inputs, outputs = _onnx_inputs(model)
-    fixed = [spec for spec in inputs if spec.shape and spec.shape[0] != -1]
-    if fixed:
-        raise InvalidInput(
-            f"model {path}: input {fixed[0].name!r} has a fixed batch of {fixed[0].shape[0]}; "
-            "export the program with a dynamic batch (torch.export.Dim) so any batch scores"
+    fixed = fixed_batch(inputs, path)
+    if fixed is not None and fixed != batch:
+        raise CompileError(
+            f"model {path}: the ONNX export fixed the batch at {fixed}; export the program "
+            "with a dynamic batch (torch.export.Dim)"
         )
     return SourceModel(
         kind=kind,
         path=path,
         sha256=sha256_file(path),
         onnx_bytes=onnx_bytes,
-        inputs=[InputSpec(n, s.shape) for n, s in zip(names, inputs, strict=True)],
+        inputs=[InputSpec(n, s.shape, d) for n, s, d in zip(names, inputs, dtypes, strict=True)],
         output_names=outputs,
         torch_module=module,
+        batch=batch,
     )
+
+
+def _torch_dtype(array: np.ndarray) -> str:
+    """The dtype a torch model takes for data of this kind: float32, int64 or bool."""
+    return {"f": "float32", "b": "bool"}.get(array.dtype.kind, "int64")
 
 
 def export_onnx(
@@ -342,52 +413,18 @@ def export_onnx(
 
 
 def torch_module_for(source: SourceModel) -> Any:
-    """A torch module for the TFLite path; ONNX sources go through onnx2torch."""
+    """A torch module for the TFLite path; ONNX sources go through onnx2torch.
+
+    The graph is first simplified with the inputs fixed at the shape TFLite is
+    converted for (batch 1, or the model's fixed batch), so shape arithmetic folds
+    into constants that onnx2torch and torch.export can take.
+    """
     if source.torch_module is not None:
         return source.torch_module
     if source._converted is None:
-        source._converted = _onnx_to_torch(source.onnx_bytes, source.path)
+        batch = source.batch or 1
+        shapes = {s.name: (batch, *s.shape[1:]) for s in source.inputs if -1 not in s.shape[1:]}
+        from control_plane.compiler.onnx_torch import onnx_to_torch
+
+        source._converted = onnx_to_torch(source.onnx_bytes, source.path, shapes)
     return source._converted
-
-
-def _install_torchvision_stub() -> None:
-    """onnx2torch imports torchvision only for NonMaxSuppression and RoiAlign.
-
-    PyPI's torchvision does not load beside the CPU torch wheel, so when it is
-    missing we register a stub whose use fails with a message naming the op.
-    """
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        stub = types.ModuleType("torchvision")
-        ops = types.ModuleType("torchvision.ops")
-
-        def _missing(*_: Any, **__: Any) -> Any:
-            raise CompileError("op NonMaxSuppression/RoiAlign needs torchvision, not installed")
-
-        ops.nms = ops.box_convert = ops.roi_align = _missing  # type: ignore[attr-defined]
-        stub.ops = ops  # type: ignore[attr-defined]
-        sys.modules["torchvision"] = stub
-        sys.modules["torchvision.ops"] = ops
-
-
-def _onnx_to_torch(onnx_bytes: bytes, path: Path) -> Any:
-    import re
-
-    import onnx
-
-    _install_torchvision_stub()
-    from onnx2torch import convert
-
-    model = onnx.load_model_from_string(onnx_bytes)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return convert(model).eval()
-    except NotImplementedError as exc:
-        match = re.search(r"operation_type='([^']+)'.*?version=(\d+)", str(exc))
-        op = f"{match.group(1)} (opset {match.group(2)})" if match else str(exc)
-        raise CompileError(
-            f"model {path}: op {op} cannot be converted for TFLite targets (onnx2torch)"
-        ) from exc
-    except Exception as exc:
-        raise CompileError(f"model {path}: cannot convert ONNX to torch for TFLite: {exc}") from exc

@@ -22,8 +22,18 @@ from edge_agent.core.manifest import Format, ProfileRef, Recipe, RuntimeName
 
 FORMAT_RUNTIME: dict[str, str] = {"onnx": "onnxruntime", "tflite": "litert"}
 RECIPES: dict[str, frozenset[str]] = {
-    "onnx": frozenset({"fp32", "fp16", "dynamic_int8", "static_int8"}),
-    "tflite": frozenset({"fp32", "dynamic_int8", "static_int8"}),
+    "onnx": frozenset(
+        {
+            "fp32",
+            "fp16",
+            "dynamic_int8",
+            "dynamic_int8_per_channel",
+            "weight_only_int8",
+            "mixed_int8",
+            "static_int8",
+        }
+    ),
+    "tflite": frozenset({"fp32", "dynamic_int8", "mixed_int8", "static_int8"}),
 }
 
 
@@ -55,17 +65,47 @@ class Candidate(_Strict):
 
 
 class CompileSpec(_Strict):
+    """What to build. ``mixed_int8`` starts from dynamic int8 with per-channel weights and
+    keeps the most sensitive weight ops in float until the fidelity budget holds, within
+    ``max_tuning_seconds`` and ``max_float_nodes``."""
+
     opset: int = Field(default=17, ge=13, le=23)
     candidates: tuple[Candidate, ...] = Field(min_length=1)
     io_dtype: Literal["float32", "int8"] = "float32"
+    max_tuning_seconds: float = Field(default=60.0, gt=0)
+    max_float_nodes: int = Field(default=16, ge=1)
+
+
+class RegressionBudget(_Strict):
+    """Regression: mean |candidate - fp32| over the spread (std) of the fp32 outputs."""
+
+    max_relative_error: float = Field(default=0.02, gt=0, le=1)
+
+
+class EmbeddingBudget(_Strict):
+    """Embeddings: cosine similarity to the fp32 vectors, and whether each validation row's
+    nearest neighbour (among the other validation rows) stays the same."""
+
+    min_mean_cosine: float = Field(default=0.99, ge=0, le=1)
+    min_p1_cosine: float = Field(default=0.95, ge=0, le=1)
+    min_nn_agreement: float = Field(default=0.90, ge=0, le=1)
 
 
 class Budgets(_Strict):
+    """Size and memory, and the fidelity budget of each task kind.
+
+    Classification is judged on ``max_top1_loss`` (and ``max_metric_drop`` of
+    accuracy when labels are given); regression on ``regression`` (and
+    ``max_metric_drop`` of MAE, relative, with labels); embeddings on ``embedding``.
+    """
+
     max_package_bytes: int = Field(gt=0)
     max_memory_bytes: int = Field(gt=0)
     max_top1_loss: float = Field(default=0.01, ge=0, le=1)
     max_metric_drop: float = Field(default=0.01, ge=0, le=1)
     max_abs_error: float | None = Field(default=None, gt=0)
+    regression: RegressionBudget = RegressionBudget()
+    embedding: EmbeddingBudget = EmbeddingBudget()
 
 
 class BenchmarkSpec(_Strict):

@@ -7,6 +7,10 @@ Shared by the compiler (which computes reference statistics) and the device
 - ``channel``: for large inputs of rank >= 3 (images), feature c is the row's
   mean over all axes but the channel axis (axis 1).
 - ``class``: for classifier outputs, the predicted class (argmax) and the top score.
+- ``tokens``: for integer id sequences (token ids), per row the sequence length
+  (ids other than the padding id), the share of padding and, when the unknown
+  id is known, the share of unknown ids.
+- ``mask``: for attention masks (0/1 or bool), per row the number of positions set.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-FeatureAxis = Literal["element", "channel", "class"]
+FeatureAxis = Literal["element", "channel", "class", "tokens", "mask"]
 MAX_ELEMENT_FEATURES = 256
 _FLOAT32 = np.dtype(np.float32)
 
@@ -35,6 +39,10 @@ def feature_matrix(array: np.ndarray, axis: FeatureAxis) -> np.ndarray:
     if axis == "channel":
         result: np.ndarray = channel_sums(array).astype(np.float64) / channel_size(array)
         return result
+    if axis == "mask":
+        return mask_features(array)
+    if axis == "tokens":
+        return token_features(array, 0, None)
     raise ValueError(f"feature axis {axis!r} does not apply to inputs")
 
 
@@ -88,3 +96,22 @@ def bin_indices(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     nbins = max(edges.size - 1, 1)
     return np.bincount(bin_indices(values, edges), minlength=nbins)[:nbins]
+
+
+def token_features(array: np.ndarray, pad_id: int, unknown_id: int | None) -> np.ndarray:
+    """(batch, 2 or 3) float64: sequence length, padding share[, unknown-id share]."""
+    rows = array.reshape(array.shape[0], -1)
+    width = max(rows.shape[1], 1)
+    pads = np.count_nonzero(rows == pad_id, axis=1)
+    columns = [(width - pads).astype(np.float64), pads / width]
+    if unknown_id is not None:
+        columns.append(np.count_nonzero(rows == unknown_id, axis=1) / width)
+    stacked: np.ndarray = np.column_stack(columns).astype(np.float64)
+    return stacked
+
+
+def mask_features(array: np.ndarray) -> np.ndarray:
+    """(batch, 1) float64: how many positions of each row's mask are set."""
+    rows = array.reshape(array.shape[0], -1)
+    counts: np.ndarray = np.count_nonzero(rows, axis=1).astype(np.float64)
+    return counts[:, np.newaxis]

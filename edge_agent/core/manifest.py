@@ -15,10 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 SCHEMA_VERSION = 1
 
 Format = Literal["onnx", "tflite"]
-Recipe = Literal["fp32", "fp16", "dynamic_int8", "static_int8"]
+Recipe = Literal[
+    "fp32",
+    "fp16",
+    "dynamic_int8",
+    "dynamic_int8_per_channel",
+    "weight_only_int8",
+    "mixed_int8",
+    "static_int8",
+]
 RuntimeName = Literal["onnxruntime", "litert"]
-Task = Literal["classification", "regression"]
-DType = Literal["float32", "float16", "int8", "uint8", "int32", "int64"]
+Task = Literal["classification", "regression", "embedding"]
+DType = Literal["float32", "float16", "int8", "uint8", "int32", "int64", "bool"]
 
 
 class _Strict(BaseModel):
@@ -52,8 +60,14 @@ class TensorSpec(_Strict):
 
 
 class Signature(_Strict):
+    """The model's tensors. ``batch`` is set when the model file only scores that many
+    rows per call (a fixed-batch export): the runtime then splits a request into calls
+    of ``batch`` rows, padding the last call by repeating its final row, and returns
+    only the requested rows."""
+
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    batch: int | None = Field(default=None, ge=1)
 
     @field_validator("inputs", "outputs")
     @classmethod
@@ -85,11 +99,18 @@ class FeatureStats(_Strict):
 
 
 class TensorStats(_Strict):
-    """Statistics of one tensor: how its features were cut, and each feature's bins."""
+    """Statistics of one tensor: how its features were cut, and each feature's bins.
+
+    ``tokens`` (integer id sequences): per row the sequence length (ids other than
+    ``pad_id``), the share of padding and, when ``unknown_id`` is known, the share of
+    unknown ids. ``mask`` (attention masks): per row the number of positions set.
+    """
 
     tensor: str
-    feature_axis: Literal["element", "channel", "class"]
+    feature_axis: Literal["element", "channel", "class", "tokens", "mask"]
     features: tuple[FeatureStats, ...]
+    pad_id: int | None = None
+    unknown_id: int | None = None
 
 
 class ReferenceStats(_Strict):
@@ -106,8 +127,22 @@ class MetricDelta(_Strict):
     delta: float
 
 
+class FloatNode(_Strict):
+    """A node mixed precision kept in float, and what keeping it cost and bought."""
+
+    name: str
+    op: str
+    sensitivity: float  # local relative output error of the node when quantized
+    added_bytes: int  # model size over the node's int8 version
+
+
 class FidelityReport(_Strict):
-    """How far a candidate strays from the fp32 reference on held-out data."""
+    """How far a candidate strays from the fp32 reference on held-out data.
+
+    ``measure`` names the figure the budget was judged on (it depends on the task):
+    top-1 agreement (classification), relative error (regression), mean cosine and
+    nearest-neighbour agreement (embedding).
+    """
 
     rows: int
     max_abs_error: float
@@ -116,6 +151,13 @@ class FidelityReport(_Strict):
     metric: MetricDelta | None = None
     passed: bool
     reasons: tuple[str, ...] = ()
+    task: Task | None = None
+    measure: str | None = None
+    relative_error: float | None = None
+    mean_cosine: float | None = None
+    p1_cosine: float | None = None
+    nn_agreement: float | None = None
+    float_nodes: tuple[FloatNode, ...] = ()
 
 
 class TestVectors(_Strict):

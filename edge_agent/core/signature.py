@@ -16,10 +16,12 @@ NanPolicy = Literal["reject", "allow"]
 
 def _check_tensor(spec: TensorSpec, value: object, nan_policy: NanPolicy) -> np.ndarray:
     array = np.asarray(value)
-    if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
+    if array.dtype.kind not in "fiub":
         raise InvalidInput(f"input {spec.name!r}: dtype {array.dtype} is not numeric")
-    if array.dtype.kind in "iu" and spec.dtype.startswith("float"):
+    if array.dtype.kind in "iub" and spec.dtype.startswith("float"):
         raise InvalidInput(f"input {spec.name!r}: expected {spec.dtype}, got {array.dtype}")
+    if spec.dtype in _INTEGER or spec.dtype == "bool":
+        _check_integer(spec, array)
     expected = spec.shape
     if array.ndim == len(expected) - 1:  # a single row without the batch axis
         array = array[np.newaxis, ...]
@@ -40,6 +42,29 @@ def _check_tensor(spec: TensorSpec, value: object, nan_policy: NanPolicy) -> np.
     if nan_policy == "reject" and array.dtype.kind == "f" and not np.isfinite(array).all():
         raise_non_finite(spec.name, array)
     return array
+
+
+_INTEGER = frozenset({"int8", "uint8", "int32", "int64"})
+
+
+def _check_integer(spec: TensorSpec, array: np.ndarray) -> None:
+    """Integer and boolean inputs (token ids, masks, codes) take integers in range only."""
+    if array.dtype.kind == "f":
+        raise InvalidInput(
+            f"input {spec.name!r}: expected {spec.dtype} (ids, codes or a mask), got {array.dtype}"
+        )
+    if array.size == 0 or array.dtype.kind == "b":
+        return
+    if spec.dtype == "bool":
+        low, high = 0, 1
+    else:
+        info = np.iinfo(np.dtype(spec.dtype))
+        low, high = int(info.min), int(info.max)
+    smallest, largest = int(array.min()), int(array.max())
+    if smallest < low or largest > high:
+        raise InvalidInput(
+            f"input {spec.name!r}: values {smallest}..{largest} do not fit {spec.dtype}"
+        )
 
 
 def raise_non_finite(name: str, array: np.ndarray) -> None:

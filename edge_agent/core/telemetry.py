@@ -30,7 +30,13 @@ from typing import Any, Literal
 import numpy as np
 from datasketches import kll_floats_sketch
 
-from edge_agent.core.bins import channel_sums, class_features, feature_matrix
+from edge_agent.core.bins import (
+    channel_sums,
+    class_features,
+    feature_matrix,
+    mask_features,
+    token_features,
+)
 from edge_agent.core.manifest import FeatureStats, Manifest, TensorStats
 
 FailureKind = Literal["invalid", "error"]
@@ -68,7 +74,13 @@ class TensorBinner:
         self.stats = stats
         # :meth:`partial_rows` without the method call, for the per-call loops
         self.partial_rows_of: Callable[[np.ndarray], np.ndarray] = (
-            channel_sums if stats.feature_axis == "channel" else self._flat_rows
+            channel_sums
+            if stats.feature_axis == "channel"
+            else mask_features
+            if stats.feature_axis == "mask"
+            else self._token_rows
+            if stats.feature_axis == "tokens"
+            else self._flat_rows
         )
         inner = [_inner_edges(f) for f in stats.features]
         width = max((e.size for e in inner), default=0)
@@ -86,7 +98,13 @@ class TensorBinner:
         """What a call contributes, one row per example: features, or raw scores for ``class``."""
         if self.stats.feature_axis == "class":
             return array.reshape(array.shape[0], -1)
+        if self.stats.feature_axis == "tokens":
+            return self._token_rows(array)
         return feature_matrix(array, self.stats.feature_axis)
+
+    def _token_rows(self, array: np.ndarray) -> np.ndarray:
+        pad = self.stats.pad_id if self.stats.pad_id is not None else 0
+        return token_features(array, pad, self.stats.unknown_id)
 
     def partial_rows(self, array: np.ndarray) -> np.ndarray:
         """:meth:`rows` as a call buffers them, (batch, features): ``channel`` features
@@ -145,6 +163,7 @@ class TensorCounter:
         self.capacity = capacity
         self.counts = np.zeros(binner.total, dtype=np.int64)
         self.mismatched = 0
+        self._channel = binner.stats.feature_axis == "channel"
         self._features = -1  # the width of the buffered rows
         self._divisor = 1
         self._buffer: np.ndarray | None = None
@@ -158,7 +177,8 @@ class TensorCounter:
             rows = self.binner.partial_rows_of(array)
         batch, features = rows.shape
         size = batch * features
-        divisor = array.size // size if size else 1  # the channel size, or 1
+        # the channel size, or 1 (only channel rows are sums still to be divided)
+        divisor = (array.size // size if size else 1) if self._channel else 1
         if (
             size <= self.SMALL_ROWS
             and features == self._features

@@ -26,7 +26,7 @@ from edge_agent.errors import EdgeError, InvalidInput, RuntimeUnavailable, Scori
 from edge_agent.package import Package, load_public_key, open_package
 from edge_agent.runtime.base import LoadedModel, Runtime
 
-__all__ = ["Model", "load_model_bytes", "make_runtime", "open_model"]
+__all__ = ["FixedBatch", "Model", "load_model_bytes", "make_runtime", "open_model"]
 
 
 def make_runtime(name: str, threads: int = 0, providers: tuple[str, ...] = ()) -> Runtime:
@@ -48,7 +48,41 @@ def load_model_bytes(
     threads: int = 0,
     providers: tuple[str, ...] = (),
 ) -> LoadedModel:
-    return make_runtime(runtime, threads, providers).load(model_bytes, signature)
+    loaded = make_runtime(runtime, threads, providers).load(model_bytes, signature)
+    if signature.batch is not None:
+        return FixedBatch(loaded, signature.batch)
+    return loaded
+
+
+class FixedBatch:
+    """A model file that scores exactly ``batch`` rows per call (a fixed-batch export).
+
+    A request of any size is split into calls of ``batch`` rows; the last call is
+    padded by repeating its final row and the padding's outputs are dropped, so
+    callers get one output row per input row, as with a dynamic batch.
+    """
+
+    def __init__(self, loaded: LoadedModel, batch: int) -> None:
+        self.loaded = loaded
+        self.batch = batch
+        self.signature = loaded.signature
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = next(iter(inputs.values())).shape[0]
+        if rows == self.batch:
+            return self.loaded.predict(inputs)
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, rows, self.batch):
+            chunk = {k: v[start : start + self.batch] for k, v in inputs.items()}
+            taken = next(iter(chunk.values())).shape[0]
+            if taken < self.batch:
+                chunk = {
+                    k: np.concatenate([v, np.repeat(v[-1:], self.batch - taken, axis=0)])
+                    for k, v in chunk.items()
+                }
+            out = self.loaded.predict(chunk)
+            parts.append({k: v[:taken] for k, v in out.items()})
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 class Model:

@@ -56,6 +56,8 @@ class TfliteModel:
             if spec.quantization is not None:
                 q = spec.quantization
                 value = quantize(value, q.scale, q.zero_point, spec.model_dtype)
+            elif spec.model_dtype != spec.dtype:  # int64 ids into a model that takes int32
+                value = value.astype(spec.model_dtype)
             self._interp.set_tensor(detail["index"], value)
         self._interp.invoke()
         outs = []

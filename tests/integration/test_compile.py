@@ -144,6 +144,9 @@ def test_cnn_from_torch_export_meets_budgets(
         assert _agreement(scores, fp32) >= 0.98
         # every measured candidate, quantized ones included, was compared on held-out data
         for row in outcome.rows:
+            if row["status"] == "skipped":  # mixed precision, when int8 already fits
+                assert row["candidate"].endswith("/mixed_int8") and "not needed" in row["reason"]
+                continue
             assert row["fidelity"]["rows"] == len(digits_cnn.x_validation)
 
 

@@ -75,12 +75,12 @@ GOOD = (PROFILES / "x86-64-generic.toml").read_text()
         (GOOD.replace("threads = 1", 'threads = "two"'), "runtime.threads"),
         (GOOD.replace("max_top1_loss = 0.01", "max_top1_loss = 3"), "budgets.max_top1_loss"),
         (GOOD.replace("[benchmark]", "[benchmark]\nfrequency = 3"), "benchmark.frequency"),
-        (GOOD.replace('recipe = "fp32"', 'recipe = "int3"'), "compile.candidates.2.recipe"),
+        (GOOD.replace('recipe = "fp32"', 'recipe = "int3"'), "compile.candidates.5.recipe"),
         (
             GOOD.replace(
                 '{ format = "onnx", recipe = "fp32" }', '{ format = "tflite", recipe = "fp32" }'
             ),
-            "compile.candidates.2",
+            "compile.candidates.5",
         ),
         (
             GOOD.replace("max_package_bytes = 104_857_600   # 100 MiB\n", ""),

@@ -29,7 +29,7 @@ def test_good_data_is_cast_to_float32(tmp_path: Path) -> None:
     [
         (np.zeros((5, 65), np.float32), r"shape \[5, 65\], the model takes \[N, 64\]"),
         (np.zeros((5, 8, 8), np.float32), r"shape \[5, 8, 8\]"),
-        (np.zeros((5, 64), np.int64), "dtype int64, expected floating point"),
+        (np.zeros((5, 64), np.int64), "dtype int64, the model takes floating point"),
         (np.zeros((0, 64), np.float32), "has no rows"),
     ],
 )

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from control_plane.core.fidelity import fidelity_report
+from control_plane.core.hardware import Budgets
 from control_plane.core.stats import input_stats, output_stats, reference_statistics
 from edge_agent.core.bins import bin_counts, feature_matrix
 
@@ -70,8 +73,7 @@ def test_fidelity_counts_agreement_and_accuracy() -> None:
         reference,
         {"out": _logits(flipped)},
         "classification",
-        max_top1_loss=0.01,
-        max_metric_drop=0.05,
+        _budgets(max_top1_loss=0.01, max_metric_drop=0.05),
         labels=labels,
     )
     assert report.top1_agreement == pytest.approx(0.97)
@@ -84,8 +86,7 @@ def test_fidelity_counts_agreement_and_accuracy() -> None:
         reference,
         {"out": _logits(flipped)},
         "classification",
-        max_top1_loss=0.05,
-        max_metric_drop=0.05,
+        _budgets(max_top1_loss=0.05, max_metric_drop=0.05),
         labels=labels,
     )
     assert loose.passed and loose.reasons == ()
@@ -94,13 +95,63 @@ def test_fidelity_counts_agreement_and_accuracy() -> None:
 def test_fidelity_flags_nan_and_abs_error_budget() -> None:
     reference = {"y": np.ones((10, 1), dtype=np.float32)}
     candidate = {"y": np.full((10, 1), np.nan, dtype=np.float32)}
-    report = fidelity_report(
-        reference, candidate, "regression", max_top1_loss=0.01, max_metric_drop=0.01
-    )
+    report = fidelity_report(reference, candidate, "regression", _budgets())
     assert not report.passed and "NaN" in report.reasons[0]
     near = {"y": reference["y"] + 0.2}
-    report = fidelity_report(
-        reference, near, "regression", max_top1_loss=0.01, max_metric_drop=0.01, max_abs_error=0.1
-    )
-    assert not report.passed and "max abs error" in report.reasons[0]
+    report = fidelity_report(reference, near, "regression", _budgets(max_abs_error=0.1))
+    assert not report.passed and "max abs error" in report.reasons[-1]
+    assert "relative error" in report.reasons[0]
     assert report.top1_agreement is None
+
+
+def _budgets(**values: Any) -> Budgets:
+    return Budgets(max_package_bytes=1 << 30, max_memory_bytes=1 << 30, **values)
+
+
+def test_regression_is_judged_on_relative_error_and_mae_with_labels() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(200, 1)).astype(np.float32)
+    labels = reference[:, 0] + rng.normal(scale=0.3, size=200).astype(np.float32)
+    slightly = {"y": reference + 0.01}
+    report = fidelity_report({"y": reference}, slightly, "regression", _budgets(), labels=labels)
+    assert report.passed and report.task == "regression"
+    assert report.relative_error == pytest.approx(0.01 / reference.std(), rel=1e-3)
+    assert report.measure is not None and "relative error" in report.measure
+    assert report.metric is not None and report.metric.name == "mae"
+    off = fidelity_report({"y": reference}, {"y": reference * 1.2}, "regression", _budgets())
+    assert not off.passed and off.reasons[0].startswith("relative error")
+
+
+def test_embeddings_are_judged_on_cosine_and_nearest_neighbours() -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(20, 32))
+    rows = np.repeat(centres, 5, axis=0) + rng.normal(scale=0.3, size=(100, 32))
+    unit = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    close = unit + rng.normal(scale=0.002, size=unit.shape).astype(np.float32)
+    report = fidelity_report({"e": unit}, {"e": close}, "embedding", _budgets())
+    assert report.passed and report.mean_cosine is not None and report.mean_cosine > 0.999
+    assert report.nn_agreement is not None and report.nn_agreement >= 0.9
+    assert report.top1_agreement is None
+    noisy = unit + rng.normal(scale=0.2, size=unit.shape).astype(np.float32)
+    bad = fidelity_report({"e": unit}, {"e": noisy}, "embedding", _budgets())
+    assert not bad.passed
+    assert any("mean cosine" in r for r in bad.reasons)
+    assert bad.nn_agreement is not None and bad.nn_agreement < report.nn_agreement
+
+
+def test_task_is_inferred_with_a_reason() -> None:
+    from control_plane.compiler.tasks import infer_task
+
+    rng = np.random.default_rng(2)
+    unit = rng.normal(size=(50, 384)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    task, why = infer_task({"e": unit}, None)
+    assert task == "embedding" and "unit length" in why
+    logits = rng.normal(size=(50, 10)).astype(np.float32)
+    assert infer_task({"y": logits}, np.arange(50) % 10)[0] == "classification"
+    assert infer_task({"y": logits}, None)[0] == "classification"
+    assert infer_task({"y": logits[:, :1]}, None) == ("regression", "one output value per row")
+    assert infer_task({"y": logits[:, :1]}, rng.normal(size=50))[0] == "regression"
+    wide = rng.normal(size=(50, 256)).astype(np.float32)
+    task, why = infer_task({"e": wide}, None)
+    assert task == "embedding" and "--task classification" in why
