@@ -1,4 +1,5 @@
-"""The on-device library (and the handlers built on it) never imports the agent daemon."""
+"""The on-device library and the handlers built on it never import the agent daemon
+(nor the control plane, nor torch): a function ships the library only."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ LIBRARY = (
     "edge_agent.package",
     "edge_agent.reporting",
     "edge_agent.core.telemetry",
+    "functions.core",
+    "functions.aws_lambda",
+    "functions.openfaas",
+    "functions.gcf",
+    "functions.knative",
 )
 
 
@@ -41,7 +47,7 @@ def _imported_after(modules: tuple[str, ...]) -> list[str]:
 
 def test_library_imports_nothing_of_the_daemon() -> None:
     loaded = _imported_after(LIBRARY)
-    assert "edge_agent.reporting" in loaded
+    assert "edge_agent.reporting" in loaded and "functions.aws_lambda" in loaded
     bad = [m for m in loaded if m.split(".")[0] in DAEMON or m in DAEMON]
     bad += [m for m in loaded if any(m == d or m.startswith(d + ".") for d in DAEMON)]
     assert not bad, f"the on-device library imported daemon modules: {sorted(set(bad))}"
