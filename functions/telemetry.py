@@ -171,20 +171,21 @@ class FunctionTelemetry:
         )
         self._lock = threading.Lock()
         self._opened = time.monotonic()
+        self._invocations = 0  # since the last send
         if self.reporter.pending():  # a recycled container: deliver what the last one left
             sent = self.flush()
             logger.info("fleetcast: drained %d windows a previous process left", sent)
 
     def due(self) -> bool:
-        telemetry = self.model.telemetry
-        if telemetry is None:
-            return False
-        if time.monotonic() - self._opened >= self.settings.window_seconds:
-            return True
-        return telemetry.pending_requests() >= self.settings.max_requests
+        """A bound is reached: requests since the last send, or time since it."""
+        return (
+            self._invocations >= self.settings.max_requests
+            or time.monotonic() - self._opened >= self.settings.window_seconds
+        )
 
     def after_invocation(self) -> None:
         """Called before the handler returns; does I/O only when a window is due."""
+        self._invocations += 1  # under the GIL; an increment lost to a race only delays a send
         durable = self.settings.durability == "invocation"
         if not durable and not self.due():
             return
@@ -196,6 +197,7 @@ class FunctionTelemetry:
                 self.reporter.record(self.model.telemetry)
             if due:
                 self._opened = time.monotonic()
+                self._invocations = 0
                 self.flush()
         except Exception:  # telemetry never fails an invocation
             logger.exception("fleetcast: telemetry flush")
