@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from control_plane import cli_functions
 from control_plane.cli_certs import certs
 from control_plane.errors import ControlPlaneError
 from control_plane.settings import Settings
@@ -456,3 +457,4 @@ def main() -> None:
 
 
 cli.add_command(certs)
+cli_functions.register(cli)
