@@ -118,5 +118,44 @@ def batch_score(
     click.echo(json.dumps({k: v for k, v in vars(summary).items() if k != "extra"}))
 
 
+@click.group()
+def function() -> None:
+    """Serverless handlers: build deployable artifacts."""
+
+
+@function.command("build")
+@click.option("--package", required=True, type=_FILE, help="The signed .fcpkg to ship.")
+@click.option("--public-key", type=_FILE, help="Default: the key directory's fleetcast.pub.")
+@click.option(
+    "--target",
+    required=True,
+    type=click.Choice(["aws-lambda-x86_64", "aws-lambda-arm64", "gcf", "knative", "openfaas"]),
+)
+@click.option("--output", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.pass_obj
+def function_build(
+    settings: Settings, package: Path, public_key: Path | None, target: str, output: Path
+) -> None:
+    """A Lambda zip (dependencies for the target platform, <= 250 MB unzipped) or a
+    container build context (Dockerfile + handler + package) for the other targets."""
+    from functions.build import BuildError, build
+
+    try:
+        result = build(package, _public_key(settings, public_key), target, output)
+    except BuildError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        json.dumps(
+            {
+                "target": result.target,
+                "path": str(result.path),
+                "unzipped_bytes": result.unzipped_bytes,
+                "package_sha256": result.package_sha256,
+            }
+        )
+    )
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(batch)
+    cli.add_command(function)
