@@ -132,16 +132,34 @@ def function() -> None:
     type=click.Choice(["aws-lambda-x86_64", "aws-lambda-arm64", "gcf", "knative", "openfaas"]),
 )
 @click.option("--output", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--python-version",
+    default="3.11",
+    show_default=True,
+    type=click.Choice(["3.11", "3.12", "3.13"]),
+    help="Lambda runtime: 3.11 is Amazon Linux 2 (manylinux2014), 3.12+ AL2023.",
+)
 @click.pass_obj
 def function_build(
-    settings: Settings, package: Path, public_key: Path | None, target: str, output: Path
+    settings: Settings,
+    package: Path,
+    public_key: Path | None,
+    target: str,
+    output: Path,
+    python_version: str,
 ) -> None:
     """A Lambda zip (dependencies for the target platform, <= 250 MB unzipped) or a
     container build context (Dockerfile + handler + package) for the other targets."""
     from functions.build import BuildError, build
 
     try:
-        result = build(package, _public_key(settings, public_key), target, output)
+        result = build(
+            package,
+            _public_key(settings, public_key),
+            target,
+            output,
+            python_version=python_version,
+        )
     except BuildError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
