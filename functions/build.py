@@ -110,12 +110,13 @@ def _pip(args: list[str]) -> None:
         raise BuildError("pip could not resolve the dependencies:\n" + "\n".join(lines[-15:]))
 
 
-def lambda_platform(target: str, python_version: str) -> str:
-    """python3.11 runs on Amazon Linux 2 (glibc 2.26: manylinux2014); 3.12+ on AL2023."""
+def lambda_platforms(target: str, python_version: str) -> list[str]:
+    """python3.11 runs on Amazon Linux 2 (glibc 2.26: manylinux2014); 3.12+ on AL2023
+    (glibc 2.34: manylinux_2_28 and older; pip takes only the tags it is given)."""
     arch = "x86_64" if target.endswith("x86_64") else "aarch64"
     if python_version == "3.11":
-        return f"manylinux2014_{arch}"
-    return f"manylinux_2_28_{arch}"
+        return [f"manylinux2014_{arch}"]
+    return [f"manylinux_2_28_{arch}", f"manylinux2014_{arch}"]
 
 
 def _runs_here(target: str, python_version: str) -> bool:
@@ -126,10 +127,9 @@ def _runs_here(target: str, python_version: str) -> bool:
     return sys.platform == "linux" and arch == wanted and here == python_version
 
 
-def _lambda_dependencies(platform: str, python_version: str, into: Path) -> None:
+def _lambda_dependencies(platforms: list[str], python_version: str, into: Path) -> None:
     common = [
-        "--platform",
-        platform,
+        *(arg for tag in platforms for arg in ("--platform", tag)),
         "--only-binary=:all:",
         "--python-version",
         python_version,
@@ -205,10 +205,12 @@ def smoke_test(staging: Path, model: bytes) -> str | None:
     ir = onnx_ir_version(model)
     raise BuildError(
         f"the bundle cannot load its own package: {last}\n"
-        f"The model is ONNX IR version {ir}; the onnxruntime pip resolved for this target "
-        "may be older (manylinux2014 wheels, needed by Lambda's python3.11 runtime on "
-        "Amazon Linux 2, stop at onnxruntime 1.16, IR <= 9). Compile the package for an "
-        "older IR, or build for --python-version 3.12 (Amazon Linux 2023, manylinux_2_28)."
+        f"The model is ONNX IR version {ir}. The onnxruntime pip resolved for this target "
+        "may be older than the one the package was compiled for: Lambda's python3.11 "
+        "runtime (Amazon Linux 2) takes manylinux2014 wheels, which stop at onnxruntime "
+        "1.16 (ONNX IR <= 9, ai.onnx opset <= 19, ai.onnx.ml opset <= 3). Build for "
+        "--python-version 3.12 (Amazon Linux 2023, manylinux_2_28), or compile the "
+        "package for those versions."
     )
 
 
@@ -273,7 +275,7 @@ def build(
     shutil.copy2(public_key, staging / "fleetcast.pub")
     _copy_library(ENTRY[target], staging)
     if target in LAMBDA_PLATFORMS:
-        _lambda_dependencies(lambda_platform(target, python_version), python_version, staging)
+        _lambda_dependencies(lambda_platforms(target, python_version), python_version, staging)
         total = _check_lambda_size(staging, limit_bytes)
         if _runs_here(target, python_version):
             smoke_test(staging, checked.model_bytes)
