@@ -74,15 +74,22 @@ def batch_score(
     from edge_agent.reporting import Reporter
     from functions.batch.job import BadRowError, BatchJob, run_batch
     from functions.batch.readers import BatchInputError
-    from functions.telemetry import GrpcUploader
+    from functions.telemetry import GrpcUploader, instance_sequence
 
     reporter = None
     if server:
         token = os.environ.get("FLEETCAST_DEVICE_TOKEN", "")
         if not token:
             raise click.ClickException("--server needs FLEETCAST_DEVICE_TOKEN (the device token)")
-        outbox = Outbox(output.with_name(output.name + ".outbox.sqlite"))
-        reporter = Reporter(outbox, GrpcUploader(server, token), device_id)
+        state = output.with_name(output.name + ".telemetry")
+        state.mkdir(parents=True, exist_ok=True)
+        outbox = Outbox(state / "outbox.sqlite")
+        reporter = Reporter(
+            outbox,
+            GrpcUploader(server, token),
+            device_id,
+            sequence=instance_sequence(outbox, state),
+        )
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}", markup=False),

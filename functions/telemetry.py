@@ -26,7 +26,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -150,6 +150,13 @@ def _instance(directory: Path) -> int:
     return number
 
 
+def instance_sequence(outbox: Outbox, directory: Path) -> Callable[[], int]:
+    """Sequence numbers unique among every process sharing one device credential:
+    this directory's instance number over the outbox's durable counter."""
+    base = _instance(directory) << COUNTER_BITS
+    return lambda: base + outbox.next_sequence()
+
+
 class FunctionTelemetry:
     """The container's reporter: close windows on their bounds, flush before returning."""
 
@@ -160,14 +167,13 @@ class FunctionTelemetry:
         self.settings = settings
         settings.outbox_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(settings.outbox_dir / "outbox.sqlite", quota_bytes=16 * 1024 * 1024)
-        base = _instance(settings.outbox_dir) << COUNTER_BITS
         if transport is None and settings.server:
             transport = GrpcUploader(settings.server, settings.device_token)
         self.reporter = Reporter(
             self.outbox,
             transport,
             settings.device_id,
-            sequence=lambda: base + self.outbox.next_sequence(),
+            sequence=instance_sequence(self.outbox, settings.outbox_dir),
         )
         self._lock = threading.Lock()
         self._opened = time.monotonic()

@@ -128,3 +128,45 @@ def test_counts_equal_invocations_across_a_frozen_killed_container(
     else:  # the open window lives in memory: the 2 after the last bound die with the process
         assert (after_kill, drained) == (6, 6)
         assert (total, invalid) == (9, 2)
+
+
+def test_batch_sends_its_windows_to_the_control_plane(
+    plane: ControlPlane, edge_packages: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    from click.testing import CliRunner
+
+    from control_plane.cli import cli
+
+    assert plane.fleet is not None
+    token = plane.fleet.create_enrollment_token("test-operator", DEVICE)
+    creds = enroll(f"127.0.0.1:{plane.grpc_port}", token, DEVICE, HOST)
+    x = edge_packages.x[:70].copy()
+    x[5, 3] = np.nan  # row 6: reported, not scored, not counted
+    np.savez(tmp_path / "in.npz", input=x)
+    monkeypatch.setenv("FLEETCAST_DEVICE_TOKEN", creds["device_token"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "batch",
+            "score",
+            "--package",
+            str(edge_packages.onnx),
+            "--public-key",
+            str(edge_packages.public_key),
+            "--input",
+            str(tmp_path / "in.npz"),
+            "--output",
+            str(tmp_path / "out.csv"),
+            "--chunk-rows",
+            "16",
+            "--server",
+            f"grpc://127.0.0.1:{plane.grpc_port}",
+            "--device-id",
+            DEVICE,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    windows = [json.loads(w["body_json"]) for w in plane.fleet.uploads(DEVICE, "telemetry_window")]
+    assert sum(w["rows"] for w in windows) == 69 and len(windows) == 5
+    assert not (tmp_path / "out.csv.telemetry.jsonl").exists()
