@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[control-plane,dev]'
+	$(PIP) install --quiet -e '.[control-plane,dev,functions,batch]'
 	$(PIP) install --quiet --no-deps onnx2torch==1.5.15
 	touch $(STAMP)
 

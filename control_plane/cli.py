@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from control_plane import __version__
+from control_plane import __version__, cli_functions
 from control_plane.cli_api import add_api_commands
 from control_plane.cli_certs import certs
 from control_plane.errors import ControlPlaneError
@@ -610,3 +610,4 @@ def main() -> None:
 
 cli.add_command(certs)
 add_api_commands(cli)
+cli_functions.register(cli)

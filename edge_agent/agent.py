@@ -25,15 +25,15 @@ import numpy as np
 
 from edge_agent.commands import CommandLog, CommandResult
 from edge_agent.core.health import HealthDecision, HealthPolicy, evaluate_health
-from edge_agent.core.limits import MAX_BATCH_MESSAGES, fit_window
+from edge_agent.core.limits import MAX_BATCH_MESSAGES
 from edge_agent.core.telemetry import ModelTelemetry, TelemetryConfig
-from edge_agent.delivery import deliver
 from edge_agent.errors import EdgeError, InstallError, NotFound, PackageError
 from edge_agent.files import open_private
 from edge_agent.host import detect_host
 from edge_agent.install import Installer
 from edge_agent.outbox import Outbox
 from edge_agent.package import Package, load_public_key, read_package_file
+from edge_agent.reporting import Reporter
 from edge_agent.runtime import Model, load_model_bytes
 from edge_agent.settings import Settings
 from edge_agent.slots import Pointer, model_stores
@@ -76,6 +76,7 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._lock_file: IO[str] | None = None
         self.outbox: Outbox | None = None
+        self.reporter: Reporter | None = None
         self.window_seconds = settings.window_seconds  # the control plane may change it
 
     # -- life cycle
@@ -89,6 +90,9 @@ class Agent:
         except BlockingIOError as exc:
             raise StateLocked(f"another agent is running on {state}") from exc
         self.outbox = Outbox(state / "outbox.sqlite", self.settings.outbox_quota_bytes)
+        self.reporter = Reporter(
+            self.outbox, self.transport, self.settings.device_id, clock=self.clock
+        )
         self._command_log = CommandLog(state / "commands.sqlite")
         self.watchlist = WatchList(state / "health-watches.json")
         self.installer = Installer(
@@ -144,15 +148,8 @@ class Agent:
         return Model(package, loaded, "reject", telemetry)
 
     def _report(self, fields: dict[str, Any], dedupe_key: str) -> None:
-        assert self.outbox is not None
-        payload = {
-            "kind": "status",
-            "device_id": self.settings.device_id,
-            "sequence": self.outbox.next_sequence(),
-            "at": self.clock(),
-            **fields,
-        }
-        self.outbox.put("status", payload, dedupe_key)
+        assert self.reporter is not None
+        self.reporter.status(fields, dedupe_key)
 
     # -- scoring API
 
@@ -285,9 +282,8 @@ class Agent:
             done = CommandResult(
                 False, f"device storage failed: {exc}", {"kind": command.type, "step": "storage"}
             )
-        ack = getattr(self.transport, "ack", None)
-        if ack is not None:
-            ack(command, done.ok, done.error, done.detail)
+        if self.transport is not None:
+            self.transport.ack(command, done.ok, done.error, done.detail)
 
     def _execute(self, command: Command, interrupted: bool = False) -> CommandResult:
         kind = command.type
@@ -433,30 +429,18 @@ class Agent:
     # -- telemetry and outbox
 
     def _enqueue_window(self, model: Model) -> None:
-        telemetry = model.telemetry
-        if telemetry is None or self.outbox is None or not telemetry.pending_requests():
-            return
-        window = telemetry.close_window(self.settings.device_id, self.outbox.next_sequence())
-        fitted = fit_window(window, self.outbox.max_message_bytes)
-        if fitted is not window:
-            logger.warning(
-                "%s: window %d over %d bytes; trimmed %s",
-                model.manifest.model_name,
-                window["sequence"],
-                self.outbox.max_message_bytes,
-                ", ".join(fitted["trimmed"]) or "nothing",
-            )
-        self.outbox.put("telemetry_window", fitted)
+        if self.reporter is not None:
+            self.reporter.record(model.telemetry)
 
     def flush_windows(self) -> None:
         for model in list(self.models.values()):
             self._enqueue_window(model)
 
     def send_outbox(self, batch: int = MAX_BATCH_MESSAGES) -> int:
-        """Deliver pending messages (see :func:`edge_agent.delivery.deliver`)."""
-        if self.transport is None or self.outbox is None:
+        """Deliver pending messages (see :meth:`edge_agent.reporting.Reporter.flush`)."""
+        if self.reporter is None:
             return 0
-        return deliver(self.outbox, self.transport, batch)
+        return self.reporter.flush(batch=batch)
 
     def _tick_loop(self) -> None:
         s = self.settings

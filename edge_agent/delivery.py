@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from edge_agent.core.limits import BATCH_BYTES, MAX_BATCH_MESSAGES
 from edge_agent.outbox import Outbox
@@ -11,8 +12,16 @@ from edge_agent.transport.base import PayloadTooLarge, Transport, TransportError
 logger = logging.getLogger(__name__)
 
 
-def deliver(outbox: Outbox, transport: Transport, batch: int = MAX_BATCH_MESSAGES) -> int:
+def deliver(
+    outbox: Outbox,
+    transport: Transport,
+    batch: int = MAX_BATCH_MESSAGES,
+    *,
+    deadline: float | None = None,
+) -> int:
     """Send pending messages until the outbox is empty or the transport fails; returns acks.
+
+    With ``deadline`` (a :func:`time.monotonic` instant) no new batch starts after it.
 
     Batches are bounded in bytes (:data:`BATCH_BYTES`) as well as in count, and
     status reports go first. A batch the control plane refuses as too large is
@@ -21,7 +30,10 @@ def deliver(outbox: Outbox, transport: Transport, batch: int = MAX_BATCH_MESSAGE
     """
     sent = 0
     budget = BATCH_BYTES
-    while messages := outbox.pending(batch, budget):
+    while deadline is None or time.monotonic() < deadline:
+        messages = outbox.pending(batch, budget)
+        if not messages:
+            break
         try:
             acked = transport.send(messages)
         except PayloadTooLarge as exc:

@@ -33,16 +33,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.core.host import HostInfo
-from edge_agent.core.manifest import Manifest
-from edge_agent.core.signature import validate_inputs
 from edge_agent.errors import EdgeError, InstallError, PackageError
 from edge_agent.package import Package, open_package
 from edge_agent.runtime import Model
-from edge_agent.runtime.base import LoadedModel
+from edge_agent.runtime.selftest import self_test
 from edge_agent.slots import Checkpoint, Journal, Pointer, SlotRef, SlotStore
 
 logger = logging.getLogger(__name__)
@@ -66,29 +63,6 @@ MAX_ATTEMPTS = 2
 
 Reporter = Callable[[dict[str, Any], str], None]
 ModelFactory = Callable[[Package], Model]
-
-
-def self_test(loaded: LoadedModel, manifest: Manifest) -> list[str]:
-    """Every way the model's outputs on its test vectors miss the expected ones."""
-    vectors = manifest.test_vectors
-    specs = {s.name: s for s in manifest.signature.inputs}
-    raw = {n: np.asarray(v, dtype=np.dtype(specs[n].dtype)) for n, v in vectors.inputs.items()}
-    outputs = loaded.predict(validate_inputs(manifest.signature, raw, "allow"))
-    problems = []
-    for name, expected_list in vectors.outputs.items():
-        expected = np.asarray(expected_list, dtype=np.float32)
-        got = outputs.get(name)
-        if got is None:
-            problems.append(f"output {name!r} is missing")
-        elif got.shape != expected.shape:
-            problems.append(f"output {name!r}: shape {got.shape} != expected {expected.shape}")
-        elif not np.allclose(got, expected, atol=vectors.atol, rtol=vectors.rtol):
-            worst = float(np.max(np.abs(got - expected)))
-            problems.append(
-                f"output {name!r}: max abs error {worst:.4g} exceeds atol {vectors.atol:.3g} "
-                f"+ rtol {vectors.rtol:.3g}*|expected|"
-            )
-    return problems
 
 
 def release_slot(store: SlotStore, slot: str) -> None:

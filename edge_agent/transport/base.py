@@ -64,6 +64,12 @@ class Transport(Protocol):
         """Commands waiting for this device, blocking up to ``timeout`` seconds."""
         ...
 
+    def ack(
+        self, command: Command, ok: bool, error: str = "", detail: dict[str, Any] | None = None
+    ) -> None:
+        """Acknowledge a command with its result (the control plane records it)."""
+        ...
+
     def fetch_package(self, ref: str) -> bytes:
         """The bytes of a package the control plane offered (by ref, e.g. its sha256)."""
         ...

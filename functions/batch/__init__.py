@@ -1,0 +1,1 @@
+"""Batch scoring: `fleetcast batch score` over CSV, Parquet and npz, locally or on Dask."""

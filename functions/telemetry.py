@@ -1,0 +1,224 @@
+"""Telemetry from a function container: windows aggregate in memory, flush on a bound.
+
+Each invocation is counted in the model's open window (no I/O). After the
+invocation, and before the handler returns, the window is closed into a small
+SQLite outbox in ``/tmp`` and sent to the control plane only when it is due:
+``FLEETCAST_WINDOW_SECONDS`` (default 60) since it opened, or
+``FLEETCAST_WINDOW_MAX_REQUESTS`` (default 1000) requests in it. In the common
+case an invocation adds no I/O at all. A container started on a ``/tmp`` that
+still holds undelivered windows (a recycled process) drains them at init.
+
+With ``FLEETCAST_TELEMETRY_DURABILITY=invocation`` every invocation's window
+is closed into the outbox before the handler returns (a local SQLite write;
+still sent only on the bounds), so a container killed while frozen loses
+nothing. See docs/functions.md for the guarantee.
+
+Containers of one function share its device credential; each takes a random
+instance number kept beside its outbox, and its sequence numbers are
+``instance << 23 | counter``, so (device id, sequence) stays unique.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from edge_agent.outbox import Outbox, OutboxMessage
+from edge_agent.reporting import Reporter
+from edge_agent.runtime import Model
+from edge_agent.transport.base import Command, Transport, TransportError, body_json
+
+logger = logging.getLogger(__name__)
+
+COUNTER_BITS = 23
+Durability = Literal["window", "invocation"]
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    outbox_dir: Path = Path("/tmp/fleetcast")
+    device_id: str = "function"
+    server: str | None = None
+    device_token: str = ""
+    window_seconds: float = 60.0
+    max_requests: int = 1000
+    durability: Durability = "window"
+    flush_timeout: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TelemetrySettings | None:
+        if env.get("FLEETCAST_TELEMETRY", "on") == "off":
+            return None
+        durability = env.get("FLEETCAST_TELEMETRY_DURABILITY", "window")
+        if durability not in ("window", "invocation"):
+            raise ValueError(
+                f"FLEETCAST_TELEMETRY_DURABILITY={durability!r}: expected window or invocation"
+            )
+        name = env.get("AWS_LAMBDA_FUNCTION_NAME") or env.get("K_SERVICE") or "function"
+        return cls(
+            outbox_dir=Path(env.get("FLEETCAST_OUTBOX_DIR", "/tmp/fleetcast")),
+            device_id=env.get("FLEETCAST_DEVICE_ID", name),
+            server=env.get("FLEETCAST_SERVER") or None,
+            device_token=env.get("FLEETCAST_DEVICE_TOKEN", ""),
+            window_seconds=float(env.get("FLEETCAST_WINDOW_SECONDS", "60")),
+            max_requests=int(env.get("FLEETCAST_WINDOW_MAX_REQUESTS", "1000")),
+            durability="invocation" if durability == "invocation" else "window",
+            flush_timeout=float(env.get("FLEETCAST_FLUSH_TIMEOUT", "2")),
+        )
+
+
+class GrpcUploader:
+    """Upload-only gRPC transport: a function takes no commands and downloads nothing.
+
+    grpc is imported on the first send, so a cold start without a due window
+    never pays for it.
+    """
+
+    def __init__(self, server: str, device_token: str) -> None:
+        from edge_agent.transport.factory import check_plaintext, parse_server
+
+        scheme, host, port = parse_server(server)
+        if scheme != "grpc":
+            raise TransportError(f"functions upload over gRPC only, not {scheme}://")
+        check_plaintext(host, None, insecure=False)
+        self.target = f"{host}:{port}"
+        self._metadata = (("authorization", f"Bearer {device_token}"),)
+        self._stub: Any = None
+        self._channel: Any = None
+
+    def send(self, messages: Sequence[OutboxMessage]) -> list[int]:
+        import grpc
+
+        from edge_agent.proto.fleetcast.v1 import agent_pb2, agent_pb2_grpc
+        from edge_agent.transport.grpc import make_channel
+
+        if self._stub is None:
+            self._channel = make_channel(self.target, None)
+            self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        by_seq = {int(m.payload["sequence"]): m.id for m in messages}
+        items = [
+            agent_pb2.Upload(
+                seq=int(m.payload["sequence"]), kind=m.kind, body_json=body_json(m.payload)
+            )
+            for m in messages
+        ]
+        try:
+            reply = self._stub.UploadTelemetry(
+                agent_pb2.UploadRequest(items=items), metadata=self._metadata, timeout=5
+            )
+        except grpc.RpcError as exc:
+            raise TransportError(f"upload: {exc.code().name}: {exc.details()}") from exc
+        for seq, error in zip(reply.rejected, reply.errors, strict=False):
+            logger.error("control plane rejected window %d: %s (dropped)", seq, error)
+        return [by_seq[s] for s in (*reply.acked, *reply.rejected) if s in by_seq]
+
+    def poll_commands(self, timeout: float) -> list[Command]:
+        return []
+
+    def ack(
+        self, command: Command, ok: bool, error: str = "", detail: dict[str, Any] | None = None
+    ) -> None:
+        raise TransportError("functions take no commands")
+
+    def fetch_package(self, ref: str) -> bytes:
+        raise TransportError("functions download no packages: the package ships with them")
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+
+
+def _instance(directory: Path) -> int:
+    """This /tmp's instance number (random, 40 bits), kept so a recycled process continues."""
+    path = directory / "instance.json"
+    try:
+        return int(json.loads(path.read_text())["instance"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    number = secrets.randbits(40) or 1
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"instance": number}))
+    os.replace(tmp, path)
+    return number
+
+
+def instance_sequence(outbox: Outbox, directory: Path) -> Callable[[], int]:
+    """Sequence numbers unique among every process sharing one device credential:
+    this directory's instance number over the outbox's durable counter."""
+    base = _instance(directory) << COUNTER_BITS
+    return lambda: base + outbox.next_sequence()
+
+
+class FunctionTelemetry:
+    """The container's reporter: close windows on their bounds, flush before returning."""
+
+    def __init__(
+        self, model: Model, settings: TelemetrySettings, transport: Transport | None = None
+    ) -> None:
+        self.model = model
+        self.settings = settings
+        settings.outbox_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(settings.outbox_dir / "outbox.sqlite", quota_bytes=16 * 1024 * 1024)
+        if transport is None and settings.server:
+            transport = GrpcUploader(settings.server, settings.device_token)
+        self.reporter = Reporter(
+            self.outbox,
+            transport,
+            settings.device_id,
+            sequence=instance_sequence(self.outbox, settings.outbox_dir),
+        )
+        self._lock = threading.Lock()
+        self._opened = time.monotonic()
+        self._invocations = 0  # since the last send
+        if self.reporter.pending():  # a recycled container: deliver what the last one left
+            sent = self.flush()
+            logger.info("fleetcast: drained %d windows a previous process left", sent)
+
+    def due(self) -> bool:
+        """A bound is reached: requests since the last send, or time since it."""
+        return (
+            self._invocations >= self.settings.max_requests
+            or time.monotonic() - self._opened >= self.settings.window_seconds
+        )
+
+    def after_invocation(self) -> None:
+        """Called before the handler returns; does I/O only when a window is due."""
+        self._invocations += 1  # under the GIL; an increment lost to a race only delays a send
+        durable = self.settings.durability == "invocation"
+        if not durable and not self.due():
+            return
+        if not self._lock.acquire(blocking=False):
+            return  # another thread is closing the window right now
+        try:
+            due = self.due()
+            if due or durable:
+                self.reporter.record(self.model.telemetry)
+            if due:
+                self._opened = time.monotonic()
+                self._invocations = 0
+                self.flush()
+        except Exception:  # telemetry never fails an invocation
+            logger.exception("fleetcast: telemetry flush")
+        finally:
+            self._lock.release()
+
+    def flush(self) -> int:
+        deadline = time.monotonic() + self.settings.flush_timeout
+        return self.reporter.flush(deadline=deadline)
+
+    def close(self) -> None:
+        """Close the open window into the outbox and try to send (a graceful shutdown)."""
+        with self._lock:
+            self.reporter.record(self.model.telemetry)
+            self.flush()
+            if self.reporter.transport is not None:
+                self.reporter.transport.close()
+            self.outbox.close()
