@@ -250,7 +250,11 @@ class CompileWorker:
                 except ControlPlaneError as exc:  # the store busy or gone: try again later
                     logger.warning("compile worker: %s", exc)
                     ran = None
-                if ran is None:
-                    subscription.wait(self.poll)
+                if ran is None:  # in short slices, so that stop() is prompt
+                    waited = 0.0
+                    while waited < self.poll and not self._stop.is_set():
+                        if subscription.wait(0.25):
+                            break
+                        waited += 0.25
         finally:
             subscription.close()
