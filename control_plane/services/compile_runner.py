@@ -36,7 +36,7 @@ def pipeline_runner(settings: Settings) -> Runner:
 
         with tempfile.TemporaryDirectory(prefix="fleetcast-compile-") as work:
             source = Path(work) / f"model.{task.source_format}"
-            source.symlink_to(task.source)
+            source.symlink_to(task.source.resolve())  # a relative data dir is relative to here
             data = {role: _named(Path(work), role, path) for role, path in task.data.items()}
             request = CompileRequest(
                 model=source,
@@ -77,5 +77,5 @@ def pipeline_runner(settings: Settings) -> Runner:
 def _named(work: Path, role: str, blob: Path) -> Path:
     """The pipeline reads .npz files by suffix (and names them in lineage): link one."""
     link = work / f"{role}.npz"
-    link.symlink_to(blob)
+    link.symlink_to(blob.resolve())
     return link

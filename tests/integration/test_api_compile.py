@@ -40,12 +40,15 @@ def onnx_of(trained: Any, out: Path) -> Path:
 
 
 def test_a_compile_job_through_the_api_registers_signed_packages(
-    tmp_path: Path, digits_mlp: Any, keys: Any
+    tmp_path: Path, digits_mlp: Any, keys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = Settings(data_dir=tmp_path / "data", profiles_dir=ROOT / "hardware-profiles")
+    # a relative data directory, as `fleetcast serve` has by default (.fleetcast): the
+    # job's links to the uploads must still resolve from its temporary directory
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(data_dir=Path("data"), profiles_dir=ROOT / "hardware-profiles")
     settings.key_dir.mkdir(parents=True)
     shutil.copy(keys.private, settings.key_dir / "fleetcast.key")
-    repos = open_repositories(tmp_path / "data" / "store.db")
+    repos = open_repositories(Path("data") / "store.db")
     _, admin = bootstrap_admin(repos)
     handle = serve_http(create_api(repos, settings), "127.0.0.1", 0)  # the pipeline runner
     try:
