@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import current_app, request
 
+from control_plane.services.alerts import AlertService
 from control_plane.services.audit import AuditService
 from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker
@@ -30,6 +31,7 @@ class ApiContext:
     worker: CompileWorker | None
     max_upload_bytes: int
     monitoring: MonitoringService
+    alerts: AlertService
 
 
 def api_context() -> ApiContext:

@@ -28,6 +28,7 @@ from control_plane.api.openapi import problem_document
 from control_plane.api.schemas import Health
 from control_plane.errors import InvalidInput
 from control_plane.monitoring.metrics import MonitoringMetrics
+from control_plane.services.alerts import AlertService
 from control_plane.services.audit import AuditService
 from control_plane.services.blobs import BlobStore
 from control_plane.services.catalog import CatalogService
@@ -51,6 +52,7 @@ class ApiOptions:
     max_upload_bytes: int = 256 << 20
     runner: Runner | None = None
     worker_name: str | None = None
+    alert_webhooks: tuple[str, ...] = ()  # http(s) URLs drift alerts are POSTed to
 
 
 def _known_profiles(profiles_dir: Sequence[Path]) -> Callable[[], Sequence[str]]:
@@ -73,6 +75,7 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
         from control_plane.services.compile_runner import pipeline_runner
 
         runner = pipeline_runner(settings)
+    monitoring = MonitoringService(repos, audit)
     return ApiContext(
         repos=repos,
         audit=audit,
@@ -82,7 +85,8 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
         deployments=DeploymentService(repos, audit),
         worker=CompileWorker(jobs, runner, options.worker_name),
         max_upload_bytes=options.max_upload_bytes,
-        monitoring=MonitoringService(repos, audit),
+        monitoring=monitoring,
+        alerts=AlertService(monitoring, options.alert_webhooks),
     )
 
 

@@ -15,13 +15,14 @@ from pydantic import BaseModel, Field
 from control_plane.api.auth import current_principal
 from control_plane.api.context import api_context
 from control_plane.api.schemas import NAME, Strict
+from control_plane.services.alerts import alert_view
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 bp = APIBlueprint(
     "monitoring",
     __name__,
     url_prefix="/api/v1",
-    abp_tags=[Tag(name="monitoring", description="drift, feedback and accuracy")],
+    abp_tags=[Tag(name="monitoring", description="drift, feedback, accuracy, alerts")],
     abp_security=SECURITY,
 )
 
@@ -85,6 +86,42 @@ class AccuracyOut(BaseModel):
     buckets: list[dict[str, Any]] = Field(description="measured metrics per time bucket")
 
 
+class AlertOut(BaseModel):
+    id: str
+    rule: str
+    metric: str
+    severity: str
+    threshold: float
+    comparison: str
+    labels: dict[str, str]
+    state: str
+    since: float
+    value: float
+    fired_at: float | None
+    resolved_at: float | None
+    acknowledged_by: str | None
+    gates_rollout: bool
+    retrain: bool
+
+
+class AlertList(BaseModel):
+    items: list[AlertOut]
+
+
+class DeliveryOut(BaseModel):
+    url: str
+    kind: str
+    alert_id: str
+    ok: bool
+    error: str | None
+
+
+class CheckOut(BaseModel):
+    readings: int
+    transitions: list[AlertOut]
+    deliveries: list[DeliveryOut]
+
+
 @bp.get("/drift", responses={200: DriftOut})
 def drift(query: DriftQuery) -> dict[str, Any]:
     """The matching windows merged per package, evaluated against its reference statistics."""
@@ -111,3 +148,37 @@ def feedback(body: FeedbackIn) -> dict[str, Any]:
 def accuracy(query: AccuracyQuery) -> dict[str, Any]:
     """Measured accuracy and macro F1 (classification) or MAE per bucket of prediction time."""
     return api_context().monitoring.accuracy(query.model, query.version, query.bucket_seconds)
+
+
+@bp.get("/alerts", responses={200: AlertList})
+def list_alerts() -> dict[str, Any]:
+    """Live drift alerts (pending, firing) and the resolved ones of this process."""
+    return {"items": [alert_view(a) for a in api_context().alerts.alerts()]}
+
+
+@bp.post("/alerts/evaluate", responses={200: CheckOut})
+def evaluate_alerts() -> dict[str, Any]:
+    """Evaluate the drift rules now and deliver the transitions to the webhooks (audited)."""
+    context = api_context()
+    result = context.alerts.check_drift(context.monitoring.clock())
+    principal = current_principal()
+    context.audit.record(
+        principal.name,
+        "alerts.evaluate",
+        "alerts",
+        detail={
+            "readings": result.readings,
+            "transitions": [
+                f"{t.previous}->{t.alert.state} {t.alert.id}" for t in result.transitions
+            ],
+            "failed_deliveries": sum(1 for d in result.deliveries if not d.ok),
+        },
+    )
+    return {
+        "readings": result.readings,
+        "transitions": [alert_view(t.alert) for t in result.transitions],
+        "deliveries": [
+            {"url": d.url, "kind": d.kind, "alert_id": d.alert_id, "ok": d.ok, "error": d.error}
+            for d in result.deliveries
+        ],
+    }

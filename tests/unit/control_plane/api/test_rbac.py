@@ -146,6 +146,8 @@ ROUTES = [
         {"json": {"labels": [{"prediction_id": "p-1", "label": 1}]}},
     ),
     Route("GET", "/api/v1/accuracy", "/api/v1/accuracy?model=digits&version=1", "viewer", 200),
+    Route("GET", "/api/v1/alerts", "/api/v1/alerts", "viewer", 200),
+    Route("POST", "/api/v1/alerts/evaluate", "/api/v1/alerts/evaluate", "operator", 200),
 ]
 CALLERS = [None, "device", "viewer", "operator", "admin"]
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
