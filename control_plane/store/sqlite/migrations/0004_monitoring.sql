@@ -22,6 +22,8 @@ CREATE TABLE telemetry_windows (
 );
 CREATE INDEX telemetry_windows_version ON telemetry_windows (model_name, model_version, bucket_start);
 CREATE INDEX telemetry_windows_package ON telemetry_windows (package_sha256);
+-- ingest resolves a window's package id to the catalog package
+CREATE INDEX packages_package_id ON packages (package_id);
 
 CREATE TABLE captures (
     prediction_id TEXT NOT NULL,
