@@ -130,3 +130,47 @@ def test_drift_alert_fires_posts_a_retraining_request_and_resolves(
     assert alerts.blocks_rollout("digits", "1") == []
     assert [a.state for a in alerts.alerts()] == ["resolved"]
     repos.close()
+
+
+def test_the_alert_routes_evaluate_recent_windows_with_the_default_rules(
+    tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    from control_plane.api import ApiOptions, create_api
+    from control_plane.services.tokens import Principal, TokenService
+    from control_plane.settings import Settings
+
+    url, received = webhook
+    repos = open_repositories(str(tmp_path / "store.db"))
+    app = create_api(repos, Settings(data_dir=tmp_path / "cp"), ApiOptions(alert_webhooks=(url,)))
+    tokens = TokenService(repos, app.extensions["fleetcast.api"].audit)
+    _, secret = tokens.create("ops", "operator", Principal("test", "admin"))
+    auth = {"Authorization": f"Bearer {secret}"}
+    x, scores = _data(0, 0.0, rows=20_000)
+    manifest = monitored_manifest(x, scores)
+    repos.packages.put(
+        Package("c" * 64, manifest.package_id, "digits", "1", manifest.profile.id, 1, 1, "/p",
+                manifest.model_dump(mode="json"), 1.0)
+    )  # fmt: skip
+    repos.devices.add(NewDevice("cam-1", "h"), at=1.0)
+    telemetry = ModelTelemetry(manifest, seed=0)  # the wall clock: a window of just now
+    xs, ss = _data(5, 1.5)
+    for i in range(0, 600, 4):
+        telemetry.record({"x": xs[i : i + 4]}, {"probs": ss[i : i + 4]}, 0.001)
+    window = json.dumps(telemetry.close_window("cam-1", 1))
+    IngestService(repos, DeviceService(repos)).ingest(
+        "cam-1", [(1, "telemetry_window", window)], "grpc"
+    )
+
+    client = app.test_client()
+    answer = client.post("/api/v1/alerts/evaluate", headers=auth)
+    assert answer.status_code == 200, answer.json
+    # default rules: feature drift must last 2 windows, dataset drift one: pending, not told
+    assert answer.json["readings"] == 2
+    assert {t["state"] for t in answer.json["transitions"]} == {"pending"}
+    assert "feature_drift" in {t["rule"] for t in answer.json["transitions"]}
+    assert answer.json["deliveries"] == [] and received == []
+    listed = client.get("/api/v1/alerts", headers=auth).json["items"]
+    assert {a["rule"] for a in listed} == {t["rule"] for t in answer.json["transitions"]}
+    (entry,) = repos.audit.list(action="alerts.evaluate").items
+    assert entry.actor == "ops" and entry.detail["readings"] == 2
+    repos.close()
