@@ -7,10 +7,12 @@ from typing import Any
 
 from flask import current_app, request
 
+from control_plane.services.alerts import AlertService
 from control_plane.services.audit import AuditService
 from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker
 from control_plane.services.deployments import DeploymentService
+from control_plane.services.monitoring import MonitoringService
 from control_plane.services.tokens import TokenService
 from control_plane.store.records import Page
 from control_plane.store.repos import Repositories
@@ -28,6 +30,8 @@ class ApiContext:
     deployments: DeploymentService
     worker: CompileWorker | None
     max_upload_bytes: int
+    monitoring: MonitoringService
+    alerts: AlertService
 
 
 def api_context() -> ApiContext:

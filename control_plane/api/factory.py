@@ -19,19 +19,22 @@ from flask_openapi3.blueprint import APIBlueprint
 from flask_openapi3.models.info import Info
 from flask_openapi3.openapi import OpenAPI
 
-from control_plane.api import admin, artifacts, catalog, deployments, devices_read
+from control_plane.api import admin, artifacts, catalog, deployments, devices_read, monitoring
 from control_plane.api.auth import install_auth
 from control_plane.api.context import EXTENSION, ApiContext
 from control_plane.api.errors import Problem, problem, register_error_handlers, validation_problem
-from control_plane.api.metrics import install_metrics
+from control_plane.api.metrics import SCRAPE_HOOKS, install_metrics
 from control_plane.api.openapi import problem_document
 from control_plane.api.schemas import Health
 from control_plane.errors import InvalidInput
+from control_plane.monitoring.metrics import MonitoringMetrics
+from control_plane.services.alerts import AlertService
 from control_plane.services.audit import AuditService
 from control_plane.services.blobs import BlobStore
 from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker, Runner
 from control_plane.services.deployments import DeploymentService
+from control_plane.services.monitoring import MonitoringService
 from control_plane.services.tokens import TokenService
 from control_plane.settings import Settings
 from control_plane.store.repos import Repositories
@@ -49,6 +52,7 @@ class ApiOptions:
     max_upload_bytes: int = 256 << 20
     runner: Runner | None = None
     worker_name: str | None = None
+    alert_webhooks: tuple[str, ...] = ()  # http(s) URLs drift alerts are POSTed to
 
 
 def _known_profiles(profiles_dir: Sequence[Path]) -> Callable[[], Sequence[str]]:
@@ -71,6 +75,7 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
         from control_plane.services.compile_runner import pipeline_runner
 
         runner = pipeline_runner(settings)
+    monitoring = MonitoringService(repos, audit)
     return ApiContext(
         repos=repos,
         audit=audit,
@@ -80,6 +85,8 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
         deployments=DeploymentService(repos, audit),
         worker=CompileWorker(jobs, runner, options.worker_name),
         max_upload_bytes=options.max_upload_bytes,
+        monitoring=monitoring,
+        alerts=AlertService(monitoring, options.alert_webhooks),
     )
 
 
@@ -127,6 +134,7 @@ BLUEPRINTS = (
     admin.audit,
     devices_read.bp,
     deployments.bp,
+    monitoring.bp,
 )
 
 
@@ -157,7 +165,9 @@ def register_api(
     context = build_context(repos, settings, options)
     app.extensions[EXTENSION] = context
     app.config["MAX_CONTENT_LENGTH"] = options.max_json_bytes
-    install_metrics(app)  # first: its timer starts before auth, its count sees every answer
+    registry = install_metrics(app)  # first: its timer starts before auth, sees every answer
+    context.monitoring.metrics = MonitoringMetrics(registry)  # drift scores, ingest counts
+    app.extensions[SCRAPE_HOOKS].append(context.monitoring.refresh_metrics)
     app.validation_error_callback = validation_problem  # type: ignore[attr-defined]
     for blueprint in (health, *BLUEPRINTS):
         app.register_blueprint(blueprint)

@@ -8,12 +8,14 @@ the control plane may register their collectors on it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
 EXTENSION = "fleetcast.metrics"
+SCRAPE_HOOKS = "fleetcast.metrics.before_scrape"  # callables run before each scrape
 
 
 def install_metrics(app: Flask) -> CollectorRegistry:
@@ -32,6 +34,8 @@ def install_metrics(app: Flask) -> CollectorRegistry:
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     )
 
+    hooks: list[Callable[[], None]] = []
+
     @app.before_request
     def start_timer() -> None:
         g.metrics_started = time.perf_counter()
@@ -47,7 +51,10 @@ def install_metrics(app: Flask) -> CollectorRegistry:
 
     @app.get("/metrics", endpoint="metrics")
     def metrics() -> Response:
+        for hook in hooks:
+            hook()
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
     app.extensions[EXTENSION] = registry
+    app.extensions[SCRAPE_HOOKS] = hooks
     return registry

@@ -78,10 +78,28 @@ class MonitoringMetrics:
             "fleetcast_rollout_state", "1 for the rollout's current state", ["rollout", "state"],
             registry=r,
         )  # fmt: skip
+        self.ingested_windows = Counter(
+            "fleetcast_ingested_windows", "Telemetry windows in the store, per model version",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
+        self.ingested_rows = Counter(
+            "fleetcast_ingested_rows", "Rows scored in the stored windows, per model version",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
+        self._ingested: dict[tuple[str, str], tuple[int, int]] = {}
         self.last_seen = Gauge(
             "fleetcast_device_last_seen_timestamp_seconds", "When a device last reported",
             ["device"], registry=r,
         )  # fmt: skip
+
+    def sync_ingest(self, model: str, version: str, windows: int, rows: int) -> None:
+        """Raise the per-version ingest counters to the store's totals (never lowers them)."""
+        seen_windows, seen_rows = self._ingested.get((model, version), (0, 0))
+        if windows > seen_windows:
+            self.ingested_windows.labels(model, version).inc(windows - seen_windows)
+        if rows > seen_rows:
+            self.ingested_rows.labels(model, version).inc(rows - seen_rows)
+        self._ingested[(model, version)] = (max(windows, seen_windows), max(rows, seen_rows))
 
     def observe_window(self, window: Mapping[str, Any], group: str) -> None:
         """Count one ingested telemetry window."""

@@ -11,20 +11,33 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
 
 from control_plane.errors import ResourceExhausted
 from control_plane.quotas import MAX_UPLOAD_BYTES, IngestQuota, QuotaLimits
 from control_plane.services import Clock
 from control_plane.services.devices import DeviceService
-from control_plane.store.records import DEFAULT_LIMIT, NewUpload, Page, Upload
+from control_plane.store.records import (
+    DEFAULT_LIMIT,
+    NewCapture,
+    NewUpload,
+    NewWindow,
+    Page,
+    Upload,
+)
 from control_plane.store.repos import Repositories
+from edge_agent.core.windows import StatusEvent, TelemetryWindow
 
 logger = logging.getLogger(__name__)
 
 UPLOAD_KINDS = frozenset({"telemetry_window", "status"})
+BUCKET_S = 3600.0  # windows are indexed by the hour they started in
 
 
 @dataclass(frozen=True)
@@ -66,17 +79,23 @@ class IngestService:
         rejected: builtins.list[int] = []
         errors: builtins.list[str] = []
         new: builtins.list[NewUpload] = []
+        windows: dict[int, NewWindow] = {}
         for seq, kind, body_json in items:
             problem = check_upload(device_id, seq, kind, body_json)
+            window = None
+            if problem is None:
+                window, problem = decode_upload(kind, body_json)
             if problem:
                 logger.warning("upload from %s seq %s rejected: %s", device_id, seq, problem)
                 rejected.append(seq)
-                errors.append(problem)
+                errors.append(f"sequence {seq}: {problem}")
                 continue
             new.append(NewUpload(seq, kind, body_json))
+            if window is not None:
+                windows[seq] = window
             acked.append(seq)
         if new:
-            self.repos.uploads.add(device_id, new, transport, self.clock())
+            self.repos.uploads.add(device_id, new, transport, self.clock(), windows)
         return UploadResult(acked, rejected, errors)
 
     def list(
@@ -122,3 +141,42 @@ def check_upload(device_id: str, seq: int, kind: str, body_json: str) -> str | N
     if body.get("sequence") != seq:
         return f"body sequence {body.get('sequence')!r} != envelope sequence {seq}"
     return None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def decode_upload(kind: str, body_json: str) -> tuple[NewWindow | None, str | None]:
+    """Decode a well-formed upload once: (the window to index, None) or (None, why not)."""
+    body: dict[str, Any] = json.loads(body_json)
+    try:
+        if kind == "status":
+            StatusEvent.model_validate(body)
+            return None, None
+        window = TelemetryWindow.model_validate(body)
+    except ValidationError as exc:
+        return None, f"not a valid {kind}: {_first_problem(exc)}"
+    if not (math.isfinite(window.started_at) and math.isfinite(window.ended_at)):
+        return None, "not a valid telemetry_window: started_at/ended_at must be finite"
+    return (
+        NewWindow(
+            model_name=window.model_name,
+            model_version=window.model_version,
+            package_id=window.package_id,
+            started_at=window.started_at,
+            ended_at=window.ended_at,
+            bucket_start=math.floor(window.started_at / BUCKET_S) * BUCKET_S,
+            requests=window.requests,
+            rows=window.rows,
+            errors=window.errors,
+            invalid=window.invalid,
+            histograms=window.histograms(),
+            latency=window.latency_ms.model_dump(mode="json"),
+            captures=tuple(NewCapture(c.prediction_id, c.at, c.outputs) for c in window.captures),
+        ),
+        None,
+    )

@@ -192,3 +192,73 @@ class CompileJob:
     created_at: float
     started_at: float | None
     finished_at: float | None
+
+
+# --- monitoring -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewCapture:
+    prediction_id: str
+    at: float
+    outputs: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class NewWindow:
+    """A telemetry window decoded at ingest: its index columns and its sketches."""
+
+    model_name: str
+    model_version: str
+    package_id: str | None
+    started_at: float
+    ended_at: float
+    bucket_start: float
+    requests: int
+    rows: int
+    errors: int
+    invalid: int
+    histograms: Mapping[str, Any]  # {"inputs": [...], "outputs": [...]}
+    latency: Mapping[str, Any]
+    captures: Sequence[NewCapture] = ()
+
+
+@dataclass(frozen=True)
+class StoredWindow:
+    device_id: str
+    seq: int
+    model_name: str
+    model_version: str
+    package_id: str | None
+    package_sha256: str | None  # the catalog package whose package id the window names
+    profile_id: str | None
+    started_at: float
+    ended_at: float
+    bucket_start: float
+    requests: int
+    rows: int
+    errors: int
+    invalid: int
+    histograms: dict[str, Any]
+    latency: dict[str, Any]
+    received_at: float
+
+
+@dataclass(frozen=True)
+class StoredCapture:
+    prediction_id: str
+    device_id: str
+    seq: int
+    model_name: str
+    model_version: str
+    package_sha256: str | None
+    at: float
+    outputs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FeedbackLabel:
+    prediction_id: str
+    label: float
+    received_at: float
+    actor: str

@@ -24,13 +24,17 @@ from control_plane.store.records import (
     CompileJob,
     Device,
     EnrollmentToken,
+    FeedbackLabel,
     Model,
     ModelCard,
     ModelVersion,
     NewDevice,
     NewUpload,
+    NewWindow,
     Package,
     Page,
+    StoredCapture,
+    StoredWindow,
     Upload,
 )
 
@@ -140,9 +144,18 @@ class PackageRepo(Protocol):
 
 class UploadRepo(Protocol):
     def add(
-        self, device_id: str, items: Sequence[NewUpload], transport: str, at: float
+        self,
+        device_id: str,
+        items: Sequence[NewUpload],
+        transport: str,
+        at: float,
+        windows: Mapping[int, NewWindow] | None = None,
     ) -> list[int]:
-        """Store each (device, seq) once; returns the sequence numbers new to the store."""
+        """Store each (device, seq) once; returns the sequence numbers new to the store.
+
+        ``windows`` (by seq) are the decoded telemetry windows, indexed in the same
+        transaction as their raw upload (and only when the upload is new).
+        """
         ...
 
     def list(
@@ -154,6 +167,32 @@ class UploadRepo(Protocol):
         limit: int = DEFAULT_LIMIT,
         offset: int = 0,
     ) -> Page[Upload]: ...
+
+
+class MonitoringRepo(Protocol):
+    def windows(
+        self,
+        *,
+        model_name: str,
+        model_version: str | None = None,
+        device_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[StoredWindow]:
+        """Every indexed window of a model (version, device, started in [since, until))."""
+        ...
+
+    def window_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(windows, rows scored) per (model, version), over everything ingested."""
+        ...
+
+    def captures(self, prediction_ids: Sequence[str]) -> list[StoredCapture]: ...
+    def version_captures(self, model_name: str, model_version: str) -> list[StoredCapture]: ...
+    def put_feedback(self, labels: Sequence[FeedbackLabel]) -> None:
+        """Store labels by prediction id (a later label for the same id replaces it)."""
+        ...
+
+    def feedback(self, prediction_ids: Sequence[str]) -> list[FeedbackLabel]: ...
 
 
 class AuditRepo(Protocol):
@@ -283,6 +322,7 @@ class Repositories(Protocol):
     commands: CommandRepo
     packages: PackageRepo
     uploads: UploadRepo
+    monitoring: MonitoringRepo
     audit: AuditRepo
     models: ModelRepo
     versions: VersionRepo

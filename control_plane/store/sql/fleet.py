@@ -14,11 +14,13 @@ from control_plane.store.records import (
     AuditEntry,
     Command,
     NewUpload,
+    NewWindow,
     Package,
     Page,
     Upload,
 )
 from control_plane.store.sql.base import Database, Row, Tx, dumps, loads, page
+from control_plane.store.sql.monitoring import insert_window
 
 
 class SqlCommandRepo:
@@ -188,9 +190,15 @@ class SqlUploadRepo:
         self.db = db
 
     def add(
-        self, device_id: str, items: Sequence[NewUpload], transport: str, at: float
+        self,
+        device_id: str,
+        items: Sequence[NewUpload],
+        transport: str,
+        at: float,
+        windows: Mapping[int, NewWindow] | None = None,
     ) -> list[int]:
         stored: list[int] = []
+        windows = windows or {}
         with self.db.transaction() as tx:
             for item in items:
                 if tx.execute(
@@ -199,6 +207,9 @@ class SqlUploadRepo:
                     [device_id, item.seq, item.kind, item.body_json, at, transport],
                 ):
                     stored.append(item.seq)
+                    window = windows.get(item.seq)
+                    if window is not None:
+                        insert_window(tx, device_id, item.seq, window, at)
         return stored
 
     def list(

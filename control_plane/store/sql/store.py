@@ -14,6 +14,7 @@ from control_plane.store.sql.fleet import (
     SqlPackageRepo,
     SqlUploadRepo,
 )
+from control_plane.store.sql.monitoring import SqlMonitoringRepo
 
 
 class SqlRepositories:
@@ -28,6 +29,7 @@ class SqlRepositories:
         self.commands: repos.CommandRepo = SqlCommandRepo(db)
         self.packages: repos.PackageRepo = SqlPackageRepo(db)
         self.uploads: repos.UploadRepo = SqlUploadRepo(db)
+        self.monitoring: repos.MonitoringRepo = SqlMonitoringRepo(db)
         self.audit: repos.AuditRepo = SqlAuditRepo(db)
         self.models: repos.ModelRepo = SqlModelRepo(db)
         self.versions: repos.VersionRepo = SqlVersionRepo(db)

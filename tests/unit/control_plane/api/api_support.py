@@ -166,3 +166,19 @@ def seed_deployable(api: Api) -> None:
         at=4.0,
     )
     api.seeded["package9"] = sha
+
+
+def seed_monitored(api: Api) -> None:
+    """A digits 1 package whose catalog manifest has reference statistics (monitoring routes)."""
+    from tests.unit.control_plane.monitoring_support import monitored_manifest
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    scores = rng.dirichlet(np.ones(3), size=200).astype(np.float32)
+    manifest = monitored_manifest(x, scores)
+    sha = hashlib.sha256(b"monitored package").hexdigest()
+    api.repos.packages.put(
+        Package(sha, manifest.package_id, "digits", "1", PROFILE, 1, 1, "/nowhere",
+                manifest.model_dump(mode="json"), 1.5)
+    )  # fmt: skip
+    api.seeded["monitored"] = sha

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import PROFILE, Api, make_api, seed, seed_deployable
+from api_support import PROFILE, Api, make_api, seed, seed_deployable, seed_monitored
 
 CARD = {"intended_use": "digits", "training_data": "sklearn digits", "owner": "ml"}
 
@@ -136,6 +136,18 @@ ROUTES = [
         {"json": {"model": "digits", "version": "9", "selector": {"site": "lab"}}},
     ),
     Route("GET", "/api/v1/devices/<device_id>", "/api/v1/devices/cam-1", "viewer", 200),
+    Route("GET", "/api/v1/drift", "/api/v1/drift?model=digits&version=1", "viewer", 200),
+    Route(
+        "POST",
+        "/api/v1/feedback",
+        "/api/v1/feedback",
+        "operator",
+        200,
+        {"json": {"labels": [{"prediction_id": "p-1", "label": 1}]}},
+    ),
+    Route("GET", "/api/v1/accuracy", "/api/v1/accuracy?model=digits&version=1", "viewer", 200),
+    Route("GET", "/api/v1/alerts", "/api/v1/alerts", "viewer", 200),
+    Route("POST", "/api/v1/alerts/evaluate", "/api/v1/alerts/evaluate", "operator", 200),
 ]
 CALLERS = [None, "device", "viewer", "operator", "admin"]
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
@@ -156,6 +168,7 @@ def api(tmp_path: Path) -> Api:
     api = make_api(tmp_path)
     seed(api)
     seed_deployable(api)
+    seed_monitored(api)
     return api
 
 

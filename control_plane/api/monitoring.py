@@ -1,0 +1,184 @@
+"""Monitoring routes: drift reports, feedback labels, measured accuracy.
+
+``GET /drift`` and ``GET /accuracy`` read (viewer); ``POST /feedback`` stores
+labels (operator, audited). The figures come from ``services/monitoring.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_openapi3.blueprint import APIBlueprint
+from flask_openapi3.models.tag import Tag
+from pydantic import BaseModel, Field
+
+from control_plane.api.auth import current_principal
+from control_plane.api.context import api_context
+from control_plane.api.schemas import NAME, Strict
+from control_plane.services.alerts import alert_view
+
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
+bp = APIBlueprint(
+    "monitoring",
+    __name__,
+    url_prefix="/api/v1",
+    abp_tags=[Tag(name="monitoring", description="drift, feedback, accuracy, alerts")],
+    abp_security=SECURITY,
+)
+
+
+class DriftQuery(Strict):
+    model: str = Field(pattern=NAME)
+    version: str | None = Field(None, pattern=NAME)
+    device: str | None = Field(None, min_length=1, max_length=128)
+    since: float | None = Field(None, ge=0, le=1e11, description="windows started at or after")
+    until: float | None = Field(None, ge=0, le=1e11, description="windows started before")
+
+
+class DriftOut(BaseModel):
+    model: str
+    version: str | None
+    device_id: str | None
+    since: float | None
+    until: float | None
+    windows: int
+    rows: int
+    reports: list[dict[str, Any]] = Field(
+        description="per package: its merged windows' figures and the drift report"
+    )
+    unevaluated: list[dict[str, Any]] = Field(
+        description="windows whose package has no reference statistics in the catalog, and why"
+    )
+
+
+class Label(Strict):
+    prediction_id: str = Field(min_length=1, max_length=128)
+    label: float = Field(allow_inf_nan=False, description="class index or target value")
+
+
+class FeedbackIn(Strict):
+    labels: list[Label] = Field(min_length=1, max_length=10_000)
+
+
+class FeedbackOut(BaseModel):
+    received: int
+    matched: int = Field(description="labels joined with a captured prediction")
+    unknown_ids: list[str] = Field(
+        description="prediction ids no stored capture has (labels kept: a later upload joins)"
+    )
+    duplicate_ids: list[str]
+
+
+class AccuracyQuery(Strict):
+    model: str = Field(pattern=NAME)
+    version: str = Field(pattern=NAME)
+    bucket_seconds: float = Field(3600.0, ge=60.0, le=366 * 86400.0)
+
+
+class AccuracyOut(BaseModel):
+    model: str
+    version: str
+    task: str
+    output: str
+    bucket_seconds: float
+    captures: int
+    labelled: int
+    buckets: list[dict[str, Any]] = Field(description="measured metrics per time bucket")
+
+
+class AlertOut(BaseModel):
+    id: str
+    rule: str
+    metric: str
+    severity: str
+    threshold: float
+    comparison: str
+    labels: dict[str, str]
+    state: str
+    since: float
+    value: float
+    fired_at: float | None
+    resolved_at: float | None
+    acknowledged_by: str | None
+    gates_rollout: bool
+    retrain: bool
+
+
+class AlertList(BaseModel):
+    items: list[AlertOut]
+
+
+class DeliveryOut(BaseModel):
+    url: str
+    kind: str
+    alert_id: str
+    ok: bool
+    error: str | None
+
+
+class CheckOut(BaseModel):
+    readings: int
+    transitions: list[AlertOut]
+    deliveries: list[DeliveryOut]
+
+
+@bp.get("/drift", responses={200: DriftOut})
+def drift(query: DriftQuery) -> dict[str, Any]:
+    """The matching windows merged per package, evaluated against its reference statistics."""
+    return api_context().monitoring.drift(
+        query.model, query.version, query.device, query.since, query.until
+    )
+
+
+@bp.post("/feedback", responses={200: FeedbackOut})
+def feedback(body: FeedbackIn) -> dict[str, Any]:
+    """True labels for captured predictions; unknown ids are answered back, never dropped."""
+    result = api_context().monitoring.add_feedback(
+        [(item.prediction_id, item.label) for item in body.labels], current_principal()
+    )
+    return {
+        "received": result.received,
+        "matched": result.matched,
+        "unknown_ids": list(result.unknown_ids),
+        "duplicate_ids": list(result.duplicate_ids),
+    }
+
+
+@bp.get("/accuracy", responses={200: AccuracyOut})
+def accuracy(query: AccuracyQuery) -> dict[str, Any]:
+    """Measured accuracy and macro F1 (classification) or MAE per bucket of prediction time."""
+    return api_context().monitoring.accuracy(query.model, query.version, query.bucket_seconds)
+
+
+@bp.get("/alerts", responses={200: AlertList})
+def list_alerts() -> dict[str, Any]:
+    """Live drift alerts (pending, firing) and the resolved ones of this process."""
+    return {"items": [alert_view(a) for a in api_context().alerts.alerts()]}
+
+
+@bp.post("/alerts/evaluate", responses={200: CheckOut})
+def evaluate_alerts() -> dict[str, Any]:
+    """Evaluate the drift rules now and deliver the transitions to the webhooks (audited)."""
+    context = api_context()
+    result = context.alerts.check_drift(context.monitoring.clock())
+    principal = current_principal()
+    context.audit.record(
+        principal.name,
+        "alerts.evaluate",
+        "alerts",
+        detail={
+            "readings": result.readings,
+            "transitions": [
+                f"{t.previous}->{t.alert.state} {t.alert.id}" for t in result.transitions
+            ],
+            "failed_deliveries": sum(1 for d in result.deliveries if not d.ok),
+        },
+    )
+    return {
+        "readings": result.readings,
+        "transitions": [alert_view(t.alert) for t in result.transitions],
+        "deliveries": [
+            {"url": d.url, "kind": d.kind, "alert_id": d.alert_id, "ok": d.ok, "error": d.error}
+            for d in result.deliveries
+        ],
+    }

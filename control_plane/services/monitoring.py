@@ -1,0 +1,301 @@
+"""Monitoring over the indexed telemetry: drift reports, feedback labels, measured accuracy.
+
+Windows are decoded once at ingest (``services/ingest.py``) into
+``telemetry_windows`` and ``captures``; here they are read back, merged per
+package (histograms add exactly, KLL sketches merge) and evaluated with the pure
+core (``core/drift.py``, ``core/accuracy.py``) against the reference statistics
+of the package's manifest, which the catalog keeps (``services/packages.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from control_plane.core.accuracy import (
+    Capture,
+    Feedback,
+    join_feedback,
+    measured_metrics,
+)
+from control_plane.core.drift import DriftThresholds, evaluate
+from control_plane.core.sketches import WindowAccumulator, reference_features
+from control_plane.errors import InvalidInput, NotFound
+from control_plane.monitoring.metrics import MonitoringMetrics
+from control_plane.services import Clock
+from control_plane.services.audit import AuditService
+from control_plane.services.tokens import Principal
+from control_plane.store.records import FeedbackLabel, StoredCapture, StoredWindow
+from control_plane.store.repos import Repositories
+from edge_agent.core.manifest import Manifest
+from edge_agent.core.telemetry import QUANTILES
+
+MAX_FEEDBACK = 10_000
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN/inf float replaced by None (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    received: int
+    matched: int
+    unknown_ids: tuple[str, ...]
+    duplicate_ids: tuple[str, ...]
+
+
+class MonitoringService:
+    def __init__(
+        self,
+        repos: Repositories,
+        audit: AuditService,
+        metrics: MonitoringMetrics | None = None,
+        clock: Clock = time.time,
+        thresholds: DriftThresholds | None = None,
+    ) -> None:
+        self.repos = repos
+        self.audit = audit
+        self.metrics = metrics
+        self.clock = clock
+        self.thresholds = thresholds or DriftThresholds()
+        self._manifests: dict[str, Manifest | None] = {}  # packages are immutable by sha256
+
+    def manifest(self, sha256: str) -> Manifest | None:
+        """The catalog's manifest of a package; None when it is not a full manifest."""
+        if sha256 not in self._manifests:
+            try:
+                stored = self.repos.packages.get(sha256).manifest
+                self._manifests[sha256] = Manifest.model_validate(stored)
+            except (NotFound, ValidationError):
+                return None
+        return self._manifests[sha256]
+
+    # -- drift
+
+    def drift(
+        self,
+        model: str,
+        version: str | None = None,
+        device_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> dict[str, Any]:
+        """Matching windows merged per package and evaluated against its reference."""
+        windows = self.repos.monitoring.windows(
+            model_name=model, model_version=version, device_id=device_id, since=since, until=until
+        )
+        by_package: dict[tuple[str | None, str | None], list[StoredWindow]] = {}
+        for w in windows:
+            by_package.setdefault((w.package_sha256, w.package_id), []).append(w)
+        reports: list[dict[str, Any]] = []
+        unevaluated: list[dict[str, Any]] = []
+        for (sha256, package_id), group in by_package.items():
+            manifest = None if sha256 is None else self.manifest(sha256)
+            if manifest is None:
+                reason = (
+                    "the window names no package id (an older agent)"
+                    if package_id is None
+                    else f"package {package_id!r} is not in the catalog"
+                    if sha256 is None
+                    else f"package {sha256} has no reference statistics in its manifest"
+                )
+                unevaluated.append(
+                    {
+                        "package_id": package_id,
+                        "package_sha256": sha256,
+                        "windows": len(group),
+                        "reason": reason,
+                    }
+                )
+                continue
+            acc = WindowAccumulator()
+            for w in group:
+                acc.add(_window_dict(w))
+            report = evaluate(
+                reference_features(manifest.reference), acc.histograms, self.thresholds
+            )
+            label = device_id or "all"
+            if self.metrics is not None:
+                self.metrics.observe_drift(
+                    manifest.model_name, manifest.model_version, label, report
+                )
+                self.metrics.observe_merged(manifest.model_name, manifest.model_version, label, acc)
+            latency = (
+                {}
+                if acc.latency.is_empty()
+                else dict(
+                    zip(
+                        ("p50", "p95", "p99"),
+                        (float(v) for v in acc.latency.get_quantiles(list(QUANTILES))),
+                        strict=True,
+                    )
+                )
+            )
+            reports.append(
+                {
+                    "package_sha256": sha256,
+                    "package_id": package_id,
+                    "profile_id": manifest.profile.id,
+                    "model_version": manifest.model_version,
+                    "windows": acc.windows,
+                    "requests": acc.requests,
+                    "rows": acc.rows,
+                    "error_rate": acc.error_rate,
+                    "latency_ms": latency,
+                    "first_started_at": group[0].started_at,
+                    "last_ended_at": max(w.ended_at for w in group),
+                    **report.as_dict(),
+                }
+            )
+        return finite_dict(
+            {
+                "model": model,
+                "version": version,
+                "device_id": device_id,
+                "since": since,
+                "until": until,
+                "windows": len(windows),
+                "rows": sum(w.rows for w in windows),
+                "reports": reports,
+                "unevaluated": unevaluated,
+            }
+        )
+
+    # -- feedback and accuracy
+
+    def add_feedback(
+        self, labels: Sequence[tuple[str, float]], principal: Principal
+    ) -> FeedbackResult:
+        """Store the labels (all of them: a capture uploaded later still joins) and join them
+        with the stored captures; ids no capture has are returned, never dropped."""
+        if not labels:
+            raise InvalidInput("feedback: at least one (prediction_id, label) is needed")
+        if len(labels) > MAX_FEEDBACK:
+            raise InvalidInput(f"feedback: {len(labels)} labels, at most {MAX_FEEDBACK} a request")
+        for pid, label in labels:
+            if not math.isfinite(label):
+                raise InvalidInput(f"feedback for {pid!r}: the label must be a finite number")
+        now = self.clock()
+        ids = [pid for pid, _ in labels]
+        captures = [_capture(c, None) for c in self.repos.monitoring.captures(ids)]
+        joined = join_feedback(captures, [Feedback(pid, label, now) for pid, label in labels])
+        self.repos.monitoring.put_feedback(
+            [FeedbackLabel(pid, label, now, principal.name) for pid, label in labels]
+        )
+        result = FeedbackResult(
+            received=len(labels),
+            matched=len(joined.matched),
+            unknown_ids=joined.unknown_ids,
+            duplicate_ids=joined.duplicate_ids,
+        )
+        self.audit.record(
+            principal.name,
+            "feedback.add",
+            "feedback",
+            detail={
+                "received": result.received,
+                "matched": result.matched,
+                "unknown": len(result.unknown_ids),
+            },
+        )
+        return result
+
+    def accuracy(self, model: str, version: str, bucket_s: float = 3600.0) -> dict[str, Any]:
+        """Measured metrics per time bucket of the prediction, from labelled captures."""
+        captures = self.repos.monitoring.version_captures(model, version)
+        manifest = self._version_manifest(model, version, captures)
+        if manifest.task == "embedding":
+            raise InvalidInput(f"{model} {version} is an embedding model: no accuracy to measure")
+        output = manifest.signature.outputs[0].name
+        parsed = [c for c in (_capture(s, output) for s in captures) if c.scores]
+        labels = self.repos.monitoring.feedback([c.prediction_id for c in parsed])
+        joined = join_feedback(
+            parsed, [Feedback(f.prediction_id, f.label, f.received_at) for f in labels]
+        )
+        buckets = measured_metrics(joined.matched, manifest.task, bucket_s)
+        return finite_dict(
+            {
+                "model": model,
+                "version": version,
+                "task": manifest.task,
+                "output": output,
+                "bucket_seconds": bucket_s,
+                "captures": len(parsed),
+                "labelled": len(joined.matched),
+                "buckets": [asdict(b) for b in buckets],
+            }
+        )
+
+    def _version_manifest(
+        self, model: str, version: str, captures: Sequence[StoredCapture]
+    ) -> Manifest:
+        shas = [c.package_sha256 for c in captures if c.package_sha256]
+        shas += [p.sha256 for p in self.repos.packages.list(
+            model_name=model, model_version=version, limit=1000).items]  # fmt: skip
+        for sha in dict.fromkeys(shas):
+            manifest = self.manifest(sha)
+            if manifest is not None:
+                return manifest
+        raise NotFound(f"no package of {model} {version} with a manifest is in the catalog")
+
+    # -- metrics
+
+    def refresh_metrics(self) -> None:
+        """Bring the ingest counters up to the store's totals (every replica's ingest counts)."""
+        if self.metrics is None:
+            return
+        for (model, version), (windows, rows) in self.repos.monitoring.window_counts().items():
+            self.metrics.sync_ingest(model, version, windows, rows)
+
+
+def _window_dict(w: StoredWindow) -> dict[str, Any]:
+    """A stored window in the shape :class:`WindowAccumulator` folds in."""
+    return {
+        **w.histograms,
+        "requests": w.requests,
+        "rows": w.rows,
+        "errors": w.errors,
+        "invalid": w.invalid,
+        "latency_ms": w.latency,
+    }
+
+
+def finite_dict(value: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = finite(value)
+    return out
+
+
+def _capture(stored: StoredCapture, output: str | None) -> Capture:
+    """A stored capture as the core's :class:`Capture` (first row of ``output``; with None
+    the first output it holds, for the join by id only)."""
+    outputs = stored.outputs
+    name = output if output is not None else next(iter(outputs), None)
+    rows = outputs.get(name) if name is not None else None
+    scores: tuple[float, ...] = ()
+    if rows:
+        first = rows[0]
+        flat = first if isinstance(first, list) else [first]
+        while flat and isinstance(flat[0], list):
+            flat = [v for part in flat for v in part]
+        scores = tuple(float(v) for v in flat)
+    return Capture(
+        prediction_id=stored.prediction_id,
+        at=stored.at,
+        model_name=stored.model_name,
+        model_version=stored.model_version,
+        group="all",
+        scores=scores,
+    )
