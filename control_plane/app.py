@@ -6,8 +6,9 @@ REST API's blueprints read it with :func:`services_of`, and ``fleetcast serve``
 hands the same container to the gRPC servicer and the MQTT bridge, so every
 transport calls the same services over the same repositories.
 
-Domain errors are mapped to HTTP here, once (:data:`HTTP_STATUS`, RFC 7807
-problem+json); the gRPC mapping lives in ``transport/grpc_server.py``.
+Domain errors are mapped to HTTP in one place, ``control_plane/api/errors.py``
+(RFC 7807 problem+json), registered on the app here; the gRPC mapping lives in
+``transport/grpc_server.py``.
 """
 
 from __future__ import annotations
@@ -17,18 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask, Response, jsonify
+from flask import Flask
 
-from control_plane.errors import (
-    Conflict,
-    ControlPlaneError,
-    InvalidInput,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
-)
 from control_plane.files import make_private_dir, private_file
 from control_plane.services import Clock
 from control_plane.services.commands import CommandService
@@ -46,15 +37,6 @@ logger = logging.getLogger(__name__)
 
 EXTENSION = "fleetcast"
 OLD_STORE_FILE = "fleetcast.db"
-HTTP_STATUS: dict[type[ControlPlaneError], int] = {
-    InvalidInput: 400,
-    Unauthenticated: 401,
-    PermissionDenied: 403,
-    NotFound: 404,
-    Conflict: 409,
-    ResourceExhausted: 429,
-    Unavailable: 503,
-}
 
 
 @dataclass
@@ -133,15 +115,6 @@ def build_services(
     )
 
 
-def problem(exc: ControlPlaneError) -> tuple[Response, int]:
-    """An RFC 7807 problem+json answer for a domain error."""
-    status = next((s for kind, s in HTTP_STATUS.items() if isinstance(exc, kind)), 500)
-    body = jsonify({"type": "about:blank", "title": type(exc).__name__, "status": status,
-                    "detail": str(exc)})  # fmt: skip
-    body.mimetype = "application/problem+json"
-    return body, status
-
-
 def create_app(
     settings: Settings, *, repos: Repositories | None = None, clock: Clock = time.time
 ) -> Flask:
@@ -152,7 +125,9 @@ def create_app(
     """
     app = Flask("control_plane")
     app.extensions[EXTENSION] = build_services(settings, repos, clock)
-    app.register_error_handler(ControlPlaneError, problem)
+    from control_plane.api.errors import register_error_handlers
+
+    register_error_handlers(app)
     return app
 
 

@@ -41,11 +41,12 @@ def test_create_app_holds_the_services_and_maps_errors_to_problem_json(tmp_path:
         reply = app.test_client().get("/missing")
         assert reply.status_code == 404
         assert reply.mimetype == "application/problem+json"
-        assert reply.get_json() == {
-            "type": "about:blank",
-            "title": "NotFound",
+        assert reply.get_json() == {  # one mapping for the app and the API (api/errors.py)
+            "type": "https://fleetcast.dev/problems/not-found",
+            "title": "Not found",
             "status": 404,
             "detail": "device 'x' is not enrolled",
+            "instance": "/missing",
         }
     finally:
         services.close()
