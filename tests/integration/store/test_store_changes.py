@@ -161,15 +161,16 @@ def test_each_compile_job_is_claimed_once_by_competing_workers(open_store: OpenS
 
 def test_migrate_is_idempotent_and_records_the_version(open_store: OpenStore) -> None:
     first = open_store()
-    assert first.schema_version() == 2
-    assert first.db.migrate() == 2
+    assert first.schema_version() == 3
+    assert first.db.migrate() == 3
     second = open_store()  # migrates again on open: nothing to do
-    assert second.schema_version() == 2
+    assert second.schema_version() == 3
     with second.db.transaction() as tx:
         rows = tx.rows("SELECT version, name FROM schema_migrations ORDER BY version")
     assert rows == [
         {"version": 1, "name": "initial"},
         {"version": 2, "name": "device_activity"},
+        {"version": 3, "name": "rollouts"},
     ]
 
 
@@ -188,7 +189,7 @@ def test_two_instances_migrating_a_fresh_database_at_once(open_store: OpenStore)
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert (errors, results) == ([], [2, 2, 2])
+    assert (errors, results) == ([], [3, 3, 3])
 
 
 def test_postgres_listener_reconnects_and_announces_a_possible_gap(
