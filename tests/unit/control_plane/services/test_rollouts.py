@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from control_plane.core.rollout_model import Deploy, action_to_dict
+from control_plane.core.rollout_model import Deploy, Rollout, action_to_dict
 from control_plane.core.rollout_spec import RolloutBlocked, RolloutSpecError
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from control_plane.services.audit import AuditService
-from control_plane.services.rollouts import RolloutService
+from control_plane.services.rollouts import RolloutService, UploadReadings
 from control_plane.services.tokens import Principal
 from control_plane.store.factory import open_repositories
-from control_plane.store.records import ModelCard, NewDevice, Package
+from control_plane.store.records import ModelCard, NewDevice, NewUpload, Package
 from control_plane.store.sql.store import SqlRepositories
 
 OPERATOR = Principal("ops", "operator")
@@ -176,3 +177,55 @@ def test_a_reapplied_outbox_queues_no_second_command(repos: SqlRepositories, clo
     assert service.recover_all() == 1
     assert repos.commands.pending() == [sent]  # the same command, no second one
     assert repos.rollouts.load(rollout.id).outbox == []
+
+
+def _window(version: str, requests: int, errors: int, latencies: list[float]) -> str:
+    import base64
+
+    from datasketches import kll_floats_sketch
+
+    sketch = kll_floats_sketch(200)
+    for value in latencies:
+        sketch.update(value)
+    kll = base64.b64encode(sketch.serialize()).decode("ascii") if latencies else None
+    body = {
+        "kind": "telemetry_window",
+        "model_name": "digits",
+        "model_version": version,
+        "requests": requests,
+        "errors": errors,
+        "invalid": 0,
+        "rows": requests,
+        "latency_ms": {"kll": kll},
+    }
+    return json.dumps(body)
+
+
+def test_gate_readings_sum_windows_per_version_and_merge_p95(
+    repos: SqlRepositories, clock: Clock
+) -> None:
+    service = _service(repos, clock)
+    rollout = service.create(_spec(), OPERATOR)
+    uploads = [
+        NewUpload(1, "telemetry_window", _window("6", 100, 1, [1.0] * 100)),
+        NewUpload(2, "telemetry_window", _window("7", 150, 6, [float(i) for i in range(1, 101)])),
+        NewUpload(3, "telemetry_window", _window("7", 50, 0, [])),  # no sketch: counts only
+    ]
+    repos.uploads.add("cam-0", uploads, "grpc", clock())
+    repos.uploads.add("cam-1", [NewUpload(1, "telemetry_window", _window("7", 999, 999, []))],
+                      "grpc", clock())  # fmt: skip
+    readings = UploadReadings(repos).read(
+        Rollout.from_dict(rollout.to_dict()), 0, ["cam-0"], clock() - 1, clock()
+    )
+    assert readings is not None
+    assert (readings.new.requests, readings.new.failures) == (200, 6)  # cam-1 is not a subject
+    assert readings.new.p95_ms == pytest.approx(95.0, abs=2.0)
+    assert readings.baseline is not None
+    assert (readings.baseline.requests, readings.baseline.failures, readings.baseline.p95_ms) == (
+        100,
+        1,
+        1.0,
+    )
+    assert UploadReadings(repos).read(rollout, 0, ["cam-2"], clock() - 1, clock()) is None
+    later = UploadReadings(repos).read(rollout, 0, ["cam-0"], clock() + 1, clock())
+    assert later is None  # windows received before the wave started do not count
