@@ -69,8 +69,8 @@ logger = logging.getLogger(__name__)
 
 ACTOR = "rollouts"
 """The audit actor of what the engine decides (operators' commands carry their own name)."""
-TICKED_PHASES = ("running", "paused", "completed")
-"""Completed rollouts keep being ticked: their dynamic tail may still deploy."""
+TICKED_PHASES = ("running", "paused")
+"""Completed rollouts are ticked too when their spec has the dynamic tail (it still deploys)."""
 RETRIES = 5
 Verb = Literal["pause", "resume", "abort", "rollback", "approve"]
 VERBS: tuple[Verb, ...] = ("pause", "resume", "abort", "rollback", "approve")
@@ -338,13 +338,17 @@ class RolloutService:
     def recover_all(self) -> int:
         """Apply what a crash left in the outboxes (at start); returns how many actions."""
         done = 0
-        for rollout_id in self.repos.rollouts.ids_in_phases(TICKED_PHASES + ("aborted",)):
+        phases = TICKED_PHASES + ("completed", "aborted", "rolled_back")
+        for rollout_id in self.repos.rollouts.ids_in_phases(phases):
             done += self.runner.recover(rollout_id)
         return done
 
     def tick_all(self) -> None:
         """One pass over the active rollouts; one rollout's failure does not stop the others."""
-        for rollout_id in self.repos.rollouts.ids_in_phases(TICKED_PHASES):
+        rollouts = self.repos.rollouts
+        ticked = rollouts.ids_in_phases(TICKED_PHASES)
+        ticked += rollouts.ids_in_phases(["completed"], dynamic_tail=True)
+        for rollout_id in ticked:
             try:
                 self.tick(rollout_id)
             except Exception:  # the ticker must outlive any one rollout's failure

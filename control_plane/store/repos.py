@@ -336,7 +336,13 @@ class RolloutRepo(Protocol):
         """Newest first."""
         ...
 
-    def ids_in_phases(self, phases: Sequence[str]) -> builtins.list[str]: ...
+    def ids_in_phases(
+        self, phases: Sequence[str], *, dynamic_tail: bool | None = None
+    ) -> builtins.list[str]:
+        """Ids of the rollouts in ``phases``, oldest first; ``dynamic_tail=True`` keeps only
+        those whose spec has the dynamic tail on."""
+        ...
+
     def unfed_acks(self, rollout_id: str) -> builtins.list[Command]:
         """The rollout's acked commands whose outcome was not yet fed to the engine."""
         ...

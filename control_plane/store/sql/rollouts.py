@@ -103,16 +103,25 @@ class SqlRolloutRepo:
             )
             return Page([_rollout(r) for r in rows], more)
 
-    def ids_in_phases(self, phases: Sequence[str]) -> builtins.list[str]:
+    def ids_in_phases(
+        self, phases: Sequence[str], *, dynamic_tail: bool | None = None
+    ) -> builtins.list[str]:
         if not phases:
             return []
         marks = ", ".join("?" for _ in phases)
+        sql = f"SELECT id, spec_json FROM rollouts WHERE phase IN ({marks})"
+        params: list[object] = list(phases)
+        if dynamic_tail:
+            # spec_json is compact and sorted (dumps): LIKE narrows, the decoded spec decides
+            sql += " AND spec_json LIKE ?"
+            params.append('%"dynamic_tail":true%')
         with self.db.transaction() as tx:
-            rows = tx.rows(
-                f"SELECT id FROM rollouts WHERE phase IN ({marks}) ORDER BY created_at, id",
-                list(phases),
-            )
-        return [str(r["id"]) for r in rows]
+            rows = tx.rows(sql + " ORDER BY created_at, id", params)
+        return [
+            str(r["id"])
+            for r in rows
+            if not dynamic_tail or loads(r["spec_json"]).get("dynamic_tail") is True
+        ]
 
     def unfed_acks(self, rollout_id: str) -> builtins.list[Command]:
         with self.db.transaction() as tx:

@@ -68,6 +68,11 @@ def test_list_and_phases(repos: SqlRepositories) -> None:
     assert [r.id for r in repos.rollouts.list(phase="completed").items] == ["r1"]
     assert [r.id for r in repos.rollouts.list(model="other").items] == []
     assert repos.rollouts.ids_in_phases(["running", "paused"]) == ["r0", "r2"]
+    tail = {**_state("completed"), "id": "r3", "created_at": 3.0}
+    tail["spec"] = {**tail["spec"], "dynamic_tail": True}
+    repos.rollouts.create("r3", tail, [])
+    assert repos.rollouts.ids_in_phases(["completed"]) == ["r1", "r3"]
+    assert repos.rollouts.ids_in_phases(["completed"], dynamic_tail=True) == ["r3"]
 
 
 def test_execution_key_queues_one_command_and_acks_are_fed_once(repos: SqlRepositories) -> None:
