@@ -3,6 +3,7 @@ was and no device gets a second deploy (four real ``fleetcast-agent`` processes 
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
@@ -84,6 +85,7 @@ def test_sigkill_mid_rollout_then_restart_continues_without_double_deploys(
         assert wait_until(lambda: waves()[0] == "passed", 60), waves()
         serve.proc.send_signal(signal.SIGKILL)  # mid-rollout: wave 1 under way
         serve.proc.wait(10)
+        _stop_orphaned_broker(data_dir / "mosquitto")
         before = _deploys(services, rollout_id)
         assert 1 <= len(before) < DEVICES, "killed after the canary, before the last wave"
         serve = ServeProcess(data_dir, *ports)
@@ -100,6 +102,19 @@ def test_sigkill_mid_rollout_then_restart_continues_without_double_deploys(
             agent.stop()
         serve.stop()
         services.close()
+
+
+def _stop_orphaned_broker(folder: Path) -> None:
+    """The killed serve's embedded mosquitto outlives it: stop that one process, by pid."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "mosquitto" in command and str(folder) in command:
+            os.kill(int(proc.name), signal.SIGTERM)
 
 
 def _deploys(services: Any, rollout_id: str) -> list[Any]:
