@@ -30,6 +30,8 @@ from flask import Flask
 from control_plane.api.serve import HttpHandle
 from control_plane.app import Fleetcast, create_app, services_of
 from control_plane.errors import ControlPlaneError
+from control_plane.services.audit import AuditService
+from control_plane.services.rollouts import RolloutService
 from control_plane.settings import Settings
 from control_plane.transport.broker import CONTROL_PLANE_USER, BrokerTls, MosquittoBroker
 from control_plane.transport.changes import ChangeDispatcher
@@ -47,6 +49,7 @@ from edge_agent.core.topics import device_login
 logger = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 5.0  # last-seen times and quota refusals are written this often
+ROLLOUT_TICK_SECONDS = 2.0  # running rollouts are stepped (acks fed, gates read) this often
 INSECURE_MARKER = "serve-insecure.json"
 
 
@@ -70,6 +73,7 @@ class ServeOptions:
     in_memory_store: bool = False
     insecure: bool = False  # allow plaintext off this host (warned at start and in devices list)
     http_address: str | None = None  # the REST API (waitress); None: not served
+    rollout_tick_seconds: float = ROLLOUT_TICK_SECONDS  # 0: no rollout ticker (tests drive it)
 
 
 def plaintext_exposures(o: ServeOptions) -> list[str]:
@@ -137,6 +141,8 @@ class ControlPlane:
         self.dispatcher: ChangeDispatcher | None = None
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self.rollouts: RolloutService | None = None
+        self._ticker: threading.Thread | None = None
 
     def start(self) -> ControlPlane:
         o = self.options
@@ -170,7 +176,30 @@ class ControlPlane:
         write_insecure_notice(o.data_dir, exposures)
         self._flusher = threading.Thread(target=self._flush_loop, name="activity", daemon=True)
         self._flusher.start()
+        self._start_rollouts()
         return self
+
+    def _start_rollouts(self) -> None:
+        """Apply what a crash left in the rollouts' outboxes, then step them every few seconds."""
+        assert self.services is not None
+        services = self.services
+        self.rollouts = RolloutService(
+            services.repos, AuditService(services.repos.audit), services.commands
+        )
+        recovered = self.rollouts.recover_all()
+        if recovered:
+            logger.info("rollouts: re-applied %d action(s) left by a stop", recovered)
+        if self.options.rollout_tick_seconds > 0:
+            self._ticker = threading.Thread(target=self._tick_loop, name="rollouts", daemon=True)
+            self._ticker.start()
+
+    def _tick_loop(self) -> None:
+        assert self.rollouts is not None
+        while not self._stop.wait(self.options.rollout_tick_seconds):
+            try:
+                self.rollouts.tick_all()
+            except Exception:  # the store may be unreachable for a while: try again next tick
+                logger.exception("rollouts ticker")
 
     def _start_http(self, settings: Settings, address: str) -> None:
         """The REST API on the same app and services as gRPC and MQTT, behind waitress."""
@@ -252,6 +281,8 @@ class ControlPlane:
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join(5)
+        if self._ticker is not None:
+            self._ticker.join(10)
         write_insecure_notice(self.options.data_dir, [])
         if self.http is not None:
             self.http.stop()

@@ -13,6 +13,7 @@ from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker
 from control_plane.services.deployments import DeploymentService
 from control_plane.services.monitoring import MonitoringService
+from control_plane.services.rollouts import RolloutService
 from control_plane.services.tokens import TokenService
 from control_plane.store.records import Page
 from control_plane.store.repos import Repositories
@@ -28,6 +29,7 @@ class ApiContext:
     catalog: CatalogService
     jobs: CompileJobService
     deployments: DeploymentService
+    rollouts: RolloutService
     worker: CompileWorker | None
     max_upload_bytes: int
     monitoring: MonitoringService

@@ -19,7 +19,15 @@ from flask_openapi3.blueprint import APIBlueprint
 from flask_openapi3.models.info import Info
 from flask_openapi3.openapi import OpenAPI
 
-from control_plane.api import admin, artifacts, catalog, deployments, devices_read, monitoring
+from control_plane.api import (
+    admin,
+    artifacts,
+    catalog,
+    deployments,
+    devices_read,
+    monitoring,
+    rollouts,
+)
 from control_plane.api.auth import install_auth
 from control_plane.api.context import EXTENSION, ApiContext
 from control_plane.api.errors import Problem, problem, register_error_handlers, validation_problem
@@ -35,6 +43,7 @@ from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker, Runner
 from control_plane.services.deployments import DeploymentService
 from control_plane.services.monitoring import MonitoringService
+from control_plane.services.rollouts import RolloutService
 from control_plane.services.tokens import TokenService
 from control_plane.settings import Settings
 from control_plane.store.repos import Repositories
@@ -83,6 +92,7 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
         catalog=cat,
         jobs=jobs,
         deployments=DeploymentService(repos, audit),
+        rollouts=RolloutService(repos, audit),
         worker=CompileWorker(jobs, runner, options.worker_name),
         max_upload_bytes=options.max_upload_bytes,
         monitoring=monitoring,
@@ -135,6 +145,7 @@ BLUEPRINTS = (
     devices_read.bp,
     deployments.bp,
     monitoring.bp,
+    rollouts.bp,
 )
 
 

@@ -20,11 +20,22 @@ class CommandService:
         self.repos = repos
         self.clock = clock
 
-    def send(self, device_id: str, kind: str, body: Mapping[str, Any], actor: str) -> Command:
+    def send(
+        self,
+        device_id: str,
+        kind: str,
+        body: Mapping[str, Any],
+        actor: str,
+        *,
+        execution_key: str | None = None,
+        rollout_id: str | None = None,
+    ) -> Command:
         """Queue a command with the device's next execution version.
 
         A deploy names a catalog package by ``sha256``; its id and size are added
         to the body. The transports learn of it through the change notifier.
+        With an ``execution_key`` (rollouts) the same key again returns the command
+        queued the first time, and writes no second audit entry.
         """
         if kind not in COMMAND_KINDS:
             raise InvalidInput(f"command kind {kind!r}: expected one of {sorted(COMMAND_KINDS)}")
@@ -32,7 +43,12 @@ class CommandService:
         if kind == "deploy":
             package = self.repos.packages.get(str(body.get("sha256", "")))
             body.update(package_id=package.package_id, size_bytes=package.size_bytes)
-        command = self.repos.commands.add(device_id, kind, body, self.clock())
+        at = self.clock()
+        command = self.repos.commands.add(
+            device_id, kind, body, at, execution_key=execution_key, rollout_id=rollout_id
+        )
+        if execution_key is not None and command.created_at != at:
+            return command  # queued before (a re-applied outbox)
         self.repos.audit.add(
             actor,
             f"command.{kind}",

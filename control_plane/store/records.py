@@ -262,3 +262,19 @@ class FeedbackLabel:
     label: float
     received_at: float
     actor: str
+
+
+@dataclass(frozen=True)
+class RolloutRow:
+    """A stored rollout: the engine's state (``control_plane.core.rollout_model.Rollout``
+    as a dict), its revision (compare-and-set) and the outbox of actions not applied yet."""
+
+    id: str
+    model: str
+    version: str
+    phase: str
+    state: dict[str, Any]
+    revision: int
+    outbox: list[dict[str, Any]]
+    created_at: float
+    updated_at: float

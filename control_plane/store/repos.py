@@ -11,9 +11,12 @@ Lists take ``limit``/``offset`` and equality filters and return a :class:`Page`.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from control_plane.core.rollout_runner import StoredRollout
+from control_plane.errors import Conflict
 from control_plane.store.notify import ChangeNotifier
 from control_plane.store.records import (
     DEFAULT_LIMIT,
@@ -33,10 +36,15 @@ from control_plane.store.records import (
     NewWindow,
     Package,
     Page,
+    RolloutRow,
     StoredCapture,
     StoredWindow,
     Upload,
 )
+
+
+class RevisionConflict(Conflict):
+    """A compare-and-set lost: the row moved to another revision meanwhile (retry)."""
 
 
 class DeviceRepo(Protocol):
@@ -94,8 +102,21 @@ class EnrollmentTokenRepo(Protocol):
 
 
 class CommandRepo(Protocol):
-    def add(self, device_id: str, kind: str, body: Mapping[str, Any], at: float) -> Command:
-        """Queue a command with the device's next execution version."""
+    def add(
+        self,
+        device_id: str,
+        kind: str,
+        body: Mapping[str, Any],
+        at: float,
+        *,
+        execution_key: str | None = None,
+        rollout_id: str | None = None,
+    ) -> Command:
+        """Queue a command with the device's next execution version.
+
+        With an ``execution_key`` (a rollout's ``rollout:device:attempt``) at most one
+        command is ever queued per key: the same key again returns the stored command.
+        """
         ...
 
     def get(self, command_id: str) -> Command: ...
@@ -314,6 +335,63 @@ class CompileJobRepo(Protocol):
     ) -> CompileJob: ...
 
 
+class RolloutRepo(Protocol):
+    """Rollouts; implements the engine's ``RolloutStore`` port (``core/rollout_runner.py``).
+
+    ``state`` is the engine's ``Rollout.to_dict()``; its ``spec.model``, ``spec.version``,
+    ``phase``, ``created_at`` and ``updated_at`` are copied into columns for listing.
+    """
+
+    def create(self, rollout_id: str, state: Mapping[str, Any], outbox: Sequence[Any]) -> int:
+        """Store a new rollout at revision 1 (Conflict if the id exists)."""
+        ...
+
+    def load(self, rollout_id: str) -> StoredRollout: ...
+    def get(self, rollout_id: str) -> RolloutRow: ...
+    def save(
+        self,
+        rollout_id: str,
+        state: Mapping[str, Any],
+        outbox: Sequence[Mapping[str, Any]],
+        expected_revision: int,
+    ) -> int:
+        """Replace the state and append to the outbox if the revision is still
+        ``expected_revision`` (RevisionConflict otherwise); returns the new revision."""
+        ...
+
+    def clear_outbox(self, rollout_id: str, upto_revision: int) -> None:
+        """Empty the outbox if the rollout is still at ``upto_revision`` (else keep it:
+        a later save appended to it, and applying twice is idempotent)."""
+        ...
+
+    def list(
+        self,
+        *,
+        phase: str | None = None,
+        model: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[RolloutRow]:
+        """Newest first."""
+        ...
+
+    def ids_in_phases(
+        self, phases: Sequence[str], *, dynamic_tail: bool | None = None
+    ) -> builtins.list[str]:
+        """Ids of the rollouts in ``phases``, oldest first; ``dynamic_tail=True`` keeps only
+        those whose spec has the dynamic tail on."""
+        ...
+
+    def unfed_acks(self, rollout_id: str) -> builtins.list[Command]:
+        """The rollout's acked commands whose outcome was not yet fed to the engine."""
+        ...
+
+    def mark_fed(self, command_ids: Sequence[str], at: float) -> None: ...
+    def installing_elsewhere(self, rollout_id: str) -> int:
+        """Pending deploy commands of other rollouts (the fleet-wide disruption budget)."""
+        ...
+
+
 class Repositories(Protocol):
     """Every repository over one database, with its change notifier."""
 
@@ -329,6 +407,7 @@ class Repositories(Protocol):
     aliases: AliasRepo
     api_tokens: ApiTokenRepo
     compile_jobs: CompileJobRepo
+    rollouts: RolloutRepo
 
     @property
     def notifier(self) -> ChangeNotifier: ...

@@ -27,9 +27,23 @@ class SqlCommandRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add(self, device_id: str, kind: str, body: Mapping[str, Any], at: float) -> Command:
+    def add(
+        self,
+        device_id: str,
+        kind: str,
+        body: Mapping[str, Any],
+        at: float,
+        *,
+        execution_key: str | None = None,
+        rollout_id: str | None = None,
+    ) -> Command:
         command_id = uuid.uuid4().hex
         with self.db.transaction() as tx:
+            if execution_key is not None:
+                # the unique index on execution_key backs this check against a racing writer
+                known = tx.row("SELECT * FROM commands WHERE execution_key = ?", [execution_key])
+                if known is not None:
+                    return _command(known)
             # the row lock taken by this UPDATE orders concurrent writers (PostgreSQL)
             bumped = tx.row(
                 "UPDATE devices SET next_version = next_version + 1 WHERE id = ?"
@@ -40,7 +54,8 @@ class SqlCommandRepo:
                 raise NotFound(f"device {device_id!r} is not enrolled")
             tx.execute(
                 "INSERT INTO commands (id, device_id, execution_version, kind, body_json,"
-                " status, created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                " status, created_at, execution_key, rollout_id)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                 [
                     command_id,
                     device_id,
@@ -48,6 +63,8 @@ class SqlCommandRepo:
                     kind,
                     dumps(dict(body)),
                     at,
+                    execution_key,
+                    rollout_id,
                 ],
             )
             tx.changed(COMMANDS)

@@ -15,6 +15,7 @@ from control_plane.store.sql.fleet import (
     SqlUploadRepo,
 )
 from control_plane.store.sql.monitoring import SqlMonitoringRepo
+from control_plane.store.sql.rollouts import SqlRolloutRepo
 
 
 class SqlRepositories:
@@ -36,6 +37,7 @@ class SqlRepositories:
         self.aliases: repos.AliasRepo = SqlAliasRepo(db)
         self.api_tokens: repos.ApiTokenRepo = SqlApiTokenRepo(db)
         self.compile_jobs: repos.CompileJobRepo = SqlCompileJobRepo(db)
+        self.rollouts: repos.RolloutRepo = SqlRolloutRepo(db)
 
     @property
     def notifier(self) -> ChangeNotifier:

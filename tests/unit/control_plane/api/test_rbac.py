@@ -9,6 +9,9 @@ from typing import Any
 import pytest
 from api_support import PROFILE, Api, make_api, seed, seed_deployable, seed_monitored
 
+from control_plane.services.tokens import Principal
+
+TARGET = {"kind": "devices", "selector": {"site": "lab"}}
 CARD = {"intended_use": "digits", "training_data": "sklearn digits", "owner": "ml"}
 
 
@@ -148,6 +151,33 @@ ROUTES = [
     Route("GET", "/api/v1/accuracy", "/api/v1/accuracy?model=digits&version=1", "viewer", 200),
     Route("GET", "/api/v1/alerts", "/api/v1/alerts", "viewer", 200),
     Route("POST", "/api/v1/alerts/evaluate", "/api/v1/alerts/evaluate", "operator", 200),
+    Route(
+        "POST",
+        "/api/v1/rollouts",
+        "/api/v1/rollouts",
+        "operator",
+        201,
+        {"json": {"model": "digits", "version": "9", "target": TARGET, "waves": [{"count": 1}]}},
+    ),
+    Route("GET", "/api/v1/rollouts", "/api/v1/rollouts", "viewer", 200),
+    Route("GET", "/api/v1/rollouts/<rollout_id>", "/api/v1/rollouts/{running}", "viewer", 200),
+    *(
+        Route(
+            "POST",
+            f"/api/v1/rollouts/<rollout_id>/{verb}",
+            f"/api/v1/rollouts/{{{seeded}}}/{verb}",
+            "operator",
+            200,
+            {"json": {"reason": "rbac"}},
+        )
+        for verb, seeded in [
+            ("pause", "running"),
+            ("resume", "paused"),
+            ("abort", "running"),
+            ("rollback", "running"),
+            ("approve", "awaiting"),
+        ]
+    ),
 ]
 CALLERS = [None, "device", "viewer", "operator", "admin"]
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
@@ -169,7 +199,19 @@ def api(tmp_path: Path) -> Api:
     seed(api)
     seed_deployable(api)
     seed_monitored(api)
+    seed_rollouts(api)
     return api
+
+
+def seed_rollouts(api: Api) -> None:
+    """A running rollout of digits 9, a paused one, one awaiting approval of its first wave."""
+    spec = {"model": "digits", "version": "9", "target": TARGET, "waves": [{"percent": 100}]}
+    seeder = Principal("seed", "admin")
+    rollouts = api.context.rollouts
+    api.seeded["running"] = rollouts.create(spec, seeder).id
+    paused = api.seeded["paused"] = rollouts.create(spec, seeder).id
+    rollouts.act(paused, "pause", seeder)
+    api.seeded["awaiting"] = rollouts.create({**spec, "approve_first": True}, seeder).id
 
 
 def test_the_matrix_covers_every_route(tmp_path: Path) -> None:

@@ -1,0 +1,420 @@
+"""Rollouts: the engine (``core/rollout*.py``) wired to the store, the commands and the audit.
+
+:class:`RolloutService` builds a :class:`~control_plane.core.rollout_runner.PortRunner`
+over these ports:
+
+- ``RolloutStore``: ``repos.rollouts`` (state JSON, revision compare-and-set, outbox);
+- ``DeviceCommands``: :class:`CommandService` with the action's ``execution_key``
+  (one command per key, ever: a re-applied outbox queues nothing new);
+- ``GateReadings``: :class:`UploadReadings`, the devices' telemetry windows since the
+  wave started: requests and errors summed per version, KLL latency sketches merged
+  for p95 (None while no window carries a sketch: the latency gate stays pending);
+- ``AuditLog``: the audit repository, as actor ``rollouts``;
+- ``AliasTraffic``: not wired (alias targets are refused at create, see docs/rollouts.md).
+
+:meth:`RolloutService.tick_all` is what the control plane's ticker calls every
+few seconds: per active rollout it feeds command acks (ok → ``DeviceInstalled``;
+failed → ``DeviceFailed``, or ``DeviceSelfTestFailed`` when the agent's failing
+step is ``selftest``), target membership (``DeviceJoined`` / ``DeviceLeft``) and
+silence (``DeviceWentSilent`` / ``DeviceSeen`` from ``last_seen``), then ticks.
+A save that lost a compare-and-set (another replica, or an operator meanwhile)
+is retried from a fresh load.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+from control_plane.core.lifecycle import DEPLOYABLE, is_deployable
+from control_plane.core.rollout import summary
+from control_plane.core.rollout_gates import VersionStats, WaveReadings
+from control_plane.core.rollout_model import (
+    Abort,
+    Approve,
+    Deploy,
+    DeviceFailed,
+    DeviceInstalled,
+    DeviceJoined,
+    DeviceLeft,
+    DeviceSeen,
+    DeviceSelfTestFailed,
+    DeviceWentSilent,
+    Event,
+    Pause,
+    PointAlias,
+    Resume,
+    Rollback,
+    RollbackRequested,
+    Rollout,
+    SetTraffic,
+    TargetDevice,
+)
+from control_plane.core.rollout_runner import PortRunner
+from control_plane.core.rollout_spec import DeviceTarget, RolloutSpec, parse_spec
+from control_plane.core.sketches import WindowAccumulator
+from control_plane.errors import Conflict, ControlPlaneError, InvalidInput
+from control_plane.services import Clock
+from control_plane.services.audit import AuditService
+from control_plane.services.commands import CommandService
+from control_plane.services.tokens import Principal
+from control_plane.store.records import DEFAULT_LIMIT, MAX_LIMIT, Command, Device, Page
+from control_plane.store.repos import Repositories, RevisionConflict
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "rollouts"
+"""The audit actor of what the engine decides (operators' commands carry their own name)."""
+TICKED_PHASES = ("running", "paused")
+"""Completed rollouts are ticked too when their spec has the dynamic tail (it still deploys)."""
+RETRIES = 5
+Verb = Literal["pause", "resume", "abort", "rollback", "approve"]
+VERBS: tuple[Verb, ...] = ("pause", "resume", "abort", "rollback", "approve")
+
+T = TypeVar("T")
+
+
+def subject(rollout_id: str) -> str:
+    return f"rollout:{rollout_id}"
+
+
+class _Clock:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def now(self) -> float:
+        return self.clock()
+
+
+class _Audit:
+    def __init__(self, audit: AuditService) -> None:
+        self.audit = audit
+
+    def record(self, action: str, subject_id: str, at: float, detail: Mapping[str, Any]) -> None:
+        self.audit.repo.add(ACTOR, action, subject(subject_id), at, detail=detail)
+
+
+class _NoAliasTraffic:
+    """Alias targets are refused at create; reaching this is a bug, said loudly."""
+
+    def set_traffic(self, action: SetTraffic) -> None:
+        raise InvalidInput(f"alias traffic is not wired yet ({action.model}/{action.alias})")
+
+    def point(self, action: PointAlias) -> None:
+        raise InvalidInput(f"alias traffic is not wired yet ({action.model}/{action.alias})")
+
+
+class CommandPort:
+    """``DeviceCommands`` over :class:`CommandService`: one command per execution key."""
+
+    def __init__(self, repos: Repositories, commands: CommandService) -> None:
+        self.repos = repos
+        self.commands = commands
+
+    def deploy(self, rollout_id: str, action: Deploy) -> None:
+        body = {"sha256": action.package, "rollout": rollout_id, "attempt": action.attempt}
+        self._send(rollout_id, action.device_id, "deploy", body, action.execution_key)
+
+    def rollback(self, rollout_id: str, action: Rollback) -> None:
+        body = {
+            "model_name": self.repos.rollouts.get(rollout_id).model,
+            "reason": f"rollout {rollout_id} rolled back",
+            "rollout": rollout_id,
+            "to_package": action.to_package,
+            "from_package": action.from_package,
+        }
+        self._send(rollout_id, action.device_id, "rollback", body, action.execution_key)
+
+    def installing_elsewhere(self, rollout_id: str) -> int:
+        return self.repos.rollouts.installing_elsewhere(rollout_id)
+
+    def _send(
+        self, rollout_id: str, device_id: str, kind: str, body: dict[str, Any], key: str
+    ) -> None:
+        try:
+            self.commands.send(
+                device_id, kind, body, subject(rollout_id), execution_key=key, rollout_id=rollout_id
+            )
+        except ControlPlaneError as exc:  # device gone meanwhile: it times out in the engine
+            logger.warning("rollout %s: %s to %s not queued: %s", rollout_id, kind, device_id, exc)
+            self.repos.audit.add(
+                ACTOR,
+                f"rollout.{kind}_not_queued",
+                subject(rollout_id),
+                time.time(),
+                detail={"device": device_id, "execution_key": key, "error": str(exc)},
+            )
+
+
+class UploadReadings:
+    """``GateReadings`` from the telemetry windows the devices uploaded since the wave started.
+
+    New version: windows of the rollout's model at its version; baseline: the same
+    model at any other version, on the same devices. Error rate is (errors + invalid)
+    / requests; p95 comes from the windows' merged KLL sketches. Drift is not read
+    here (the drift gate needs the monitoring service: it stays pending).
+    """
+
+    def __init__(self, repos: Repositories) -> None:
+        self.repos = repos
+
+    def read(
+        self, rollout: Rollout, wave: int, subjects: Sequence[str], since: float, now: float
+    ) -> WaveReadings | None:
+        import json
+
+        model, version = rollout.spec.model, rollout.spec.version
+        new, old = WindowAccumulator(), WindowAccumulator()
+        for device_id in subjects:
+            offset: int | None = 0
+            while offset is not None:
+                page = self.repos.uploads.list(
+                    device_id=device_id,
+                    kind="telemetry_window",
+                    since=since,
+                    limit=MAX_LIMIT,
+                    offset=offset,
+                )
+                for upload in page.items:
+                    window = json.loads(upload.body_json)
+                    if not isinstance(window, dict) or window.get("model_name") != model:
+                        continue
+                    (new if str(window.get("model_version")) == version else old).add(window)
+                offset = page.next_offset
+        if new.windows == 0 and old.windows == 0:
+            return None
+        return WaveReadings(at=now, new=_stats(new), baseline=_stats(old) if old.windows else None)
+
+
+def _stats(acc: WindowAccumulator) -> VersionStats:
+    p95 = None if acc.latency.is_empty() else float(acc.latency.get_quantile(0.95))
+    return VersionStats(requests=acc.requests, failures=acc.errors + acc.invalid, p95_ms=p95)
+
+
+def ack_event(command: Command) -> Event:
+    """What a deploy command's ack means to the engine."""
+    if command.status == "ok":
+        return DeviceInstalled(command.device_id)
+    result = command.result or {}
+    reason = str(result.get("error") or "the device reported a failure")
+    if result.get("step") == "selftest":
+        return DeviceSelfTestFailed(command.device_id, reason)
+    return DeviceFailed(command.device_id, reason)
+
+
+class RolloutService:
+    def __init__(
+        self,
+        repos: Repositories,
+        audit: AuditService,
+        commands: CommandService | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.repos = repos
+        self.audit = audit
+        self.clock = clock
+        self.commands = commands or CommandService(repos, clock)
+        self.runner = PortRunner(
+            clock=_Clock(clock),
+            store=repos.rollouts,
+            commands=CommandPort(repos, self.commands),
+            readings=UploadReadings(repos),
+            traffic=_NoAliasTraffic(),
+            audit=_Audit(audit),
+        )
+
+    # -- creating
+
+    def create(self, spec_data: Mapping[str, Any], actor: Principal) -> Rollout:
+        """Validate the spec, resolve the target and its packages, start wave 0.
+
+        400 for a bad spec (naming the field); 404 for an unknown model or version;
+        409 when a profile of the target has no package of the version (naming it).
+        """
+        spec = parse_spec(spec_data)
+        if not isinstance(spec.target, DeviceTarget):
+            raise InvalidInput(
+                "rollout target kind 'alias' is not wired to the function router yet; "
+                "target devices by label selector"
+            )
+        version = self.repos.versions.get(spec.model, spec.version)
+        if not is_deployable(version.stage):
+            raise Conflict(
+                f"{spec.model} {version.version} is {version.stage}: only "
+                f"{', '.join(sorted(DEPLOYABLE))} versions roll out"
+            )
+        devices = self._target(spec)
+        packages: dict[str, str] = {}
+        for profile in sorted({d.profile_id for d in devices if d.profile_id is not None}):
+            found = self.repos.packages.find(spec.model, version.version, profile)
+            if found is not None:
+                packages[profile] = found.sha256
+        rollout_id = uuid.uuid4().hex[:16]
+        targets = [TargetDevice(d.id, d.profile_id, d.labels) for d in devices]
+        rollout = self.runner.create(rollout_id, spec, targets, packages)
+        self.audit.record(
+            actor.name,
+            "rollout.create",
+            subject(rollout_id),
+            after={"phase": rollout.phase, "devices": len(rollout.devices)},
+            detail={"spec": spec.model_dump(mode="json")},
+        )
+        return rollout
+
+    def _target(self, spec: RolloutSpec) -> builtins.list[Device]:
+        assert isinstance(spec.target, DeviceTarget)
+        devices: list[Device] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = self.repos.devices.list(
+                status="active", labels=spec.target.selector or None, limit=MAX_LIMIT, offset=offset
+            )
+            devices += page.items
+            offset = page.next_offset
+        return devices
+
+    # -- reading
+
+    def get(self, rollout_id: str) -> Rollout:
+        return Rollout.from_dict(self.repos.rollouts.get(rollout_id).state)
+
+    def summary(self, rollout_id: str) -> dict[str, Any]:
+        return summary(self.get(rollout_id))
+
+    def list(
+        self,
+        *,
+        phase: str | None = None,
+        model: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> tuple[builtins.list[dict[str, Any]], Page[Any]]:
+        page = self.repos.rollouts.list(phase=phase, model=model, limit=limit, offset=offset)
+        return [summary(Rollout.from_dict(r.state)) for r in page.items], page
+
+    # -- operator commands
+
+    def act(
+        self,
+        rollout_id: str,
+        verb: Verb,
+        actor: Principal,
+        *,
+        reason: str = "",
+        scope: Literal["wave", "all"] = "all",
+    ) -> Rollout:
+        """pause / resume / abort / rollback / approve; 409 naming the phase when out of place."""
+        event: Event
+        if verb == "pause":
+            event = Pause(actor.name, reason)
+        elif verb == "resume":
+            event = Resume(actor.name)
+        elif verb == "abort":
+            event = Abort(actor.name, reason)
+        elif verb == "rollback":
+            event = RollbackRequested(actor.name, scope, reason)
+        elif verb == "approve":
+            event = Approve(actor.name)
+        else:
+            raise InvalidInput(f"rollout command {verb!r}: expected one of {list(VERBS)}")
+        before = self.get(rollout_id)
+        after = self._retry(lambda: self.runner.handle(rollout_id, event))
+        self.audit.record(
+            actor.name,
+            f"rollout.{verb}",
+            subject(rollout_id),
+            before={"phase": before.phase, "current_wave": before.current},
+            after={"phase": after.phase, "current_wave": after.current},
+            detail={"reason": reason, **({"scope": scope} if verb == "rollback" else {})},
+        )
+        return after
+
+    # -- the ticker
+
+    def recover_all(self) -> int:
+        """Apply what a crash left in the outboxes (at start); returns how many actions."""
+        done = 0
+        phases = TICKED_PHASES + ("completed", "aborted", "rolled_back")
+        for rollout_id in self.repos.rollouts.ids_in_phases(phases):
+            done += self.runner.recover(rollout_id)
+        return done
+
+    def tick_all(self) -> None:
+        """One pass over the active rollouts; one rollout's failure does not stop the others."""
+        rollouts = self.repos.rollouts
+        ticked = rollouts.ids_in_phases(TICKED_PHASES)
+        ticked += rollouts.ids_in_phases(["completed"], dynamic_tail=True)
+        for rollout_id in ticked:
+            try:
+                self.tick(rollout_id)
+            except Exception:  # the ticker must outlive any one rollout's failure
+                logger.exception("rollout %s: tick failed", rollout_id)
+
+    def tick(self, rollout_id: str) -> Rollout:
+        """Feed acks, membership and silence, then let time pass in the engine."""
+        rollout = self.get(rollout_id)
+        acks = self.repos.rollouts.unfed_acks(rollout_id)
+        events: list[Event] = []
+        for command in acks:
+            # a late success counts (the engine takes it); a stale attempt's failure does not
+            if command.kind == "deploy" and (command.status == "ok" or _current(rollout, command)):
+                events.append(ack_event(command))
+        events += self._membership(rollout)
+        if events:
+            self._retry(lambda: self.runner.handle_many(rollout_id, events))
+        if acks:
+            self.repos.rollouts.mark_fed([c.id for c in acks], self.clock())
+        return self._retry(lambda: self.runner.tick(rollout_id))
+
+    def _membership(self, rollout: Rollout) -> builtins.list[Event]:
+        spec = rollout.spec
+        if not isinstance(spec.target, DeviceTarget):
+            return []
+        now = self.clock()
+        silent_after = spec.gates.availability.silent_after_s
+        current = {d.id: d for d in self._target(spec)}
+        events: list[Event] = []
+        for device_id, state in rollout.devices.items():
+            device = current.get(device_id)
+            if device is None:
+                if not state.left:
+                    events.append(DeviceLeft(device_id))
+                continue
+            if state.left:
+                events.append(
+                    DeviceJoined(TargetDevice(device.id, device.profile_id, device.labels))
+                )
+            if not state.touched:
+                continue
+            seen = device.last_seen or device.enrolled_at
+            if now - seen >= silent_after and state.silent_since is None:
+                events.append(DeviceWentSilent(device_id, seen))
+            elif now - seen < silent_after and state.silent_since is not None:
+                events.append(DeviceSeen(device_id))
+        for device_id, device in current.items():
+            if spec.dynamic_tail and device_id not in rollout.devices:
+                events.append(
+                    DeviceJoined(TargetDevice(device.id, device.profile_id, device.labels))
+                )
+        return events
+
+    def _retry(self, attempt: Callable[[], T]) -> T:
+        for _ in range(RETRIES - 1):
+            try:
+                return attempt()
+            except RevisionConflict:
+                continue
+        return attempt()
+
+
+def _current(rollout: Rollout, command: Command) -> bool:
+    """An ack of the device's latest deploy of this rollout (an older attempt's is stale)."""
+    state = rollout.devices.get(command.device_id)
+    if state is None:
+        return False
+    attempt = command.body.get("attempt")
+    return not isinstance(attempt, int) or attempt == state.attempts

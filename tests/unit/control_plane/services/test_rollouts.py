@@ -1,0 +1,231 @@
+"""The rollouts service on a real (in-memory SQLite) store: create, ticks fed by acks, commands."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from control_plane.core.rollout_model import Deploy, Rollout, action_to_dict
+from control_plane.core.rollout_spec import RolloutBlocked, RolloutSpecError
+from control_plane.errors import Conflict, InvalidInput, NotFound
+from control_plane.services.audit import AuditService
+from control_plane.services.rollouts import RolloutService, UploadReadings
+from control_plane.services.tokens import Principal
+from control_plane.store.factory import open_repositories
+from control_plane.store.records import ModelCard, NewDevice, NewUpload, Package
+from control_plane.store.sql.store import SqlRepositories
+
+OPERATOR = Principal("ops", "operator")
+X86 = "x86-64-generic"
+ARM = "rpi4"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture()
+def repos(clock: Clock) -> Iterator[SqlRepositories]:
+    repos = open_repositories(":memory:")
+    repos.models.add("digits", "", "ml", 1.0)
+    repos.versions.add("digits", "7", ModelCard("digits", "sklearn", "ml"), None, 1.0)
+    repos.versions.set_stage("digits", "7", "registered", "compiled", 1.0)
+    sha = hashlib.sha256(b"digits 7 x86").hexdigest()
+    repos.packages.put(Package(sha, "digits-7-x86", "digits", "7", X86, 1, 9, "/x", {}, 1.0))
+    for i in range(4):
+        repos.devices.add(NewDevice(f"cam-{i}", "h", labels={"site": "lab"}, profile_id=X86), 1.0)
+        repos.devices.touch(f"cam-{i}", clock())
+    yield repos
+    repos.close()
+
+
+def _service(repos: SqlRepositories, clock: Clock) -> RolloutService:
+    return RolloutService(repos, AuditService(repos.audit, clock), clock=clock)
+
+
+def _spec(**over: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": "digits",
+        "version": "7",
+        "target": {"kind": "devices", "selector": {"site": "lab"}},
+        "waves": [{"count": 1}, {"percent": 100}],
+        "bake_s": 10,
+        "min_finished": 1,
+        "gates": {"error_rate": {"enabled": False}, "latency": {"enabled": False}},
+    }
+    return {**spec, **over}
+
+
+def _ack_all(repos: SqlRepositories, ok: bool = True, **result: Any) -> list[str]:
+    acked = []
+    for command in repos.commands.pending():
+        repos.commands.ack(command.id, command.device_id, ok, result, 2.0)
+        acked.append(command.device_id)
+    return acked
+
+
+def test_a_two_wave_rollout_completes_on_acks_and_ticks(
+    repos: SqlRepositories, clock: Clock
+) -> None:
+    service = _service(repos, clock)
+    rollout = service.create(_spec(), OPERATOR)
+    first = [c.device_id for c in repos.commands.pending()]
+    assert len(first) == 1 and rollout.devices[first[0]].wave == 0
+    assert repos.commands.pending()[0].body["rollout"] == rollout.id
+    _ack_all(repos)
+    assert service.tick(rollout.id).waves[0].status == "baking"
+    clock.now += 11
+    for device in repos.devices.list().items:
+        repos.devices.touch(device.id, clock())
+    after = service.tick(rollout.id)
+    assert after.waves[0].status == "passed" and after.waves[1].status == "deploying"
+    assert len(repos.commands.pending()) == 3
+    _ack_all(repos)
+    service.tick(rollout.id)
+    clock.now += 11
+    for device in repos.devices.list().items:
+        repos.devices.touch(device.id, clock())
+    done = service.tick(rollout.id)
+    assert done.phase == "completed", done.reason
+    assert {d.status for d in done.devices.values()} == {"succeeded"}
+    actions = {e.action for e in repos.audit.list(subject=f"rollout:{rollout.id}").items}
+    assert {"rollout.create", "rollout.wave_passed", "rollout.promoted"} <= actions
+    # a tick re-feeds nothing: every ack was fed once
+    assert repos.rollouts.unfed_acks(rollout.id) == []
+
+
+def test_selftest_failure_fails_the_wave_and_rolls_it_back(
+    repos: SqlRepositories, clock: Clock
+) -> None:
+    service = _service(repos, clock)
+    rollout = service.create(_spec(), OPERATOR)
+    [device] = _ack_all(repos, ok=False, error="outputs differ", step="selftest")
+    after = service.tick(rollout.id)
+    assert after.devices[device].status == "failed"
+    assert after.devices[device].reason == "self-test: outputs differ"
+    assert after.waves[0].status == "failed" and after.phase == "aborted"
+    [rollback] = repos.commands.pending()
+    assert (rollback.kind, rollback.device_id, rollback.body["model_name"]) == (
+        "rollback",
+        device,
+        "digits",
+    )
+
+
+def test_operator_commands_pause_resume_and_conflict(repos: SqlRepositories, clock: Clock) -> None:
+    service = _service(repos, clock)
+    rollout = service.create(_spec(), OPERATOR)
+    assert service.act(rollout.id, "pause", OPERATOR, reason="lunch").phase == "paused"
+    with pytest.raises(Conflict):
+        service.act(rollout.id, "pause", OPERATOR)
+    assert service.act(rollout.id, "resume", OPERATOR).phase == "running"
+    newest = repos.audit.list(limit=1).items[0]
+    assert (newest.actor, newest.action, newest.after) == (
+        "ops",
+        "rollout.resume",
+        {"phase": "running", "current_wave": 0},
+    )
+    with pytest.raises(NotFound, match="rollout 'nope'"):
+        service.act("nope", "pause", OPERATOR)
+
+
+def test_create_refuses_a_profile_without_a_package_naming_it(
+    repos: SqlRepositories, clock: Clock
+) -> None:
+    repos.devices.add(NewDevice("pi-1", "h", labels={"site": "lab"}, profile_id=ARM), 1.0)
+    with pytest.raises(RolloutBlocked, match="no package for profile rpi4 \\(1 device\\)"):
+        _service(repos, clock).create(_spec(), OPERATOR)
+    assert repos.commands.pending() == [] and repos.rollouts.list().items == []
+
+
+def test_create_refuses_bad_specs_unknown_versions_and_alias_targets(
+    repos: SqlRepositories, clock: Clock
+) -> None:
+    service = _service(repos, clock)
+    with pytest.raises(RolloutSpecError, match="waves"):
+        service.create(_spec(waves=[]), OPERATOR)
+    with pytest.raises(NotFound):
+        service.create(_spec(version="8"), OPERATOR)
+    alias = {"kind": "alias", "alias": "prod"}
+    with pytest.raises(InvalidInput, match="alias"):
+        service.create(_spec(target=alias, waves=[{"traffic": 100}]), OPERATOR)
+
+
+def test_a_reapplied_outbox_queues_no_second_command(repos: SqlRepositories, clock: Clock) -> None:
+    service = _service(repos, clock)
+    rollout = service.create(_spec(), OPERATOR)
+    [sent] = repos.commands.pending()
+    attempt = int(sent.body["attempt"])
+    key = f"{rollout.id}:{sent.device_id}:{attempt}"
+    # what a SIGKILL between the save and the apply leaves: the deploy still in the outbox
+    deploy = Deploy(sent.device_id, sent.body["sha256"], attempt, key, 600.0)
+    stored = repos.rollouts.load(rollout.id)
+    repos.rollouts.save(rollout.id, stored.state, [action_to_dict(deploy)], stored.revision)
+    assert service.recover_all() == 1
+    assert repos.commands.pending() == [sent]  # the same command, no second one
+    assert repos.rollouts.load(rollout.id).outbox == []
+
+
+def _window(version: str, requests: int, errors: int, latencies: list[float]) -> str:
+    import base64
+
+    from datasketches import kll_floats_sketch
+
+    sketch = kll_floats_sketch(200)
+    for value in latencies:
+        sketch.update(value)
+    kll = base64.b64encode(sketch.serialize()).decode("ascii") if latencies else None
+    body = {
+        "kind": "telemetry_window",
+        "model_name": "digits",
+        "model_version": version,
+        "requests": requests,
+        "errors": errors,
+        "invalid": 0,
+        "rows": requests,
+        "latency_ms": {"kll": kll},
+    }
+    return json.dumps(body)
+
+
+def test_gate_readings_sum_windows_per_version_and_merge_p95(
+    repos: SqlRepositories, clock: Clock
+) -> None:
+    service = _service(repos, clock)
+    rollout = service.create(_spec(), OPERATOR)
+    uploads = [
+        NewUpload(1, "telemetry_window", _window("6", 100, 1, [1.0] * 100)),
+        NewUpload(2, "telemetry_window", _window("7", 150, 6, [float(i) for i in range(1, 101)])),
+        NewUpload(3, "telemetry_window", _window("7", 50, 0, [])),  # no sketch: counts only
+    ]
+    repos.uploads.add("cam-0", uploads, "grpc", clock())
+    repos.uploads.add("cam-1", [NewUpload(1, "telemetry_window", _window("7", 999, 999, []))],
+                      "grpc", clock())  # fmt: skip
+    readings = UploadReadings(repos).read(
+        Rollout.from_dict(rollout.to_dict()), 0, ["cam-0"], clock() - 1, clock()
+    )
+    assert readings is not None
+    assert (readings.new.requests, readings.new.failures) == (200, 6)  # cam-1 is not a subject
+    assert readings.new.p95_ms == pytest.approx(95.0, abs=2.0)
+    assert readings.baseline is not None
+    assert (readings.baseline.requests, readings.baseline.failures, readings.baseline.p95_ms) == (
+        100,
+        1,
+        1.0,
+    )
+    assert UploadReadings(repos).read(rollout, 0, ["cam-2"], clock() - 1, clock()) is None
+    later = UploadReadings(repos).read(rollout, 0, ["cam-0"], clock() + 1, clock())
+    assert later is None  # windows received before the wave started do not count
