@@ -34,7 +34,7 @@ from typing import Any, Literal
 from edge_agent.outbox import Outbox, OutboxMessage
 from edge_agent.reporting import Reporter
 from edge_agent.runtime import Model
-from edge_agent.transport.base import Command, Transport, TransportError, body_json
+from edge_agent.transport.base import Command, Transport, TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -95,30 +95,13 @@ class GrpcUploader:
         self._channel: Any = None
 
     def send(self, messages: Sequence[OutboxMessage]) -> list[int]:
-        import grpc
-
-        from edge_agent.proto.fleetcast.v1 import agent_pb2, agent_pb2_grpc
-        from edge_agent.transport.grpc import make_channel
+        from edge_agent.proto.fleetcast.v1 import agent_pb2_grpc
+        from edge_agent.transport.grpc import make_channel, upload
 
         if self._stub is None:
             self._channel = make_channel(self.target, None)
             self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        by_seq = {int(m.payload["sequence"]): m.id for m in messages}
-        items = [
-            agent_pb2.Upload(
-                seq=int(m.payload["sequence"]), kind=m.kind, body_json=body_json(m.payload)
-            )
-            for m in messages
-        ]
-        try:
-            reply = self._stub.UploadTelemetry(
-                agent_pb2.UploadRequest(items=items), metadata=self._metadata, timeout=5
-            )
-        except grpc.RpcError as exc:
-            raise TransportError(f"upload: {exc.code().name}: {exc.details()}") from exc
-        for seq, error in zip(reply.rejected, reply.errors, strict=False):
-            logger.error("control plane rejected window %d: %s (dropped)", seq, error)
-        return [by_seq[s] for s in (*reply.acked, *reply.rejected) if s in by_seq]
+        return upload(self._stub, self._metadata, messages, timeout=5)
 
     def poll_commands(self, timeout: float) -> list[Command]:
         return []

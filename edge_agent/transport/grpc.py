@@ -86,6 +86,41 @@ def enroll(
     }
 
 
+def upload(
+    stub: Any,
+    metadata: Sequence[tuple[str, str]],
+    messages: Sequence[OutboxMessage],
+    timeout: float,
+) -> list[int]:
+    """One UploadTelemetry call; the outbox ids the control plane acked or rejected.
+
+    Shared by the agent's transport and the functions' upload-only one. A message the
+    server refuses for its size raises :class:`PayloadTooLarge` (the outbox drops it,
+    counted); any other failure raises :class:`TransportError` (sent again later).
+    """
+    by_seq: dict[int, int] = {}
+    items = []
+    for message in messages:
+        seq = int(message.payload.get("sequence", message.id))
+        by_seq[seq] = message.id
+        items.append(
+            agent_pb2.Upload(seq=seq, kind=message.kind, body_json=body_json(message.payload))
+        )
+    try:
+        reply = stub.UploadTelemetry(
+            agent_pb2.UploadRequest(items=items), metadata=metadata, timeout=timeout
+        )
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in str(
+            exc.details()
+        ):
+            raise PayloadTooLarge(f"upload: {_error(exc)}") from exc
+        raise TransportError(f"upload: {_error(exc)}") from exc
+    for seq, error in zip(reply.rejected, reply.errors, strict=False):
+        logger.error("control plane rejected upload %d: %s (dropped)", seq, error)
+    return [by_seq[s] for s in (*reply.acked, *reply.rejected) if s in by_seq]
+
+
 class GrpcTransport:
     def __init__(
         self,
@@ -170,27 +205,7 @@ class GrpcTransport:
     # -- uploads
 
     def send(self, messages: Sequence[OutboxMessage]) -> list[int]:
-        by_seq: dict[int, int] = {}
-        items = []
-        for message in messages:
-            seq = int(message.payload.get("sequence", message.id))
-            by_seq[seq] = message.id
-            items.append(
-                agent_pb2.Upload(seq=seq, kind=message.kind, body_json=body_json(message.payload))
-            )
-        try:
-            reply = self._stub.UploadTelemetry(
-                agent_pb2.UploadRequest(items=items), metadata=self._metadata, timeout=CALL_TIMEOUT
-            )
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in str(
-                exc.details()
-            ):
-                raise PayloadTooLarge(f"upload: {_error(exc)}") from exc
-            raise TransportError(f"upload: {_error(exc)}") from exc
-        for seq, error in zip(reply.rejected, reply.errors, strict=False):
-            logger.error("control plane rejected upload %d: %s (dropped)", seq, error)
-        return [by_seq[s] for s in (*reply.acked, *reply.rejected) if s in by_seq]
+        return upload(self._stub, self._metadata, messages, CALL_TIMEOUT)
 
     # -- packages
 
