@@ -36,7 +36,7 @@ from control_plane.api.openapi import problem_document
 from control_plane.api.schemas import Health
 from control_plane.errors import InvalidInput
 from control_plane.monitoring.metrics import MonitoringMetrics
-from control_plane.services.alerts import AlertService
+from control_plane.services.alerts import AlertService, Notifications
 from control_plane.services.audit import AuditService
 from control_plane.services.blobs import BlobStore
 from control_plane.services.catalog import CatalogService
@@ -61,7 +61,8 @@ class ApiOptions:
     max_upload_bytes: int = 256 << 20
     runner: Runner | None = None
     worker_name: str | None = None
-    alert_webhooks: tuple[str, ...] = ()  # http(s) URLs drift alerts are POSTed to
+    alert_webhooks: tuple[str, ...] = ()  # http(s) URLs alerts are POSTed to
+    alert_notifications: Notifications | None = None  # webhooks, e-mail, retries (wins)
 
 
 def _known_profiles(profiles_dir: Sequence[Path]) -> Callable[[], Sequence[str]]:
@@ -96,7 +97,12 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
         worker=CompileWorker(jobs, runner, options.worker_name),
         max_upload_bytes=options.max_upload_bytes,
         monitoring=monitoring,
-        alerts=AlertService(monitoring, options.alert_webhooks),
+        alerts=AlertService(
+            monitoring,
+            notifications=options.alert_notifications
+            or Notifications(webhooks=options.alert_webhooks),
+            audit=audit,
+        ),
     )
 
 
@@ -179,6 +185,7 @@ def register_api(
     registry = install_metrics(app)  # first: its timer starts before auth, sees every answer
     context.monitoring.metrics = MonitoringMetrics(registry)  # drift scores, ingest counts
     app.extensions[SCRAPE_HOOKS].append(context.monitoring.refresh_metrics)
+    app.extensions[SCRAPE_HOOKS].append(context.alerts.refresh_metrics)
     app.validation_error_callback = validation_problem  # type: ignore[attr-defined]
     for blueprint in (health, *BLUEPRINTS):
         app.register_blueprint(blueprint)

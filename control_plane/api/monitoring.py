@@ -6,16 +6,16 @@ labels (operator, audited). The figures come from ``services/monitoring.py``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from flask_openapi3.blueprint import APIBlueprint
 from flask_openapi3.models.tag import Tag
 from pydantic import BaseModel, Field
 
 from control_plane.api.auth import current_principal
-from control_plane.api.context import api_context
-from control_plane.api.schemas import NAME, Strict
-from control_plane.services.alerts import alert_view
+from control_plane.api.context import api_context, paged
+from control_plane.api.schemas import NAME, PageOut, Paging, Strict
+from control_plane.services.alerts import alert_view, delivery_view
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 bp = APIBlueprint(
@@ -88,6 +88,7 @@ class AccuracyOut(BaseModel):
 
 class AlertOut(BaseModel):
     id: str
+    key: str = Field(description="rule{series labels}@start of the breach")
     rule: str
     metric: str
     severity: str
@@ -100,20 +101,60 @@ class AlertOut(BaseModel):
     fired_at: float | None
     resolved_at: float | None
     acknowledged_by: str | None
+    acknowledged_at: float | None
     gates_rollout: bool
     retrain: bool
 
 
-class AlertList(BaseModel):
+class AlertList(PageOut):
     items: list[AlertOut]
+
+
+class AlertQuery(Paging):
+    state: Literal["pending", "firing", "resolved"] | None = None
+    model: str | None = Field(None, pattern=NAME)
+    version: str | None = Field(None, pattern=NAME)
+    severity: Literal["info", "warning", "critical"] | None = None
+    rule: str | None = Field(None, min_length=1, max_length=100)
+
+
+class AlertPath(Strict):
+    alert_id: str = Field(min_length=1, max_length=64)
+
+
+class DeliveryQuery(Paging):
+    alert_id: str | None = Field(None, min_length=1, max_length=64)
+    state: Literal["pending", "delivered", "failed"] | None = None
+
+
+class DeliveryRow(BaseModel):
+    id: str
+    alert_id: str
+    channel: str
+    target: str
+    kind: str
+    state: str
+    attempts: int
+    max_attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+    delivered_at: float | None
+
+
+class DeliveryList(PageOut):
+    items: list[DeliveryRow]
 
 
 class DeliveryOut(BaseModel):
     url: str
+    channel: str
     kind: str
     alert_id: str
     ok: bool
     error: str | None
+    state: str
+    attempts: int
 
 
 class CheckOut(BaseModel):
@@ -151,16 +192,43 @@ def accuracy(query: AccuracyQuery) -> dict[str, Any]:
 
 
 @bp.get("/alerts", responses={200: AlertList})
-def list_alerts() -> dict[str, Any]:
-    """Live drift alerts (pending, firing) and the resolved ones of this process."""
-    return {"items": [alert_view(a) for a in api_context().alerts.alerts()]}
+def list_alerts(query: AlertQuery) -> dict[str, Any]:
+    """Alerts from the store, most recently changed first (filter by state, model, ...)."""
+    page = api_context().alerts.list(
+        state=query.state, model=query.model, version=query.version, severity=query.severity,
+        rule=query.rule, limit=query.limit, offset=query.offset,
+    )  # fmt: skip
+    return paged(page, [alert_view(s.alert, s) for s in page.items])
+
+
+@bp.get("/alerts/deliveries", responses={200: DeliveryList})
+def list_deliveries(query: DeliveryQuery) -> dict[str, Any]:
+    """Notification deliveries (webhook, e-mail): pending retries, delivered, failed."""
+    page = api_context().repos.alerts.deliveries(
+        alert_id=query.alert_id, state=query.state, limit=query.limit, offset=query.offset
+    )
+    return paged(page, [delivery_view(d) for d in page.items])
+
+
+@bp.get("/alerts/<alert_id>", responses={200: AlertOut})
+def get_alert(path: AlertPath) -> dict[str, Any]:
+    """One alert."""
+    stored = api_context().repos.alerts.get(path.alert_id)
+    return alert_view(stored.alert, stored)
+
+
+@bp.post("/alerts/<alert_id>/acknowledge", responses={200: AlertOut})
+def acknowledge_alert(path: AlertPath) -> dict[str, Any]:
+    """Acknowledge a firing alert (operator, audited): it stays firing until resolved."""
+    stored = api_context().alerts.acknowledge(path.alert_id, current_principal())
+    return alert_view(stored.alert, stored)
 
 
 @bp.post("/alerts/evaluate", responses={200: CheckOut})
 def evaluate_alerts() -> dict[str, Any]:
-    """Evaluate the drift rules now and deliver the transitions to the webhooks (audited)."""
+    """Evaluate the rules now, store the changes and send what is due (audited)."""
     context = api_context()
-    result = context.alerts.check_drift(context.monitoring.clock())
+    result = context.alerts.evaluate(context.monitoring.clock())
     principal = current_principal()
     context.audit.record(
         principal.name,
@@ -178,7 +246,8 @@ def evaluate_alerts() -> dict[str, Any]:
         "readings": result.readings,
         "transitions": [alert_view(t.alert) for t in result.transitions],
         "deliveries": [
-            {"url": d.url, "kind": d.kind, "alert_id": d.alert_id, "ok": d.ok, "error": d.error}
+            {"url": d.url, "channel": d.channel, "kind": d.kind, "alert_id": d.alert_id,
+             "ok": d.ok, "error": d.error, "state": d.state, "attempts": d.attempts}
             for d in result.deliveries
         ],
-    }
+    }  # fmt: skip

@@ -15,6 +15,7 @@ and the rollout gate act on them outside this module.
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -282,3 +283,55 @@ def retraining_request(
         "evidence": dict(evidence),
         "samples": dict(samples),
     }
+
+
+def rule_to_dict(rule: AlertRule) -> dict[str, Any]:
+    """The rule as JSON (stored beside each alert, so a stored alert outlives a rule change)."""
+    return {
+        "name": rule.name,
+        "metric": rule.metric,
+        "threshold": rule.threshold,
+        "comparison": rule.comparison,
+        "window_s": rule.window_s,
+        "for_s": rule.for_s,
+        "severity": rule.severity,
+        "match": [list(pair) for pair in rule.match],
+        "retrain": rule.retrain,
+        "gates_rollout": rule.gates_rollout,
+    }
+
+
+def rule_from_dict(data: Mapping[str, Any]) -> AlertRule:
+    return AlertRule(
+        name=str(data["name"]),
+        metric=str(data["metric"]),
+        threshold=float(data["threshold"]),
+        comparison=data["comparison"],
+        window_s=float(data["window_s"]),
+        for_s=float(data["for_s"]),
+        severity=data["severity"],
+        match=tuple((str(k), str(v)) for k, v in data["match"]),
+        retrain=bool(data["retrain"]),
+        gates_rollout=bool(data["gates_rollout"]),
+    )
+
+
+def short_id(alert: Alert) -> str:
+    """A URL-safe id for an alert (its ``id`` names the rule, series and start)."""
+    return "al-" + hashlib.sha256(alert.id.encode()).hexdigest()[:20]
+
+
+def backoff_s(attempts: int, base_s: float = 2.0, cap_s: float = 600.0) -> float:
+    """Delay before the next delivery attempt after ``attempts`` failed ones (bounded, doubling)."""
+    return float(min(cap_s, base_s * 2 ** max(0, attempts - 1)))
+
+
+def silent_share(
+    last_seen: Mapping[str, float | None], now: float, silent_after_s: float
+) -> tuple[float, list[str]]:
+    """Share of the devices not heard from for ``silent_after_s`` (never seen counts as silent),
+    and their ids (sorted)."""
+    silent = sorted(
+        d for d, seen in last_seen.items() if seen is None or now - seen > silent_after_s
+    )
+    return (len(silent) / len(last_seen) if last_seen else 0.0), silent

@@ -150,3 +150,56 @@ def group_windows(
         key = (str(window["model_name"]), str(window["model_version"]), group)
         merged.setdefault(key, WindowAccumulator()).add(window)
     return merged
+
+
+def merge_histogram_sections(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Windows' ``{"inputs": [...], "outputs": [...]}`` histograms merged into one (exact).
+
+    Per tensor and feature the counts add bin by bin; the first part's metadata (kind,
+    feature axis) is kept. ValueError when a feature's bins differ between parts (windows
+    of different packages are never merged).
+    """
+    merged: dict[str, list[dict[str, Any]]] = {"inputs": [], "outputs": []}
+    index: dict[tuple[str, str, str], dict[str, Any]] = {}
+    tensors: dict[tuple[str, str], dict[str, Any]] = {}
+    for part in parts:
+        for section in ("inputs", "outputs"):
+            for tensor in part.get(section, ()):
+                tkey = (section, str(tensor["tensor"]))
+                target = tensors.get(tkey)
+                if target is None:
+                    target = tensors[tkey] = {**tensor, "features": []}
+                    merged[section].append(target)
+                for feature in tensor.get("features", ()):
+                    fkey = (*tkey, str(feature["name"]))
+                    counts = [int(c) for c in feature.get("counts", ())]
+                    found = index.get(fkey)
+                    if found is None:
+                        index[fkey] = {**feature, "counts": counts}
+                        target["features"].append(index[fkey])
+                    elif len(found["counts"]) != len(counts):
+                        raise ValueError(f"{fkey[1]}/{fkey[2]}: bins differ between windows")
+                    else:
+                        found["counts"] = [
+                            a + b for a, b in zip(found["counts"], counts, strict=True)
+                        ]
+    return merged
+
+
+def merge_latency(parts: Iterable[Mapping[str, Any]], k: int = DEFAULT_KLL_K) -> dict[str, Any]:
+    """Windows' latency summaries merged: counts add, max is the max, the KLL sketches merge
+    and the quantiles are read from the merged sketch."""
+    count, peak, sketches = 0, None, []
+    for part in parts:
+        count += int(part.get("count", 0) or 0)
+        top = part.get("max")
+        if top is not None:
+            peak = float(top) if peak is None else max(peak, float(top))
+        if part.get("kll"):
+            sketches.append(decode_kll(part["kll"]))
+    out: dict[str, Any] = {"count": count, "max": peak}
+    if sketches:
+        sketch = merge_kll(sketches, k)
+        p50, p95, p99 = (float(v) for v in sketch.get_quantiles([0.5, 0.95, 0.99]))
+        out.update(p50=p50, p95=p95, p99=p99, kll=base64.b64encode(sketch.serialize()).decode())
+    return out

@@ -87,6 +87,19 @@ class MonitoringMetrics:
             ["model", "version"], registry=r,
         )  # fmt: skip
         self._ingested: dict[tuple[str, str], tuple[int, int]] = {}
+        self.deliveries = Gauge(
+            "fleetcast_alert_deliveries", "Alert notifications by channel and state"
+            " (pending: due or retrying; failed: attempts exhausted)",
+            ["channel", "state"], registry=r,
+        )  # fmt: skip
+        self.silent_share = Gauge(
+            "fleetcast_silent_device_share", "Share of a model's recent devices not heard from",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.silent_devices = Gauge(
+            "fleetcast_silent_devices", "A model's recent devices not heard from", ["model"],
+            registry=r,
+        )  # fmt: skip
         self.last_seen = Gauge(
             "fleetcast_device_last_seen_timestamp_seconds", "When a device last reported",
             ["device"], registry=r,
@@ -133,6 +146,10 @@ class MonitoringMetrics:
         for alert in alerts:
             key = (alert.rule.name, alert.rule.severity, alert.state)
             counts[key] = counts.get(key, 0) + 1
+        self.observe_alert_counts(counts)
+
+    def observe_alert_counts(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+        """Live alerts per (rule, severity, state), as the store counts them."""
         for rule, severity, state in list(self._alert_keys()):
             self.alerts.labels(rule, severity, state).set(0)
         for (rule, severity, state), n in counts.items():
@@ -142,6 +159,15 @@ class MonitoringMetrics:
         for metric in self.alerts.collect():
             for sample in metric.samples:
                 yield sample.labels["rule"], sample.labels["severity"], sample.labels["state"]
+
+    def observe_deliveries(self, counts: Mapping[tuple[str, str], int]) -> None:
+        for state in ("pending", "delivered", "failed"):
+            for channel in ("webhook", "email"):
+                self.deliveries.labels(channel, state).set(counts.get((channel, state), 0))
+
+    def observe_availability(self, model: str, share: float, silent: int) -> None:
+        self.silent_share.labels(model).set(share)
+        self.silent_devices.labels(model).set(silent)
 
     def set_rollout_state(self, rollout: str, state: str, states: Sequence[str]) -> None:
         for s in states:

@@ -1,52 +1,115 @@
-"""Drift alerts: drift reports -> readings -> :class:`AlertBook` transitions -> webhooks.
+"""Alerts: readings -> the stored alert book -> notifications (webhooks, e-mail) with retries.
 
-``AlertService.check_drift(now)`` evaluates, for every model version with
-windows in the store, the drift of the windows started in the last
-``window_s`` seconds (per package) and feeds ``drift_features`` and
-``drift_share`` readings to the rules (``core/alerts.py``; ``default_rules``
-per model unless given). Firing and resolved transitions are POSTed as JSON
-to every configured webhook; a firing ``retrain`` rule also posts a
-retraining request (model, version, the drift report as evidence, and where
-the captured samples are). A failed delivery is logged and returned, never
-swallowed. The book lives in this process's memory: alerts are not persisted
-yet (docs/monitoring.md, "What is left").
+:meth:`AlertService.evaluate` (the serve timer calls it every ``--alert-interval`` seconds;
+``POST /api/v1/alerts/evaluate`` on demand) builds readings for every model with telemetry:
+
+- ``drift_features`` / ``drift_share`` per package from the windows started in the last
+  ``window_s`` (insufficient data gives no drift reading);
+- ``error_rate`` of the same windows ((errors + invalid) / requests);
+- ``silent_device_share``: of the devices that sent the model a window in the last
+  ``availability_lookback_s``, the share not heard from (``last_seen``) for ``silent_after_s``.
+
+The live alerts are loaded from the store into a :class:`~control_plane.core.alerts.AlertBook`
+per model (``default_rules`` unless configured), the readings evaluated, and the changed
+alerts saved **in the same transaction** as the notifications they cause (an outbox): a
+crash between the two loses nothing. :meth:`deliver_due` then sends what is due; a failed
+attempt is recorded and retried with bounded exponential backoff (``backoff_s``); after
+``max_attempts`` the delivery is ``failed`` and stays visible (``GET /api/v1/alerts/deliveries``,
+``fleetcast_alert_deliveries{state="failed"}``, an ERROR log line). A firing ``retrain``
+rule also queues a retraining request (model, version, evidence, where the samples are).
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
+import smtplib
 import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from typing import Any
 
 from control_plane.core.alerts import (
     Alert,
     AlertBook,
     AlertRule,
+    Labels,
     Reading,
     Transition,
+    backoff_s,
     default_rules,
     labels_of,
     retraining_request,
+    short_id,
+    silent_share,
 )
+from control_plane.errors import InvalidInput
+from control_plane.services.audit import AuditService
 from control_plane.services.monitoring import MonitoringService
+from control_plane.services.tokens import Principal
+from control_plane.store.records import DEFAULT_LIMIT, AlertDelivery, NewDelivery, Page, StoredAlert
 
 logger = logging.getLogger(__name__)
 
-DRIFT_METRICS = ("drift_features", "drift_share")
+ROLLOUT_PHASES = ("running", "paused", "completed", "aborted", "rolled_back")
+ROLLOUTS_IN_METRICS = 100  # the newest: bounded label cardinality
+EVALUATED_METRICS = ("drift_features", "drift_share", "error_rate", "silent_device_share")
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """Where alert e-mails go out (stdlib smtplib; STARTTLS and login when given)."""
+
+    host: str
+    port: int = 25
+    sender: str = "fleetcast@localhost"
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = None
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Notifications:
+    """Who is told, and how hard we try."""
+
+    webhooks: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    smtp: SmtpConfig | None = None
+    max_attempts: int = 6
+    backoff_base_s: float = 2.0
+    backoff_cap_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        for url in self.webhooks:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"alert webhook {url!r}: expected an http(s) URL")
+        for address in self.emails:
+            if "@" not in address:
+                raise ValueError(f"alert e-mail {address!r}: expected an address")
+        if self.emails and self.smtp is None:
+            raise ValueError("alert e-mails need an SMTP server (--smtp HOST:PORT)")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts {self.max_attempts}: expected >= 1")
 
 
 @dataclass(frozen=True)
 class Delivery:
-    url: str
+    """One delivery attempt."""
+
+    url: str  # the target: a URL or an e-mail address
     kind: str  # "alert" or "retraining_request"
     alert_id: str
     ok: bool
     error: str | None = None
+    channel: str = "webhook"
+    state: str = "delivered"  # after this attempt: delivered, pending (retry), failed
+    attempts: int = 1
 
 
 @dataclass(frozen=True)
@@ -56,9 +119,10 @@ class CheckResult:
     deliveries: tuple[Delivery, ...] = field(default=())
 
 
-def alert_view(alert: Alert) -> dict[str, Any]:
+def alert_view(alert: Alert, stored: StoredAlert | None = None) -> dict[str, Any]:
     return {
-        "id": alert.id,
+        "id": short_id(alert),
+        "key": alert.id,
         "rule": alert.rule.name,
         "metric": alert.rule.metric,
         "severity": alert.rule.severity,
@@ -71,12 +135,30 @@ def alert_view(alert: Alert) -> dict[str, Any]:
         "fired_at": alert.fired_at,
         "resolved_at": alert.resolved_at,
         "acknowledged_by": alert.acknowledged_by,
+        "acknowledged_at": None if stored is None else stored.acknowledged_at,
         "gates_rollout": alert.rule.gates_rollout,
         "retrain": alert.rule.retrain,
     }
 
 
-def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> None:
+def delivery_view(d: AlertDelivery) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "alert_id": d.alert_id,
+        "channel": d.channel,
+        "target": d.target,
+        "kind": d.kind,
+        "state": d.state,
+        "attempts": d.attempts,
+        "max_attempts": d.max_attempts,
+        "next_attempt_at": d.next_attempt_at,
+        "last_error": d.last_error,
+        "created_at": d.created_at,
+        "delivered_at": d.delivered_at,
+    }
+
+
+def post_json(url: str, body: Mapping[str, Any], timeout: float = 5.0) -> None:
     """POST ``body`` as JSON; raises OSError (URLError, HTTPError) unless the answer is 2xx."""
     request = urllib.request.Request(
         url,
@@ -88,6 +170,31 @@ def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> None:
         answer.read()
 
 
+def email_subject(body: Mapping[str, Any]) -> str:
+    if body.get("kind") == "retraining_request":
+        return f"[fleetcast] retraining requested: {body.get('model')} {body.get('version')}"
+    labels = body.get("labels") or {}
+    return (
+        f"[fleetcast] {str(body.get('state', '')).upper()} {body.get('severity')}"
+        f" {body.get('rule')}: {labels.get('model')} {labels.get('version')}"
+    )
+
+
+def send_email(config: SmtpConfig, to: str, body: Mapping[str, Any]) -> None:
+    """One plain-text e-mail carrying the notification's JSON; raises OSError/SMTPException."""
+    message = EmailMessage()
+    message["From"] = config.sender
+    message["To"] = to
+    message["Subject"] = email_subject(body)
+    message.set_content(json.dumps(body, indent=2, sort_keys=True))
+    with smtplib.SMTP(config.host, config.port, timeout=config.timeout_s) as smtp:
+        if config.starttls:
+            smtp.starttls()
+        if config.username:
+            smtp.login(config.username, config.password or "")
+        smtp.send_message(message)
+
+
 class AlertService:
     def __init__(
         self,
@@ -95,72 +202,119 @@ class AlertService:
         webhooks: Sequence[str] = (),
         rules_for: Callable[[str], tuple[AlertRule, ...]] = default_rules,
         window_s: float = 900.0,
-        send: Callable[[str, dict[str, Any]], None] = post_json,
+        send: Callable[[str, Mapping[str, Any]], None] = post_json,
+        *,
+        notifications: Notifications | None = None,
+        audit: AuditService | None = None,
+        silent_after_s: float = 900.0,
+        availability_lookback_s: float = 86400.0,
     ) -> None:
-        for url in webhooks:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"alert webhook {url!r}: expected an http(s) URL")
+        self.notifications = notifications or Notifications(webhooks=tuple(webhooks))
         self.monitoring = monitoring
-        self.webhooks = tuple(webhooks)
+        self.repos = monitoring.repos
         self.rules_for = rules_for
         self.window_s = window_s
         self.send = send
-        self._books: dict[str, AlertBook] = {}  # per model: its rules
-        self._evidence: dict[str, dict[str, Any]] = {}  # series labels -> last report
-        self._lock = threading.Lock()
+        self.audit = audit or monitoring.audit
+        self.silent_after_s = silent_after_s
+        self.availability_lookback_s = availability_lookback_s
+        self._lock = threading.Lock()  # one evaluation at a time in this process
 
-    def check_drift(self, now: float) -> CheckResult:
-        """Evaluate the drift rules of every model on the last ``window_s`` of windows."""
+    @property
+    def webhooks(self) -> tuple[str, ...]:
+        return self.notifications.webhooks
+
+    # -- evaluation
+
+    def evaluate(self, now: float) -> CheckResult:
+        """Evaluate every model's rules now; save the changes with their notifications; send."""
         with self._lock:
-            readings: dict[str, list[Reading]] = {}
-            for model, version in sorted(self.monitoring.repos.monitoring.window_counts()):
-                answer = self.monitoring.drift(model, version, since=now - self.window_s, until=now)
-                for report in answer["reports"]:
-                    if report["status"] == "insufficient":
-                        continue  # too few rows: no verdict, no reading
-                    labels = labels_of(
-                        {
-                            "model": model,
-                            "version": version,
-                            "group": "all",
-                            "profile": str(report["profile_id"]),
-                        }
-                    )
-                    self._evidence[repr(labels)] = report
-                    readings.setdefault(model, []).extend(
-                        [
-                            Reading("drift_features", float(len(report["drifted"])), now, labels),
-                            Reading("drift_share", float(report["drifted_share"]), now, labels),
-                        ]
-                    )
+            readings, evidence = self._readings(now)
+            stored = {s.id: s.alert for s in self.repos.alerts.live()}
+            books: dict[str, AlertBook] = {}
+            for alert in stored.values():
+                model = dict(alert.labels).get("model", "")
+                book = books.get(model) or books.setdefault(model, self._book(model))
+                book.active[(alert.rule.name, alert.labels)] = alert
             transitions: list[Transition] = []
-            for model in sorted(set(readings) | set(self._books)):
-                book = self._books.get(model)
-                if book is None:
-                    rules = tuple(r for r in self.rules_for(model) if r.metric in DRIFT_METRICS)
-                    book = self._books[model] = AlertBook(rules)
+            for model in sorted(set(readings) | set(books)):
+                book = books.get(model) or books.setdefault(model, self._book(model))
                 transitions += book.evaluate(readings.get(model, []), now)
-            deliveries = [d for t in transitions for d in self._deliver(t)]
+            live = [a for book in books.values() for a in book.active.values()]
+            resolved = [t.alert for t in transitions if t.alert.state == "resolved"]
+            kept = {short_id(a) for a in live} | {short_id(a) for a in resolved}
+            gone = [i for i in stored if i not in kept]
+            queued = [d for t in transitions for d in self._notifications(t, evidence)]
+            self.repos.alerts.save(live + resolved, gone, queued, now)
             count = sum(len(v) for v in readings.values())
-            return CheckResult(count, tuple(transitions), tuple(deliveries))
+        deliveries = self.deliver_due(now)
+        return CheckResult(count, tuple(transitions), tuple(deliveries))
 
-    def alerts(self) -> list[Alert]:
-        """Live alerts (pending and firing), then the resolved ones, newest last."""
-        with self._lock:
-            live = [a for book in self._books.values() for a in book.active.values()]
-            return live + [a for book in self._books.values() for a in book.history]
+    check_drift = evaluate  # the name the first drift-only version had
 
-    def blocks_rollout(self, model: str, version: str) -> list[Alert]:
-        """Firing gate alerts on this version (for the rollout engine's promotion check)."""
-        with self._lock:
-            book = self._books.get(model)
-            return [] if book is None else book.blocks_rollout(model, version)
+    def _book(self, model: str) -> AlertBook:
+        return AlertBook(tuple(r for r in self.rules_for(model) if r.metric in EVALUATED_METRICS))
 
-    def _deliver(self, transition: Transition) -> list[Delivery]:
+    def _readings(
+        self, now: float
+    ) -> tuple[dict[str, list[Reading]], dict[Labels, dict[str, Any]]]:
+        readings: dict[str, list[Reading]] = {}
+        evidence: dict[Labels, dict[str, Any]] = {}
+        for model, version in sorted(self.repos.monitoring.window_counts()):
+            answer = self.monitoring.drift(model, version, since=now - self.window_s, until=now)
+            for report in answer["reports"]:
+                labels = labels_of(
+                    {
+                        "model": model,
+                        "version": version,
+                        "group": "all",
+                        "profile": str(report["profile_id"]),
+                    }
+                )
+                out = readings.setdefault(model, [])
+                if report["requests"]:
+                    out.append(Reading("error_rate", float(report["error_rate"]), now, labels))
+                if report["status"] == "insufficient":
+                    continue  # too few rows: no drift verdict, no drift reading
+                evidence[labels] = report
+                out.append(Reading("drift_features", float(len(report["drifted"])), now, labels))
+                out.append(Reading("drift_share", float(report["drifted_share"]), now, labels))
+        for model, share, silent in self.availability(now):
+            labels = labels_of({"model": model, "group": "all"})
+            evidence[labels] = {"silent_devices": silent[:100], "silent_share": share}
+            readings.setdefault(model, []).append(
+                Reading("silent_device_share", share, now, labels)
+            )
+        return readings, evidence
+
+    def availability(self, now: float) -> list[tuple[str, float, list[str]]]:
+        """Per model: the share of its recent devices gone silent, and which ones."""
+        reporting = self.repos.monitoring.reporting_devices(now - self.availability_lookback_s)
+        if not reporting:
+            return []
+        seen: dict[str, float | None] = {}
+        offset: int | None = 0
+        while offset is not None:
+            page = self.repos.devices.list(status="active", limit=1000, offset=offset)
+            seen.update((d.id, d.last_seen) for d in page.items)
+            offset = page.next_offset
+        out = []
+        for model, devices in sorted(reporting.items()):
+            share, silent = silent_share(
+                {d: seen[d] for d in devices if d in seen}, now, self.silent_after_s
+            )
+            out.append((model, share, silent))
+        return out
+
+    # -- notifications
+
+    def _notifications(
+        self, transition: Transition, evidence: Mapping[Labels, Mapping[str, Any]]
+    ) -> list[NewDelivery]:
         alert = transition.alert
         if alert.state == "pending":
             return []  # a breach not yet lasting for_s: nobody is told
-        bodies = [
+        bodies: list[tuple[str, dict[str, Any]]] = [
             ("alert", {"kind": "alert", "previous": transition.previous, **alert_view(alert)})
         ]
         if alert.state == "firing" and alert.rule.retrain:
@@ -171,16 +325,116 @@ class AlertService:
                 "model": model,
                 "version": version,
                 "accuracy": f"/api/v1/accuracy?model={model}&version={version}",
+                "drift": f"/api/v1/drift?model={model}&version={version}",
             }
-            evidence = self._evidence.get(repr(alert.labels), {})
-            bodies.append(("retraining_request", retraining_request(alert, evidence, samples)))
+            found = evidence.get(alert.labels, {})
+            bodies.append(("retraining_request", retraining_request(alert, found, samples)))
+        n = self.notifications
+        targets = [("webhook", url) for url in n.webhooks] + [("email", a) for a in n.emails]
+        return [
+            NewDelivery(short_id(alert), channel, target, kind, body, n.max_attempts)
+            for channel, target in targets
+            for kind, body in bodies
+        ]
+
+    def deliver_due(self, now: float | None = None) -> list[Delivery]:
+        """Send every notification due now; record each attempt (retry later or fail)."""
+        now = time.time() if now is None else now
         out = []
-        for url in self.webhooks:
-            for kind, body in bodies:
-                try:
-                    self.send(url, body)
-                    out.append(Delivery(url, kind, alert.id, True))
-                except (OSError, ValueError) as exc:
-                    logger.warning("alert %s: %s to %s failed: %s", alert.id, kind, url, exc)
-                    out.append(Delivery(url, kind, alert.id, False, str(exc)))
+        for d in self.repos.alerts.due_deliveries(now):
+            error = self._send(d)
+            retry_at = None
+            if error is not None and d.attempts + 1 < d.max_attempts:
+                n = self.notifications
+                retry_at = now + backoff_s(d.attempts + 1, n.backoff_base_s, n.backoff_cap_s)
+            after = self.repos.alerts.delivery_attempted(d.id, now, error, retry_at)
+            if after.state == "failed":
+                logger.error(
+                    "alert %s: %s to %s failed after %d attempts: %s",
+                    d.alert_id, d.kind, d.target, after.attempts, error,
+                )  # fmt: skip
+            elif error is not None:
+                logger.warning(
+                    "alert %s: %s to %s failed (attempt %d of %d, next in %.0f s): %s",
+                    d.alert_id, d.kind, d.target, after.attempts, d.max_attempts,
+                    (retry_at or now) - now, error,
+                )  # fmt: skip
+            out.append(
+                Delivery(d.target, d.kind, d.alert_id, error is None, error, d.channel,
+                         after.state, after.attempts)
+            )  # fmt: skip
         return out
+
+    def _send(self, d: AlertDelivery) -> str | None:
+        try:
+            if d.channel == "email":
+                smtp = self.notifications.smtp
+                if smtp is None:
+                    return "no SMTP server configured"
+                send_email(smtp, d.target, d.body)
+            else:
+                self.send(d.target, d.body)
+        except (OSError, ValueError, smtplib.SMTPException) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    # -- metrics
+
+    def refresh_metrics(self) -> None:
+        """Alert, delivery, availability and rollout gauges from the store (before a scrape)."""
+        metrics = self.monitoring.metrics
+        if metrics is None:
+            return
+        metrics.observe_alert_counts(self.repos.alerts.counts())
+        metrics.observe_deliveries(self.repos.alerts.delivery_counts())
+        for model, share, silent in self.availability(self.monitoring.clock()):
+            metrics.observe_availability(model, share, len(silent))
+        for rollout in self.repos.rollouts.list(limit=ROLLOUTS_IN_METRICS).items:
+            metrics.set_rollout_state(rollout.id, rollout.phase, ROLLOUT_PHASES)
+
+    # -- reading and acknowledging
+
+    def alerts(self) -> builtins.list[Alert]:
+        """Live alerts (pending and firing), then up to 1,000 resolved ones, newest first."""
+        live = [s.alert for s in self.repos.alerts.live()]
+        resolved = self.repos.alerts.list(state="resolved", limit=1000).items
+        return live + [s.alert for s in resolved]
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        model: str | None = None,
+        version: str | None = None,
+        severity: str | None = None,
+        rule: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[StoredAlert]:
+        return self.repos.alerts.list(
+            state=state, model=model, version=version, severity=severity, rule=rule,
+            limit=limit, offset=offset,
+        )  # fmt: skip
+
+    def acknowledge(self, alert_id: str, principal: Principal) -> StoredAlert:
+        """Acknowledge a firing alert (audited); 404 unknown, 409 unless firing."""
+        if not alert_id:
+            raise InvalidInput("alert id: expected one")
+        before = self.repos.alerts.get(alert_id)
+        after = self.repos.alerts.acknowledge(alert_id, principal.name, self.monitoring.clock())
+        self.audit.record(
+            principal.name,
+            "alert.acknowledge",
+            f"alert:{alert_id}",
+            before={"acknowledged_by": before.alert.acknowledged_by},
+            after={"acknowledged_by": after.alert.acknowledged_by},
+            detail={"rule": after.alert.rule.name, "labels": dict(after.alert.labels)},
+        )
+        return after
+
+    def blocks_rollout(self, model: str, version: str) -> builtins.list[Alert]:
+        """Firing gate alerts on this version (the rollout engine's promotion check).
+
+        Read from the store: any process (a replica's rollout ticker) sees the same answer.
+        """
+        return [s.alert for s in self.repos.alerts.firing_gates(model, version)]

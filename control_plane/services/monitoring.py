@@ -116,7 +116,7 @@ class MonitoringService:
                     {
                         "package_id": package_id,
                         "package_sha256": sha256,
-                        "windows": len(group),
+                        "windows": sum(w.merged for w in group),
                         "reason": reason,
                     }
                 )
@@ -150,7 +150,7 @@ class MonitoringService:
                     "package_id": package_id,
                     "profile_id": manifest.profile.id,
                     "model_version": manifest.model_version,
-                    "windows": acc.windows,
+                    "windows": sum(w.merged for w in group),  # rollups count what they merged
                     "requests": acc.requests,
                     "rows": acc.rows,
                     "error_rate": acc.error_rate,
@@ -167,7 +167,7 @@ class MonitoringService:
                 "device_id": device_id,
                 "since": since,
                 "until": until,
-                "windows": len(windows),
+                "windows": sum(w.merged for w in windows),
                 "rows": sum(w.rows for w in windows),
                 "reports": reports,
                 "unevaluated": unevaluated,

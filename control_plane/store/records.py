@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from control_plane.core.alerts import Alert
 from control_plane.core.lifecycle import STAGES as STAGES  # the lifecycle owns the names
 
 T = TypeVar("T")
@@ -242,6 +243,8 @@ class StoredWindow:
     histograms: dict[str, Any]
     latency: dict[str, Any]
     received_at: float
+    merged: int = 1  # windows merged into this row (retention rollups; seq is then 0)
+    bucket_seconds: float = 0.0  # a rollup's time bucket; 0 for a window as uploaded
 
 
 @dataclass(frozen=True)
@@ -278,3 +281,46 @@ class RolloutRow:
     outbox: list[dict[str, Any]]
     created_at: float
     updated_at: float
+
+
+ALERT_STATES = ("pending", "firing", "resolved")
+DELIVERY_STATES = ("pending", "delivered", "failed")
+
+
+@dataclass(frozen=True)
+class StoredAlert:
+    """An alert as stored: ``alert`` is the core's (rule, labels, lifecycle); ``id`` is short."""
+
+    id: str
+    alert: Alert
+    acknowledged_at: float | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A notification to send: one (channel, target) of one alert transition."""
+
+    alert_id: str
+    channel: str  # "webhook" or "email"
+    target: str  # URL or e-mail address
+    kind: str  # "alert" or "retraining_request"
+    body: Mapping[str, Any]
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class AlertDelivery:
+    id: str
+    alert_id: str
+    channel: str
+    target: str
+    kind: str
+    body: dict[str, Any]
+    state: str  # pending (due at next_attempt_at), delivered, failed (attempts exhausted)
+    attempts: int
+    max_attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+    delivered_at: float | None

@@ -15,11 +15,13 @@ import builtins
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from control_plane.core.alerts import Alert
 from control_plane.core.rollout_runner import StoredRollout
 from control_plane.errors import Conflict
 from control_plane.store.notify import ChangeNotifier
 from control_plane.store.records import (
     DEFAULT_LIMIT,
+    AlertDelivery,
     Alias,
     ApiToken,
     AuditEntry,
@@ -31,12 +33,14 @@ from control_plane.store.records import (
     Model,
     ModelCard,
     ModelVersion,
+    NewDelivery,
     NewDevice,
     NewUpload,
     NewWindow,
     Package,
     Page,
     RolloutRow,
+    StoredAlert,
     StoredCapture,
     StoredWindow,
     Upload,
@@ -214,6 +218,88 @@ class MonitoringRepo(Protocol):
         ...
 
     def feedback(self, prediction_ids: Sequence[str]) -> list[FeedbackLabel]: ...
+    def reporting_devices(self, since: float) -> dict[str, set[str]]:
+        """Per model, the devices with a window started at or after ``since``."""
+        ...
+
+    def downsample(
+        self, before: float, bucket_seconds: float, limit: int = 5000
+    ) -> tuple[int, int]:
+        """Merge the windows started before ``before`` into rollups per (device, package,
+        ``bucket_seconds`` bucket), exactly (counts and histograms add, KLL sketches merge),
+        deleting the merged windows in the same transaction; at most ``limit`` windows a call.
+        Returns (windows merged, rollups written)."""
+        ...
+
+    def drop_rollups(self, before: float) -> int:
+        """Delete the rollups whose bucket ended before ``before``; how many went."""
+        ...
+
+
+class AlertRepo(Protocol):
+    """The alert book (pending, firing, resolved; acknowledged) and the notification outbox."""
+
+    def live(self) -> builtins.list[StoredAlert]:
+        """Pending and firing alerts, oldest first."""
+        ...
+
+    def save(
+        self,
+        alerts: Sequence[Alert],
+        gone: Sequence[str],
+        deliveries: Sequence[NewDelivery],
+        at: float,
+    ) -> builtins.list[str]:
+        """In one transaction: upsert ``alerts`` (by short id; an acknowledgement is kept),
+        delete the pending alerts ``gone`` (breach over before firing), queue ``deliveries``.
+        Returns the delivery ids."""
+        ...
+
+    def get(self, alert_id: str) -> StoredAlert: ...
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        model: str | None = None,
+        version: str | None = None,
+        severity: str | None = None,
+        rule: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[StoredAlert]:
+        """Most recently changed first."""
+        ...
+
+    def acknowledge(self, alert_id: str, by: str, at: float) -> StoredAlert:
+        """NotFound for an unknown id, Conflict unless firing; a second ack keeps the first."""
+        ...
+
+    def firing_gates(self, model: str, version: str) -> builtins.list[StoredAlert]:
+        """Firing alerts of a rule that gates rollouts, on this model version."""
+        ...
+
+    def counts(self) -> dict[tuple[str, str, str], int]:
+        """Live alerts per (rule, severity, state)."""
+        ...
+
+    def due_deliveries(self, now: float, limit: int = 100) -> builtins.list[AlertDelivery]: ...
+    def delivery_attempted(
+        self, delivery_id: str, at: float, error: str | None, retry_at: float | None
+    ) -> AlertDelivery:
+        """Record an attempt: delivered (no error), due again at ``retry_at``, or failed."""
+        ...
+
+    def deliveries(
+        self,
+        *,
+        alert_id: str | None = None,
+        state: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> Page[AlertDelivery]: ...
+    def delivery_counts(self) -> dict[tuple[str, str], int]:
+        """Deliveries per (channel, state)."""
+        ...
 
 
 class AuditRepo(Protocol):
@@ -408,6 +494,7 @@ class Repositories(Protocol):
     api_tokens: ApiTokenRepo
     compile_jobs: CompileJobRepo
     rollouts: RolloutRepo
+    alerts: AlertRepo
 
     @property
     def notifier(self) -> ChangeNotifier: ...

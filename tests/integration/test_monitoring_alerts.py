@@ -101,7 +101,8 @@ def test_drift_alert_fires_posts_a_retraining_request_and_resolves(
         MonitoringService(repos, AuditService(repos.audit)), [url, dead], _rules, window_s=900.0
     )
     quiet = alerts.check_drift(1500.0)  # the clean window only
-    assert quiet.readings == 2 and quiet.transitions == () and received == []
+    # drift_features, drift_share, error_rate (one package) and silent_device_share
+    assert quiet.readings == 4 and quiet.transitions == () and received == []
 
     fired = alerts.check_drift(2500.0)  # the shifted window
     assert [(t.previous, t.alert.state) for t in fired.transitions] == [
@@ -165,12 +166,12 @@ def test_the_alert_routes_evaluate_recent_windows_with_the_default_rules(
     answer = client.post("/api/v1/alerts/evaluate", headers=auth)
     assert answer.status_code == 200, answer.json
     # default rules: feature drift must last 2 windows, dataset drift one: pending, not told
-    assert answer.json["readings"] == 2
+    assert answer.json["readings"] == 4  # drift features and share, error rate, silence
     assert {t["state"] for t in answer.json["transitions"]} == {"pending"}
     assert "feature_drift" in {t["rule"] for t in answer.json["transitions"]}
     assert answer.json["deliveries"] == [] and received == []
     listed = client.get("/api/v1/alerts", headers=auth).json["items"]
     assert {a["rule"] for a in listed} == {t["rule"] for t in answer.json["transitions"]}
     (entry,) = repos.audit.list(action="alerts.evaluate").items
-    assert entry.actor == "ops" and entry.detail["readings"] == 2
+    assert entry.actor == "ops" and entry.detail["readings"] == 4
     repos.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+from control_plane.core.sketches import merge_histogram_sections, merge_latency
 from control_plane.store.records import (
     FeedbackLabel,
     NewWindow,
@@ -97,8 +99,10 @@ class SqlMonitoringRepo:
             sql += " AND started_at < ?"
             params.append(until)
         with self.db.transaction() as tx:
-            rows = tx.rows(sql + " ORDER BY started_at, device_id, seq", params)
-        return [_window(r) for r in rows]
+            rows = tx.rows(sql, params)
+            rollups = tx.rows(sql.replace("telemetry_windows", "telemetry_rollups", 1), params)
+        found = [_window(r) for r in rows] + [_rollup(r) for r in rollups]
+        return sorted(found, key=lambda w: (w.started_at, w.device_id, w.seq))
 
     def window_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
         with self.db.transaction() as tx:
@@ -106,7 +110,63 @@ class SqlMonitoringRepo:
                 "SELECT model_name, model_version, COUNT(*) AS n, SUM(rows_scored) AS r"
                 " FROM telemetry_windows GROUP BY model_name, model_version"
             )
-        return {(r["model_name"], r["model_version"]): (int(r["n"]), int(r["r"])) for r in rows}
+            rows += tx.rows(
+                "SELECT model_name, model_version, SUM(windows) AS n, SUM(rows_scored) AS r"
+                " FROM telemetry_rollups GROUP BY model_name, model_version"
+            )
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for r in rows:
+            key = (r["model_name"], r["model_version"])
+            n, total = out.get(key, (0, 0))
+            out[key] = (n + int(r["n"]), total + int(r["r"]))
+        return out
+
+    def reporting_devices(self, since: float) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        with self.db.transaction() as tx:
+            for table in ("telemetry_windows", "telemetry_rollups"):
+                for r in tx.rows(
+                    f"SELECT DISTINCT model_name, device_id FROM {table} WHERE started_at >= ?",
+                    [since],
+                ):  # table is one of two literals
+                    out.setdefault(r["model_name"], set()).add(r["device_id"])
+        return out
+
+    def downsample(
+        self, before: float, bucket_seconds: float, limit: int = 5000
+    ) -> tuple[int, int]:
+        if bucket_seconds <= 0:
+            raise ValueError(f"bucket_seconds {bucket_seconds}: expected > 0")
+        with self.db.transaction() as tx:
+            rows = tx.rows(
+                "SELECT * FROM telemetry_windows WHERE started_at < ?"
+                " ORDER BY started_at, device_id, seq LIMIT ?",
+                [before, limit],
+            )
+            groups: dict[tuple[str, str, float], list[StoredWindow]] = {}
+            for w in map(_window, rows):
+                bucket = math.floor(w.started_at / bucket_seconds) * bucket_seconds
+                groups.setdefault((w.device_id, _package_key(w), bucket), []).append(w)
+            for (device_id, key, bucket), windows in groups.items():
+                old = tx.row(
+                    "SELECT * FROM telemetry_rollups WHERE device_id = ? AND package_key = ?"
+                    " AND bucket_start = ?",
+                    [device_id, key, bucket],
+                )
+                parts = ([] if old is None else [_rollup(old)]) + windows
+                _write_rollup(tx, key, bucket, bucket_seconds, parts)
+                for w in windows:
+                    tx.execute(
+                        "DELETE FROM telemetry_windows WHERE device_id = ? AND seq = ?",
+                        [w.device_id, w.seq],
+                    )
+        return len(rows), len(groups)
+
+    def drop_rollups(self, before: float) -> int:
+        with self.db.transaction() as tx:
+            return tx.execute(
+                "DELETE FROM telemetry_rollups WHERE bucket_start + bucket_seconds <= ?", [before]
+            )
 
     def captures(self, prediction_ids: Sequence[str]) -> list[StoredCapture]:
         return [_capture(r) for r in self._by_ids("captures", prediction_ids)]
@@ -170,6 +230,74 @@ def _window(row: Row) -> StoredWindow:
         histograms=loads(row["histograms_json"]),
         latency=loads(row["latency_json"]),
         received_at=float(row["received_at"]),
+    )
+
+
+def _package_key(w: StoredWindow) -> str:
+    return "\x1f".join((w.model_name, w.model_version, w.package_sha256 or w.package_id or ""))
+
+
+def _write_rollup(
+    tx: Tx, key: str, bucket: float, bucket_seconds: float, parts: Sequence[StoredWindow]
+) -> None:
+    """Upsert the merge of ``parts`` (one device, package and bucket) as one rollup row."""
+    first = parts[0]
+    tx.execute(
+        "INSERT INTO telemetry_rollups (device_id, package_key, bucket_start, bucket_seconds,"
+        " model_name, model_version, package_id, package_sha256, profile_id, started_at,"
+        " ended_at, windows, requests, rows_scored, errors, invalid, histograms_json,"
+        " latency_json, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+        " ?, ?) ON CONFLICT (device_id, package_key, bucket_start) DO UPDATE SET"
+        " started_at = excluded.started_at, ended_at = excluded.ended_at,"
+        " windows = excluded.windows, requests = excluded.requests,"
+        " rows_scored = excluded.rows_scored, errors = excluded.errors,"
+        " invalid = excluded.invalid, histograms_json = excluded.histograms_json,"
+        " latency_json = excluded.latency_json, received_at = excluded.received_at",
+        [
+            first.device_id,
+            key,
+            bucket,
+            bucket_seconds,
+            first.model_name,
+            first.model_version,
+            first.package_id,
+            first.package_sha256,
+            first.profile_id,
+            min(p.started_at for p in parts),
+            max(p.ended_at for p in parts),
+            sum(p.merged for p in parts),
+            sum(p.requests for p in parts),
+            sum(p.rows for p in parts),
+            sum(p.errors for p in parts),
+            sum(p.invalid for p in parts),
+            dumps(merge_histogram_sections(p.histograms for p in parts)),
+            dumps(merge_latency(p.latency for p in parts)),
+            max(p.received_at for p in parts),
+        ],
+    )
+
+
+def _rollup(row: Row) -> StoredWindow:
+    return StoredWindow(
+        device_id=row["device_id"],
+        seq=0,
+        model_name=row["model_name"],
+        model_version=row["model_version"],
+        package_id=row["package_id"],
+        package_sha256=row["package_sha256"],
+        profile_id=row["profile_id"],
+        started_at=float(row["started_at"]),
+        ended_at=float(row["ended_at"]),
+        bucket_start=float(row["bucket_start"]),
+        requests=int(row["requests"]),
+        rows=int(row["rows_scored"]),
+        errors=int(row["errors"]),
+        invalid=int(row["invalid"]),
+        histograms=loads(row["histograms_json"]),
+        latency=loads(row["latency_json"]),
+        received_at=float(row["received_at"]),
+        merged=int(row["windows"]),
+        bucket_seconds=float(row["bucket_seconds"]),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from control_plane.store import repos
 from control_plane.store.notify import ChangeNotifier
 from control_plane.store.sql.access import SqlApiTokenRepo, SqlCompileJobRepo
+from control_plane.store.sql.alerts import SqlAlertRepo
 from control_plane.store.sql.base import Database
 from control_plane.store.sql.catalog import SqlAliasRepo, SqlModelRepo, SqlVersionRepo
 from control_plane.store.sql.devices import SqlDeviceRepo, SqlEnrollmentTokenRepo
@@ -38,6 +39,7 @@ class SqlRepositories:
         self.api_tokens: repos.ApiTokenRepo = SqlApiTokenRepo(db)
         self.compile_jobs: repos.CompileJobRepo = SqlCompileJobRepo(db)
         self.rollouts: repos.RolloutRepo = SqlRolloutRepo(db)
+        self.alerts: repos.AlertRepo = SqlAlertRepo(db)
 
     @property
     def notifier(self) -> ChangeNotifier:
