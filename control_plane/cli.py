@@ -400,6 +400,48 @@ def _duration(value: str) -> float:
     show_default=True,
     help="HOST:PORT of the REST API (/api/v1, waitress); 'off' to serve none.",
 )
+@click.option(
+    "--alert-interval",
+    default="60s",
+    show_default=True,
+    callback=lambda c, p, v: _duration(v),
+    help="How often the alert rules are evaluated (0: never).",
+)
+@click.option("--alert-webhook", multiple=True, help="http(s) URL alerts are POSTed to (repeat).")
+@click.option("--alert-email", multiple=True, help="Address alerts are mailed to (repeat).")
+@click.option("--smtp", "smtp_address", help="HOST:PORT of the SMTP server for --alert-email.")
+@click.option("--smtp-from", default="fleetcast@localhost", show_default=True)
+@click.option("--smtp-starttls", is_flag=True, help="STARTTLS before sending.")
+@click.option("--smtp-user", envvar="FLEETCAST_SMTP_USER")
+@click.option("--smtp-password", envvar="FLEETCAST_SMTP_PASSWORD")
+@click.option(
+    "--retention-full",
+    default="2d",
+    show_default=True,
+    callback=lambda c, p, v: _duration(v),
+    help="Telemetry windows younger than this are kept as uploaded.",
+)
+@click.option(
+    "--retention-bucket",
+    default="1h",
+    show_default=True,
+    callback=lambda c, p, v: _duration(v),
+    help="Older windows are merged per this bucket.",
+)
+@click.option(
+    "--retention-keep",
+    default="90d",
+    show_default=True,
+    callback=lambda c, p, v: _duration(v),
+    help="Merged telemetry older than this is deleted (0: kept).",
+)
+@click.option(
+    "--retention-interval",
+    default="10m",
+    show_default=True,
+    callback=lambda c, p, v: _duration(v),
+    help="How often retention runs (0: never).",
+)
 @_store_option
 @click.pass_obj
 def serve(
@@ -419,6 +461,18 @@ def serve(
     tls_client_ca: Path | None,
     insecure: bool,
     http_address: str,
+    alert_interval: float,
+    alert_webhook: tuple[str, ...],
+    alert_email: tuple[str, ...],
+    smtp_address: str | None,
+    smtp_from: str,
+    smtp_starttls: bool,
+    smtp_user: str | None,
+    smtp_password: str | None,
+    retention_full: float,
+    retention_bucket: float,
+    retention_keep: float,
+    retention_interval: float,
     store: str | None,
 ) -> None:
     """Serve agents (gRPC; MQTT with --mqtt or --mqtt-broker) and operators (REST, --http).
@@ -430,6 +484,8 @@ def serve(
     import threading
 
     from control_plane.server import ControlPlane, ServeOptions
+    from control_plane.services.alerts import Notifications, SmtpConfig
+    from control_plane.services.retention import RetentionPolicy
     from control_plane.transport.broker import BrokerTls
     from control_plane.transport.grpc_server import TlsConfig
     from control_plane.transport.mqtt import MqttEndpoint
@@ -457,8 +513,26 @@ def serve(
         if tls_cert and tls_key
         else None
     )
+    smtp = None
+    if smtp_address:
+        smtp_host, _, smtp_port = smtp_address.rpartition(":")
+        if not smtp_host or not smtp_port.isdigit():
+            raise click.BadParameter(f"{smtp_address!r}: expected HOST:PORT", param_hint="--smtp")
+        smtp = SmtpConfig(
+            smtp_host, int(smtp_port), smtp_from, smtp_starttls, smtp_user, smtp_password
+        )
+    try:
+        notifications = Notifications(tuple(alert_webhook), tuple(alert_email), smtp)
+        retention = RetentionPolicy(
+            retention_full, retention_bucket, retention_keep, retention_interval
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     plane = ControlPlane(
         ServeOptions(
+            alert_interval_s=alert_interval,
+            alert_notifications=notifications,
+            retention=retention,
             data_dir=settings.data_dir,
             grpc_address=grpc_address,
             grpc_tls=tls,

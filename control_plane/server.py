@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,10 @@ from flask import Flask
 from control_plane.api.serve import HttpHandle
 from control_plane.app import Fleetcast, create_app, services_of
 from control_plane.errors import ControlPlaneError
+from control_plane.services.alerts import AlertService, Notifications
 from control_plane.services.audit import AuditService
+from control_plane.services.monitoring import MonitoringService
+from control_plane.services.retention import RetentionPolicy, RetentionService
 from control_plane.services.rollouts import RolloutService
 from control_plane.settings import Settings
 from control_plane.transport.broker import CONTROL_PLANE_USER, BrokerTls, MosquittoBroker
@@ -51,6 +55,8 @@ logger = logging.getLogger(__name__)
 FLUSH_SECONDS = 5.0  # last-seen times and quota refusals are written this often
 ROLLOUT_TICK_SECONDS = 2.0  # running rollouts are stepped (acks fed, gates read) this often
 INSECURE_MARKER = "serve-insecure.json"
+ALERT_INTERVAL_SECONDS = 60.0
+DELIVERY_SECONDS = 5.0  # notifications due for a retry are sent this often
 
 
 class InsecureListener(ControlPlaneError):
@@ -74,6 +80,9 @@ class ServeOptions:
     insecure: bool = False  # allow plaintext off this host (warned at start and in devices list)
     http_address: str | None = None  # the REST API (waitress); None: not served
     rollout_tick_seconds: float = ROLLOUT_TICK_SECONDS  # 0: no rollout ticker (tests drive it)
+    alert_interval_s: float = ALERT_INTERVAL_SECONDS  # alert rules evaluated (0: never)
+    alert_notifications: Notifications | None = None  # webhooks, e-mail (None: nobody told)
+    retention: RetentionPolicy = dataclasses.field(default_factory=RetentionPolicy)
 
 
 def plaintext_exposures(o: ServeOptions) -> list[str]:
@@ -143,6 +152,9 @@ class ControlPlane:
         self._flusher: threading.Thread | None = None
         self.rollouts: RolloutService | None = None
         self._ticker: threading.Thread | None = None
+        self.alerts: AlertService | None = None
+        self.retention: RetentionService | None = None
+        self._monitor: threading.Thread | None = None
 
     def start(self) -> ControlPlane:
         o = self.options
@@ -177,7 +189,49 @@ class ControlPlane:
         self._flusher = threading.Thread(target=self._flush_loop, name="activity", daemon=True)
         self._flusher.start()
         self._start_rollouts()
+        self._start_monitoring()
         return self
+
+    def _start_monitoring(self) -> None:
+        """Alert evaluation, notification retries and telemetry retention on one timer."""
+        assert self.services is not None
+        o = self.options
+        repos = self.services.repos
+        if self.alerts is None:  # no REST API: the timer's own service
+            audit = AuditService(repos.audit)
+            self.alerts = AlertService(
+                MonitoringService(repos, audit),
+                notifications=o.alert_notifications or Notifications(),
+                audit=audit,
+            )
+        self.retention = RetentionService(repos, o.retention)
+        if o.alert_interval_s > 0 or o.retention.interval_s > 0:
+            self._monitor = threading.Thread(
+                target=self._monitor_loop, name="monitoring", daemon=True
+            )
+            self._monitor.start()
+
+    def _monitor_loop(self) -> None:
+        assert self.alerts is not None and self.retention is not None
+        o = self.options
+        clock = self.alerts.monitoring.clock
+        jobs: list[tuple[float, Callable[[float], object], str]] = [
+            (o.alert_interval_s, self.alerts.evaluate, "alert evaluation"),
+            (min(DELIVERY_SECONDS, o.alert_interval_s), self.alerts.deliver_due, "alert delivery"),
+            (o.retention.interval_s, self.retention.run, "telemetry retention"),
+        ]
+        due = [clock() + every if every > 0 else float("inf") for every, _, _ in jobs]
+        step = min(every for every, _, _ in jobs if every > 0)
+        while not self._stop.wait(max(0.05, min(step, min(due) - clock()))):
+            for i, (every, job, name) in enumerate(jobs):
+                now = clock()
+                if now < due[i]:
+                    continue
+                due[i] = now + every
+                try:
+                    job(now)
+                except Exception:  # the store may be unreachable for a while: next time
+                    logger.exception("%s", name)
 
     def _start_rollouts(self) -> None:
         """Apply what a crash left in the rollouts' outboxes, then step them every few seconds."""
@@ -203,11 +257,17 @@ class ControlPlane:
 
     def _start_http(self, settings: Settings, address: str) -> None:
         """The REST API on the same app and services as gRPC and MQTT, behind waitress."""
-        from control_plane.api import register_api
+        from control_plane.api import ApiOptions, register_api
         from control_plane.api.serve import serve_http
 
         assert self.app is not None and self.services is not None
-        register_api(self.app, self.services.repos, settings)
+        context = register_api(
+            self.app,
+            self.services.repos,
+            settings,
+            ApiOptions(alert_notifications=self.options.alert_notifications),
+        )
+        self.alerts = context.alerts  # the timer and POST /alerts/evaluate share one service
         host, port = split_host_port(address)
         self.http = serve_http(self.app, host, int(port))
 
@@ -283,6 +343,8 @@ class ControlPlane:
             self._flusher.join(5)
         if self._ticker is not None:
             self._ticker.join(10)
+        if self._monitor is not None:
+            self._monitor.join(10)
         write_insecure_notice(self.options.data_dir, [])
         if self.http is not None:
             self.http.stop()
