@@ -31,7 +31,7 @@ from flask import Flask
 from control_plane.api.serve import HttpHandle
 from control_plane.app import Fleetcast, create_app, services_of
 from control_plane.errors import ControlPlaneError
-from control_plane.services.alerts import AlertService, Notifications
+from control_plane.services.alerts import AlertService, Notifications, WaveDrift
 from control_plane.services.audit import AuditService
 from control_plane.services.monitoring import MonitoringService
 from control_plane.services.retention import RetentionPolicy, RetentionService
@@ -196,20 +196,26 @@ class ControlPlane:
         """Alert evaluation, notification retries and telemetry retention on one timer."""
         assert self.services is not None
         o = self.options
-        repos = self.services.repos
-        if self.alerts is None:  # no REST API: the timer's own service
-            audit = AuditService(repos.audit)
-            self.alerts = AlertService(
-                MonitoringService(repos, audit),
-                notifications=o.alert_notifications or Notifications(),
-                audit=audit,
-            )
-        self.retention = RetentionService(repos, o.retention)
+        self._alert_service()
+        self.retention = RetentionService(self.services.repos, o.retention)
         if o.alert_interval_s > 0 or o.retention.interval_s > 0:
             self._monitor = threading.Thread(
                 target=self._monitor_loop, name="monitoring", daemon=True
             )
             self._monitor.start()
+
+    def _alert_service(self) -> AlertService:
+        """The REST API's alert service, or (no API) this process's own."""
+        assert self.services is not None
+        if self.alerts is None:
+            repos = self.services.repos
+            audit = AuditService(repos.audit)
+            self.alerts = AlertService(
+                MonitoringService(repos, audit),
+                notifications=self.options.alert_notifications or Notifications(),
+                audit=audit,
+            )
+        return self.alerts
 
     def _monitor_loop(self) -> None:
         assert self.alerts is not None and self.retention is not None
@@ -238,7 +244,10 @@ class ControlPlane:
         assert self.services is not None
         services = self.services
         self.rollouts = RolloutService(
-            services.repos, AuditService(services.repos.audit), services.commands
+            services.repos,
+            AuditService(services.repos.audit),
+            services.commands,
+            drift=WaveDrift(self._alert_service()),  # drift gate: wave drift, firing alerts
         )
         recovered = self.rollouts.recover_all()
         if recovered:

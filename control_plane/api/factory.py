@@ -36,7 +36,7 @@ from control_plane.api.openapi import problem_document
 from control_plane.api.schemas import Health
 from control_plane.errors import InvalidInput
 from control_plane.monitoring.metrics import MonitoringMetrics
-from control_plane.services.alerts import AlertService, Notifications
+from control_plane.services.alerts import AlertService, Notifications, WaveDrift
 from control_plane.services.audit import AuditService
 from control_plane.services.blobs import BlobStore
 from control_plane.services.catalog import CatalogService
@@ -86,6 +86,11 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
 
         runner = pipeline_runner(settings)
     monitoring = MonitoringService(repos, audit)
+    alerts = AlertService(
+        monitoring,
+        notifications=options.alert_notifications or Notifications(webhooks=options.alert_webhooks),
+        audit=audit,
+    )
     return ApiContext(
         repos=repos,
         audit=audit,
@@ -93,16 +98,11 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
         catalog=cat,
         jobs=jobs,
         deployments=DeploymentService(repos, audit),
-        rollouts=RolloutService(repos, audit),
+        rollouts=RolloutService(repos, audit, drift=WaveDrift(alerts)),
         worker=CompileWorker(jobs, runner, options.worker_name),
         max_upload_bytes=options.max_upload_bytes,
         monitoring=monitoring,
-        alerts=AlertService(
-            monitoring,
-            notifications=options.alert_notifications
-            or Notifications(webhooks=options.alert_webhooks),
-            audit=audit,
-        ),
+        alerts=alerts,
     )
 
 

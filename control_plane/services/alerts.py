@@ -438,3 +438,27 @@ class AlertService:
         Read from the store: any process (a replica's rollout ticker) sees the same answer.
         """
         return [s.alert for s in self.repos.alerts.firing_gates(model, version)]
+
+
+class WaveDrift:
+    """The rollout drift gate's source (``core/rollout_gates.DriftSource``): the drift of the
+    wave's devices' windows of the new version since the wave started, and the alerts.
+
+    Score: the largest drifted-feature share over the version's packages (rows scored as
+    samples); a firing alert of a rule that gates rollouts on this version (``blocks_rollout``)
+    makes it 1.0, so an enabled drift gate fails while the alert fires.
+    """
+
+    def __init__(self, alerts: AlertService) -> None:
+        self.alerts = alerts
+
+    def drift(
+        self, model: str, version: str, subjects: Sequence[str], since: float
+    ) -> tuple[float, int] | None:
+        answer = self.alerts.monitoring.drift(model, version, since=since, devices=subjects)
+        scored = [r for r in answer["reports"] if r["status"] != "insufficient"]
+        score = max((float(r["drifted_share"]) for r in scored), default=None)
+        samples = sum(int(r["rows"]) for r in answer["reports"])
+        if self.alerts.blocks_rollout(model, version):
+            return 1.0, samples
+        return None if score is None else (score, samples)

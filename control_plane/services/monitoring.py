@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -92,11 +92,16 @@ class MonitoringService:
         device_id: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        devices: Collection[str] | None = None,
     ) -> dict[str, Any]:
-        """Matching windows merged per package and evaluated against its reference."""
+        """Matching windows merged per package and evaluated against its reference
+        (``devices``: only the windows of these devices, e.g. a rollout wave's)."""
         windows = self.repos.monitoring.windows(
             model_name=model, model_version=version, device_id=device_id, since=since, until=until
         )
+        if devices is not None:
+            wanted = set(devices)
+            windows = [w for w in windows if w.device_id in wanted]
         by_package: dict[tuple[str | None, str | None], list[StoredWindow]] = {}
         for w in windows:
             by_package.setdefault((w.package_sha256, w.package_id), []).append(w)

@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar
 
 from control_plane.core.lifecycle import DEPLOYABLE, is_deployable
 from control_plane.core.rollout import summary
-from control_plane.core.rollout_gates import VersionStats, WaveReadings
+from control_plane.core.rollout_gates import DriftSource, NoDrift, VersionStats, WaveReadings
 from control_plane.core.rollout_model import (
     Abort,
     Approve,
@@ -159,8 +159,9 @@ class UploadReadings:
     here (the drift gate needs the monitoring service: it stays pending).
     """
 
-    def __init__(self, repos: Repositories) -> None:
+    def __init__(self, repos: Repositories, drift: DriftSource | None = None) -> None:
         self.repos = repos
+        self.drift = drift or NoDrift()  # services/alerts.WaveDrift: drift and firing alerts
 
     def read(
         self, rollout: Rollout, wave: int, subjects: Sequence[str], since: float, now: float
@@ -187,7 +188,14 @@ class UploadReadings:
                 offset = page.next_offset
         if new.windows == 0 and old.windows == 0:
             return None
-        return WaveReadings(at=now, new=_stats(new), baseline=_stats(old) if old.windows else None)
+        measured = self.drift.drift(model, version, subjects, since)
+        return WaveReadings(
+            at=now,
+            new=_stats(new),
+            baseline=_stats(old) if old.windows else None,
+            drift_score=None if measured is None else measured[0],
+            drift_samples=0 if measured is None else measured[1],
+        )
 
 
 def _stats(acc: WindowAccumulator) -> VersionStats:
@@ -213,6 +221,7 @@ class RolloutService:
         audit: AuditService,
         commands: CommandService | None = None,
         clock: Clock = time.time,
+        drift: DriftSource | None = None,
     ) -> None:
         self.repos = repos
         self.audit = audit
@@ -222,7 +231,7 @@ class RolloutService:
             clock=_Clock(clock),
             store=repos.rollouts,
             commands=CommandPort(repos, self.commands),
-            readings=UploadReadings(repos),
+            readings=UploadReadings(repos, drift),
             traffic=_NoAliasTraffic(),
             audit=_Audit(audit),
         )

@@ -21,8 +21,10 @@ from aiosmtpd.controller import Controller
 from prometheus_client.parser import text_string_to_metric_families
 
 from control_plane.core.alerts import AlertRule
+from control_plane.core.rollout_gates import DriftGate, GateInput, VersionStats, WaveReadings
+from control_plane.core.rollout_spec import DriftGateConfig
 from control_plane.monitoring.metrics import MonitoringMetrics
-from control_plane.services.alerts import AlertService, Notifications, SmtpConfig
+from control_plane.services.alerts import AlertService, Notifications, SmtpConfig, WaveDrift
 from control_plane.services.audit import AuditService
 from control_plane.services.devices import DeviceService
 from control_plane.services.ingest import IngestService
@@ -166,6 +168,15 @@ def _service(
     )
 
 
+def _drift_gate(measured: tuple[float, int] | None) -> str:
+    assert measured is not None
+    readings = WaveReadings(
+        at=1.0, new=VersionStats(1, 0), drift_score=measured[0], drift_samples=measured[1]
+    )
+    config = DriftGateConfig(enabled=True, max_score=0.2, min_samples=100)
+    return DriftGate(config).evaluate(GateInput(now=1.0, readings=readings)).verdict
+
+
 def test_alerts_outlive_the_process_and_are_acknowledged_through_the_api(
     tmp_path: Path, hook: Hook
 ) -> None:
@@ -210,11 +221,19 @@ def test_alerts_outlive_the_process_and_are_acknowledged_through_the_api(
     # the rollout gate reads the store: any process sees the blocking alert
     later = _service(repos, Notifications((hook.url,)))
     assert [a.rule.name for a in later.blocks_rollout("digits", "1")] == ["feature_drift"]
+    # ... and so does the rollout drift gate (UploadReadings asks WaveDrift for its score)
+    wave = WaveDrift(later)
+    assert wave.drift("digits", "1", ["cam-1"], since=1500.0) == (1.0, 600)  # the alert fires
+    assert _drift_gate(wave.drift("digits", "1", ["cam-1"], since=1500.0)) == "fail"
     repos.devices.record_activity({"cam-1": 2500.0})  # still reporting: not silent
     resolved = later.evaluate(2500.0)  # only the clean window in (1600, 2500]
     assert [(t.previous, t.alert.state) for t in resolved.transitions] == [("firing", "resolved")]
     assert resolved.transitions[0].alert.acknowledged_by == "ops"  # kept to the end
     assert later.blocks_rollout("digits", "1") == []
+    score, rows = wave.drift("digits", "1", ["cam-1"], since=1500.0) or (None, 0)
+    assert rows == 600 and score is not None and score < 0.2  # the clean window alone
+    assert _drift_gate((score, rows)) == "pass"
+    assert wave.drift("digits", "1", ["cam-9"], since=0.0) is None  # not a device of the wave
     assert [m["state"] for m in hook.received if m["kind"] == "alert"] == ["firing", "resolved"]
     assert client.post(url, headers=ops).status_code == 409  # resolved: nothing to acknowledge
     assert client.get(f"/api/v1/alerts/{alert_id}", headers=viewer).json["state"] == "resolved"

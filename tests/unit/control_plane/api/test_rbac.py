@@ -151,6 +151,15 @@ ROUTES = [
     Route("GET", "/api/v1/accuracy", "/api/v1/accuracy?model=digits&version=1", "viewer", 200),
     Route("GET", "/api/v1/alerts", "/api/v1/alerts", "viewer", 200),
     Route("POST", "/api/v1/alerts/evaluate", "/api/v1/alerts/evaluate", "operator", 200),
+    Route("GET", "/api/v1/alerts/deliveries", "/api/v1/alerts/deliveries", "viewer", 200),
+    Route("GET", "/api/v1/alerts/<alert_id>", "/api/v1/alerts/{alert}", "viewer", 200),
+    Route(
+        "POST",
+        "/api/v1/alerts/<alert_id>/acknowledge",
+        "/api/v1/alerts/{alert}/acknowledge",
+        "operator",
+        200,
+    ),
     Route(
         "POST",
         "/api/v1/rollouts",
@@ -200,7 +209,19 @@ def api(tmp_path: Path) -> Api:
     seed_deployable(api)
     seed_monitored(api)
     seed_rollouts(api)
+    seed_alert(api)
     return api
+
+
+def seed_alert(api: Api) -> None:
+    """A firing alert on digits 1 (the acknowledge route needs one)."""
+    from control_plane.core.alerts import Alert, AlertRule, labels_of, short_id
+
+    rule = AlertRule("feature_drift", "drift_features", 1, ">=", gates_rollout=True)
+    labels = labels_of({"model": "digits", "version": "1", "group": "all"})
+    alert = Alert(rule, labels, "firing", since=10.0, value=2.0, fired_at=10.0)
+    api.repos.alerts.save([alert], [], [], at=10.0)
+    api.seeded["alert"] = short_id(alert)
 
 
 def seed_rollouts(api: Api) -> None:
