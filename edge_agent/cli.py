@@ -72,6 +72,12 @@ def _check_public_key(path: Path) -> None:
     envvar="FLEETCAST_AGENT_INSECURE",
     help="Allow plaintext to a server that is not on this host (credentials in clear).",
 )
+@click.option(
+    "--metrics",
+    "metrics_address",
+    envvar="FLEETCAST_AGENT_METRICS",
+    help="HOST:PORT to serve Prometheus /metrics on (e.g. 127.0.0.1:9101; off by default).",
+)
 def run(
     state_dir: Path | None,
     public_key: Path | None,
@@ -82,6 +88,7 @@ def run(
     client_cert: Path | None,
     client_key: Path | None,
     insecure: bool,
+    metrics_address: str | None,
 ) -> None:
     """Recover the state directory, serve the installed models, and stay up until SIGTERM."""
     from edge_agent.agent import Agent
@@ -115,9 +122,14 @@ def run(
     if insecure and transport is not None and not settings.ca_cert:
         logger.warning("--insecure: talking to %s in plaintext", settings.server)
     agent = Agent(settings, transport)
+    metrics_port = None
     try:
         agent.start()
         local, bound = serve(agent, settings.listen_address)
+        if metrics_address:
+            from edge_agent.metrics import serve_metrics
+
+            metrics_server, metrics_port = serve_metrics(agent, metrics_address)
     except (EdgeError, OSError, ValueError) as exc:
         raise click.ClickException(f"cannot start the agent: {exc}") from exc
     stop = threading.Event()
@@ -128,12 +140,19 @@ def run(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     # one line on stdout that supervisors and tests can wait for
-    click.echo(
-        json.dumps({"event": "serving", "address": bound, "models": sorted(agent.models)}), nl=True
-    )
+    serving: dict[str, object] = {
+        "event": "serving",
+        "address": bound,
+        "models": sorted(agent.models),
+    }
+    if metrics_port is not None:
+        serving["metrics_port"] = metrics_port
+    click.echo(json.dumps(serving), nl=True)
     stop.wait()
     logger.info("stopping")
     local.stop(grace=5).wait()
+    if metrics_port is not None:
+        metrics_server.shutdown()
     agent.close()
     if transport is not None:
         transport.close()
