@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -382,7 +383,7 @@ def test_serve_evaluates_alerts_and_applies_retention_on_its_own_timer(
         ServeOptions(
             data_dir=tmp_path,
             grpc_address="127.0.0.1:0",
-            http_address=None,
+            http_address="127.0.0.1:0",
             store=str(tmp_path / "store.db"),
             rollout_tick_seconds=0,
             alert_interval_s=0.2,
@@ -396,7 +397,7 @@ def test_serve_evaluates_alerts_and_applies_retention_on_its_own_timer(
         manifest = _fleet(repos)  # type: ignore[arg-type]
         old = time.time() - 3 * 86400.0  # three windows from 3 days ago: merged by retention
         _send_windows(repos, manifest, "cam-1", (0.0, 0.0, 0.0), start=old)  # type: ignore[arg-type]
-        recent = time.time() - 1500.0  # and one of 10 minutes ago, kept as uploaded
+        recent = time.time() - 800.0  # and one started 800 s ago, kept as uploaded
         _send_windows(repos, manifest, "cam-1", (0.0,), start=recent, first_seq=4)  # type: ignore[arg-type]
         deadline = time.monotonic() + 20.0
         while time.monotonic() < deadline:
@@ -408,5 +409,30 @@ def test_serve_evaluates_alerts_and_applies_retention_on_its_own_timer(
         assert [(w.seq, w.merged) for w in stored] == [(0, 3), (4, 1)]
         # the device was never seen: silent share 1 > 0.1 (default rule: pending for 15 min)
         assert {(s.alert.rule.name, s.alert.state) for s in live} == {("silent_devices", "pending")}
+
+        # what the timer evaluated is on the control plane's /metrics (a real scrape)
+        state = {"spec": {"model": "digits", "version": "1"}, "phase": "paused",
+                 "created_at": 1.0, "updated_at": 2.0}  # fmt: skip
+        repos.rollouts.create("r-1", state, [])
+        url = f"http://127.0.0.1:{plane.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        version = (("model", "digits"), ("version", "1"))
+        series = (("group", "all"), *version)
+        assert samples[("fleetcast_ingested_windows_total", version)] == 4  # rollup counts 3
+        assert samples[("fleetcast_ingested_rows_total", version)] == 4 * 600
+        assert samples[("fleetcast_drift_share", series)] == 0.0  # the clean recent window
+        assert samples[("fleetcast_error_rate", series)] == 0.0
+        assert samples[("fleetcast_latency_ms", tuple(sorted((*series, ("quantile", "0.95")))))] > 0
+        pending = (("rule", "silent_devices"), ("severity", "warning"), ("state", "pending"))
+        assert samples[("fleetcast_alerts", pending)] == 1
+        assert samples[("fleetcast_silent_device_share", (("model", "digits"),))] == 1.0
+        assert samples[("fleetcast_rollout_state", (("rollout", "r-1"), ("state", "paused")))] == 1
+        assert samples[("fleetcast_rollout_state", (("rollout", "r-1"), ("state", "running")))] == 0
     finally:
         plane.stop()
