@@ -81,10 +81,12 @@ class IngestService:
         new: builtins.list[NewUpload] = []
         windows: dict[int, NewWindow] = {}
         for seq, kind, body_json in items:
-            problem = check_upload(device_id, seq, kind, body_json)
-            window = None
-            if problem is None:
-                window, problem = decode_upload(kind, body_json)
+            window = fast_window(device_id, seq, body_json) if kind == "telemetry_window" else None
+            problem = None
+            if window is None:
+                problem = check_upload(device_id, seq, kind, body_json)
+                if problem is None:
+                    window, problem = decode_upload(kind, body_json)
             if problem:
                 logger.warning("upload from %s seq %s rejected: %s", device_id, seq, problem)
                 rejected.append(seq)
@@ -162,21 +164,43 @@ def decode_upload(kind: str, body_json: str) -> tuple[NewWindow | None, str | No
         return None, f"not a valid {kind}: {_first_problem(exc)}"
     if not (math.isfinite(window.started_at) and math.isfinite(window.ended_at)):
         return None, "not a valid telemetry_window: started_at/ended_at must be finite"
-    return (
-        NewWindow(
-            model_name=window.model_name,
-            model_version=window.model_version,
-            package_id=window.package_id,
-            started_at=window.started_at,
-            ended_at=window.ended_at,
-            bucket_start=math.floor(window.started_at / BUCKET_S) * BUCKET_S,
-            requests=window.requests,
-            rows=window.rows,
-            errors=window.errors,
-            invalid=window.invalid,
-            histograms=window.histograms(),
-            latency=window.latency_ms.model_dump(mode="json"),
-            captures=tuple(NewCapture(c.prediction_id, c.at, c.outputs) for c in window.captures),
-        ),
-        None,
+    return new_window(window), None
+
+
+def fast_window(device_id: str, seq: int, body_json: str) -> NewWindow | None:
+    """The common case in one pass: a telemetry window parsed and validated by pydantic-core
+    straight from the JSON text (no ``json.loads``, no second walk). None when anything is
+    off: the caller then runs :func:`check_upload` and :func:`decode_upload`, which name
+    the problem."""
+    if seq < 1 or len(body_json) > MAX_UPLOAD_BYTES:
+        return None
+    try:
+        window = TelemetryWindow.model_validate_json(body_json)
+    except ValidationError:
+        return None
+    if (
+        window.device_id != device_id
+        or window.sequence != seq
+        or not (math.isfinite(window.started_at) and math.isfinite(window.ended_at))
+    ):
+        return None
+    return new_window(window)
+
+
+def new_window(window: TelemetryWindow) -> NewWindow:
+    """The index columns and the JSON of a validated window (pydantic encodes it)."""
+    return NewWindow(
+        model_name=window.model_name,
+        model_version=window.model_version,
+        package_id=window.package_id,
+        started_at=window.started_at,
+        ended_at=window.ended_at,
+        bucket_start=math.floor(window.started_at / BUCKET_S) * BUCKET_S,
+        requests=window.requests,
+        rows=window.rows,
+        errors=window.errors,
+        invalid=window.invalid,
+        histograms_json=window.model_dump_json(include={"inputs", "outputs"}),
+        latency_json=window.latency_ms.model_dump_json(),
+        captures=tuple(NewCapture(c.prediction_id, c.at, c.outputs) for c in window.captures),
     )

@@ -219,8 +219,8 @@ class NewWindow:
     rows: int
     errors: int
     invalid: int
-    histograms: Mapping[str, Any]  # {"inputs": [...], "outputs": [...]}
-    latency: Mapping[str, Any]
+    histograms_json: str  # {"inputs": [...], "outputs": [...]}, as JSON (stored as is)
+    latency_json: str  # the latency summary with its KLL sketch, as JSON
     captures: Sequence[NewCapture] = ()
 
 

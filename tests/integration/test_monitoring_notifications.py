@@ -395,7 +395,8 @@ def test_serve_evaluates_alerts_and_applies_retention_on_its_own_timer(
         assert plane.services is not None
         repos = plane.services.repos
         manifest = _fleet(repos)  # type: ignore[arg-type]
-        old = time.time() - 3 * 86400.0  # three windows from 3 days ago: merged by retention
+        # three windows from 3 days ago, in one hour: merged into one rollup by retention
+        old = (time.time() - 3 * 86400.0) // 3600.0 * 3600.0
         _send_windows(repos, manifest, "cam-1", (0.0, 0.0, 0.0), start=old)  # type: ignore[arg-type]
         recent = time.time() - 800.0  # and one started 800 s ago, kept as uploaded
         _send_windows(repos, manifest, "cam-1", (0.0,), start=recent, first_seq=4)  # type: ignore[arg-type]

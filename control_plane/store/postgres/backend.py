@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,6 +44,17 @@ class _PgTx:
 
     def execute(self, sql: str, params: Params = ()) -> int:
         return self._run(sql, params).rowcount
+
+    def execute_many(self, sql: str, params: Sequence[Params]) -> None:
+        if not params:
+            return
+        try:
+            with self.conn.cursor() as cursor:
+                cursor.executemany(_sql(sql), [list(p) for p in params])
+        except psycopg.errors.IntegrityError as exc:
+            raise Conflict(f"the store refused a write: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL store: {exc}") from exc
 
     def rows(self, sql: str, params: Params = ()) -> list[Row]:
         return self._run(sql, params).fetchall()

@@ -20,7 +20,9 @@ from control_plane.store.records import (
     Upload,
 )
 from control_plane.store.sql.base import Database, Row, Tx, dumps, loads, page
-from control_plane.store.sql.monitoring import insert_window
+from control_plane.store.sql.monitoring import insert_windows
+
+UPLOAD_CHUNK = 500  # rows per multi-row INSERT (6 parameters each)
 
 
 class SqlCommandRepo:
@@ -214,19 +216,25 @@ class SqlUploadRepo:
         at: float,
         windows: Mapping[int, NewWindow] | None = None,
     ) -> list[int]:
-        stored: list[int] = []
         windows = windows or {}
+        stored: list[int] = []
+        unique = list({item.seq: item for item in reversed(items)}.values())[::-1]
         with self.db.transaction() as tx:
-            for item in items:
-                if tx.execute(
+            for i in range(0, len(unique), UPLOAD_CHUNK):
+                part = unique[i : i + UPLOAD_CHUNK]
+                values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in part)
+                params: list[object] = []
+                for item in part:
+                    params += [device_id, item.seq, item.kind, item.body_json, at, transport]
+                # one statement a chunk; RETURNING names exactly the rows new to the store
+                rows = tx.rows(
                     "INSERT INTO uploads (device_id, seq, kind, body_json, received_at, transport)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING",
-                    [device_id, item.seq, item.kind, item.body_json, at, transport],
-                ):
-                    stored.append(item.seq)
-                    window = windows.get(item.seq)
-                    if window is not None:
-                        insert_window(tx, device_id, item.seq, window, at)
+                    f" VALUES {values} ON CONFLICT (device_id, seq) DO NOTHING RETURNING seq",
+                    params,
+                )
+                stored += sorted(int(r["seq"]) for r in rows)
+            new = [(seq, windows[seq]) for seq in stored if seq in windows]
+            insert_windows(tx, device_id, new, at)
         return stored
 
     def list(

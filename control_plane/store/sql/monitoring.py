@@ -17,58 +17,67 @@ from control_plane.store.sql.base import Database, Row, Tx, dumps, loads
 CHUNK = 500  # ids per IN (...) list
 
 
-def insert_window(tx: Tx, device_id: str, seq: int, window: NewWindow, at: float) -> None:
-    """Index one window (the caller stored its raw upload in the same transaction)."""
-    package = None
-    if window.package_id is not None:
-        package = tx.row(
-            "SELECT sha256, profile_id FROM packages WHERE package_id = ?"
-            " ORDER BY created_at DESC LIMIT 1",
-            [window.package_id],
+def insert_windows(
+    tx: Tx, device_id: str, windows: Sequence[tuple[int, NewWindow]], at: float
+) -> None:
+    """Index windows new to the store (the caller stored their raw uploads in the same
+    transaction): one batched INSERT for the windows, one for their captures."""
+    if not windows:
+        return
+    packages: dict[str, Row | None] = {}  # package id -> catalog row, once per call
+    for _, window in windows:
+        pid = window.package_id
+        if pid is not None and pid not in packages:
+            packages[pid] = tx.row(
+                "SELECT sha256, profile_id FROM packages WHERE package_id = ?"
+                " ORDER BY created_at DESC LIMIT 1",
+                [pid],
+            )
+    rows: list[list[object]] = []
+    captures: list[list[object]] = []
+    for seq, window in windows:
+        package = None if window.package_id is None else packages[window.package_id]
+        sha256 = None if package is None else package["sha256"]
+        rows.append(
+            [
+                device_id,
+                seq,
+                window.model_name,
+                window.model_version,
+                window.package_id,
+                sha256,
+                None if package is None else package["profile_id"],
+                window.started_at,
+                window.ended_at,
+                window.bucket_start,
+                window.requests,
+                window.rows,
+                window.errors,
+                window.invalid,
+                window.histograms_json,
+                window.latency_json,
+                at,
+            ]
         )
-    sha256 = None if package is None else package["sha256"]
-    tx.execute(
+        captures += [
+            [c.prediction_id, device_id, seq, window.model_name, window.model_version, sha256,
+             c.at, dumps(dict(c.outputs))]
+            for c in window.captures
+        ]  # fmt: skip
+    tx.execute_many(
         "INSERT INTO telemetry_windows (device_id, seq, model_name, model_version, package_id,"
         " package_sha256, profile_id, started_at, ended_at, bucket_start, requests,"
         " rows_scored, errors, invalid, histograms_json, latency_json, received_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (device_id, seq) DO NOTHING",
-        [
-            device_id,
-            seq,
-            window.model_name,
-            window.model_version,
-            window.package_id,
-            sha256,
-            None if package is None else package["profile_id"],
-            window.started_at,
-            window.ended_at,
-            window.bucket_start,
-            window.requests,
-            window.rows,
-            window.errors,
-            window.invalid,
-            dumps(dict(window.histograms)),
-            dumps(dict(window.latency)),
-            at,
-        ],
+        rows,
     )
-    for capture in window.captures:
-        tx.execute(
-            "INSERT INTO captures (prediction_id, device_id, seq, model_name, model_version,"
-            " package_sha256, at, outputs_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (prediction_id, device_id) DO NOTHING",
-            [
-                capture.prediction_id,
-                device_id,
-                seq,
-                window.model_name,
-                window.model_version,
-                sha256,
-                capture.at,
-                dumps(dict(capture.outputs)),
-            ],
-        )
+    tx.execute_many(
+        "INSERT INTO captures (prediction_id, device_id, seq, model_name, model_version,"
+        " package_sha256, at, outputs_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (prediction_id, device_id) DO NOTHING",
+        captures,
+    )
 
 
 class SqlMonitoringRepo:

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,6 +65,15 @@ class _SqliteTx:
 
     def execute(self, sql: str, params: Params = ()) -> int:
         return self._run(sql, params).rowcount
+
+    def execute_many(self, sql: str, params: Sequence[Params]) -> None:
+        if not params:
+            return
+        self._run(sql, params[0])  # takes the write lock like any write
+        try:
+            self.conn.executemany(sql, [list(p) for p in params[1:]])
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"the store refused a write: {exc}") from exc
 
     def rows(self, sql: str, params: Params = ()) -> list[Row]:
         cursor = self._run(sql, params)
