@@ -191,3 +191,37 @@ def test_downsampling_merges_old_windows_exactly_and_keeps_recent_ones(
 
     assert repos.monitoring.drop_rollups(before=3600.0) == 1  # hour 0 ended at 3600
     assert [w.started_at for w in repos.monitoring.windows(model_name="digits")] == [3600.0]
+
+
+def test_batched_ingest_stores_each_window_once_under_duplicate_delivery(
+    repos: SqlRepositories,
+) -> None:
+    x, scores = _data(0, 2000)
+    manifest = monitored_manifest(x, scores)
+    repos.packages.put(
+        Package("d" * 64, manifest.package_id, "digits", "1", manifest.profile.id, 1, 1, "/p",
+                manifest.model_dump(mode="json"), 1.0)
+    )  # fmt: skip
+    repos.devices.add(NewDevice("cam-1", "h"), at=1.0)
+    ingest = IngestService(repos, DeviceService(repos))
+    telemetry = ModelTelemetry(manifest, seed=0)
+    items = []
+    for seq in range(1, 6):
+        xs, ss = _data(seq, 100)
+        telemetry.record({"x": xs}, {"probs": ss}, 0.001)
+        items.append((seq, "telemetry_window", json.dumps(telemetry.close_window("cam-1", seq))))
+    assert ingest.ingest("cam-1", items[:3], "grpc").acked == [1, 2, 3]
+    # a resend overlapping the first, a window twice in one upload, and a bad one
+    bad = (6, "telemetry_window", items[0][2])  # seq 6 carrying window 1's body
+    again = ingest.ingest("cam-1", [items[1], items[2], items[3], items[3], items[4], bad], "mqtt")
+    assert again.acked == [2, 3, 4, 4, 5] and again.rejected == [6]
+    assert "body sequence 1 != envelope sequence 6" in again.errors[0]
+    stored = repos.monitoring.windows(model_name="digits")
+    assert [w.seq for w in stored] == [1, 2, 3, 4, 5]
+    assert all(w.package_sha256 == "d" * 64 and w.rows == 100 for w in stored)
+    assert [u.seq for u in repos.uploads.list(device_id="cam-1").items] == [1, 2, 3, 4, 5]
+    assert repos.uploads.add("cam-1", [], "grpc", 1.0) == []
+    # the stored window is the uploaded one: histograms and latency as sent
+    sent = json.loads(items[3][2])
+    assert stored[3].histograms == {"inputs": sent["inputs"], "outputs": sent["outputs"]}
+    assert stored[3].latency["kll"] == sent["latency_ms"]["kll"]
