@@ -128,7 +128,14 @@ class WindowAccumulator:
         self.rows += int(window.get("rows", 0))
         self.errors += int(window.get("errors", 0))
         self.invalid += int(window.get("invalid", 0))
-        self.histograms = add_histograms((self.histograms, window_histograms(window)))
+        for key, counts in window_histograms(window).items():  # in place: no copy per window
+            total = self.histograms.get(key)
+            if total is None:
+                self.histograms[key] = counts.copy()
+            elif total.shape != counts.shape:
+                raise ValueError(f"{feature_label(key)}: bins differ between windows")
+            else:
+                total += counts
         encoded = (window.get("latency_ms") or {}).get("kll")
         if encoded:
             self.latency.merge(decode_kll(encoded))
