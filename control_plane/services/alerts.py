@@ -235,6 +235,10 @@ class AlertService:
             for alert in stored.values():
                 model = dict(alert.labels).get("model", "")
                 book = books.get(model) or books.setdefault(model, self._book(model))
+                if alert.rule.name not in {r.name for r in book.rules}:
+                    # raised under a rule no longer configured: watched under its stored
+                    # rule (it resolves once unobserved), never left firing forever
+                    book.rules += (alert.rule,)
                 book.active[(alert.rule.name, alert.labels)] = alert
             transitions: list[Transition] = []
             for model in sorted(set(readings) | set(books)):

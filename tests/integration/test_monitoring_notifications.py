@@ -437,3 +437,20 @@ def test_serve_evaluates_alerts_and_applies_retention_on_its_own_timer(
         assert samples[("fleetcast_rollout_state", (("rollout", "r-1"), ("state", "running")))] == 0
     finally:
         plane.stop()
+
+
+def test_an_alert_of_a_rule_no_longer_configured_resolves_instead_of_firing_forever(
+    tmp_path: Path, hook: Hook
+) -> None:
+    from control_plane.core.alerts import Alert, labels_of
+
+    repos = open_repositories(str(tmp_path / "store.db"))
+    retired = AlertRule("old_rule", "retired_metric", 1.0, ">", 900.0, 0.0, "warning")
+    labels = labels_of({"model": "digits", "version": "1", "group": "all"})
+    repos.alerts.save([Alert(retired, labels, "firing", 10.0, 2.0, fired_at=10.0)], [], [], 10.0)
+    result = _service(repos, Notifications((hook.url,))).evaluate(1000.0)
+    assert [(t.alert.rule.name, t.previous, t.alert.state) for t in result.transitions] == [
+        ("old_rule", "firing", "resolved")
+    ]
+    assert repos.alerts.live() == [] and hook.received[-1]["state"] == "resolved"
+    repos.close()
