@@ -176,7 +176,9 @@ def decode_upload(kind: str, body_json: str) -> tuple[NewWindow | None, str | No
             invalid=window.invalid,
             histograms=window.histograms(),
             latency=window.latency_ms.model_dump(mode="json"),
-            captures=tuple(NewCapture(c.prediction_id, c.at, c.outputs) for c in window.captures),
+            captures=tuple(
+                NewCapture(c.prediction_id, c.at, c.outputs, c.inputs) for c in window.captures
+            ),
         ),
         None,
     )

@@ -22,6 +22,7 @@ from control_plane.store.records import (
     DEFAULT_LIMIT,
     Alias,
     ApiToken,
+    AttributionWindow,
     AuditEntry,
     Command,
     CompileJob,
@@ -216,6 +217,33 @@ class MonitoringRepo(Protocol):
     def feedback(self, prediction_ids: Sequence[str]) -> list[FeedbackLabel]: ...
 
 
+class InsightRepo(Protocol):
+    """Explanations, attribution windows and the reads lineage needs (migration 0006)."""
+
+    def explanation(self, prediction_id: str, device_id: str) -> dict[str, Any] | None: ...
+    def put_explanation(
+        self, prediction_id: str, device_id: str, sha256: str, body: Mapping[str, Any], at: float
+    ) -> None: ...
+    def explained_ids(self, prediction_ids: builtins.list[str]) -> set[str]: ...
+    def reference(self, sha256: str) -> tuple[int, dict[str, float]] | None: ...
+    def put_reference(
+        self, sha256: str, rows: int, mean_abs: Mapping[str, float], at: float
+    ) -> None: ...
+    def put_window(self, window: AttributionWindow) -> None: ...
+    def windows(
+        self,
+        *,
+        model_name: str,
+        model_version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> builtins.list[AttributionWindow]: ...
+    def window_starts(self, sha256: str) -> set[float]: ...
+    def captures_between(self, since: float, until: float) -> builtins.list[StoredCapture]: ...
+    def capture(self, prediction_id: str) -> builtins.list[StoredCapture]: ...
+    def running_packages(self) -> builtins.list[tuple[str, str, str, float]]: ...
+
+
 class AuditRepo(Protocol):
     def add(
         self,
@@ -401,6 +429,7 @@ class Repositories(Protocol):
     packages: PackageRepo
     uploads: UploadRepo
     monitoring: MonitoringRepo
+    insights: InsightRepo
     audit: AuditRepo
     models: ModelRepo
     versions: VersionRepo

@@ -54,7 +54,7 @@ def insert_window(tx: Tx, device_id: str, seq: int, window: NewWindow, at: float
     for capture in window.captures:
         tx.execute(
             "INSERT INTO captures (prediction_id, device_id, seq, model_name, model_version,"
-            " package_sha256, at, outputs_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " package_sha256, at, outputs_json, inputs_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (prediction_id, device_id) DO NOTHING",
             [
                 capture.prediction_id,
@@ -65,6 +65,7 @@ def insert_window(tx: Tx, device_id: str, seq: int, window: NewWindow, at: float
                 sha256,
                 capture.at,
                 dumps(dict(capture.outputs)),
+                dumps(dict(capture.inputs)),
             ],
         )
 
@@ -109,7 +110,7 @@ class SqlMonitoringRepo:
         return {(r["model_name"], r["model_version"]): (int(r["n"]), int(r["r"])) for r in rows}
 
     def captures(self, prediction_ids: Sequence[str]) -> list[StoredCapture]:
-        return [_capture(r) for r in self._by_ids("captures", prediction_ids)]
+        return [capture_from_row(r) for r in self._by_ids("captures", prediction_ids)]
 
     def version_captures(self, model_name: str, model_version: str) -> list[StoredCapture]:
         with self.db.transaction() as tx:
@@ -117,7 +118,7 @@ class SqlMonitoringRepo:
                 "SELECT * FROM captures WHERE model_name = ? AND model_version = ? ORDER BY at",
                 [model_name, model_version],
             )
-        return [_capture(r) for r in rows]
+        return [capture_from_row(r) for r in rows]
 
     def put_feedback(self, labels: Sequence[FeedbackLabel]) -> None:
         with self.db.transaction() as tx:
@@ -173,7 +174,7 @@ def _window(row: Row) -> StoredWindow:
     )
 
 
-def _capture(row: Row) -> StoredCapture:
+def capture_from_row(row: Row) -> StoredCapture:
     return StoredCapture(
         prediction_id=row["prediction_id"],
         device_id=row["device_id"],
@@ -183,4 +184,5 @@ def _capture(row: Row) -> StoredCapture:
         package_sha256=row["package_sha256"],
         at=float(row["at"]),
         outputs=loads(row["outputs_json"]),
+        inputs=loads(row["inputs_json"]),
     )

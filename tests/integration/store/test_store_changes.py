@@ -161,10 +161,10 @@ def test_each_compile_job_is_claimed_once_by_competing_workers(open_store: OpenS
 
 def test_migrate_is_idempotent_and_records_the_version(open_store: OpenStore) -> None:
     first = open_store()
-    assert first.schema_version() == 4
-    assert first.db.migrate() == 4
+    assert first.schema_version() == 6
+    assert first.db.migrate() == 6
     second = open_store()  # migrates again on open: nothing to do
-    assert second.schema_version() == 4
+    assert second.schema_version() == 6
     with second.db.transaction() as tx:
         rows = tx.rows("SELECT version, name FROM schema_migrations ORDER BY version")
     assert rows == [
@@ -172,6 +172,8 @@ def test_migrate_is_idempotent_and_records_the_version(open_store: OpenStore) ->
         {"version": 2, "name": "device_activity"},
         {"version": 3, "name": "rollouts"},
         {"version": 4, "name": "monitoring"},
+        {"version": 5, "name": "alerts"},
+        {"version": 6, "name": "explanations"},
     ]
 
 
