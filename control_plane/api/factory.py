@@ -25,6 +25,7 @@ from control_plane.api import (
     catalog,
     deployments,
     devices_read,
+    insights,
     monitoring,
     rollouts,
 )
@@ -42,6 +43,8 @@ from control_plane.services.blobs import BlobStore
 from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker, Runner
 from control_plane.services.deployments import DeploymentService
+from control_plane.services.explanations import ExplainService, ExplainWorker, package_loader
+from control_plane.services.lineage import LineageService
 from control_plane.services.monitoring import MonitoringService
 from control_plane.services.rollouts import RolloutService
 from control_plane.services.tokens import TokenService
@@ -62,6 +65,7 @@ class ApiOptions:
     runner: Runner | None = None
     worker_name: str | None = None
     alert_webhooks: tuple[str, ...] = ()  # http(s) URLs drift alerts are POSTed to
+    explain_interval: float = 60.0  # s between background explanation ticks (0: none)
 
 
 def _known_profiles(profiles_dir: Sequence[Path]) -> Callable[[], Sequence[str]]:
@@ -85,6 +89,10 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
 
         runner = pipeline_runner(settings)
     monitoring = MonitoringService(repos, audit)
+    alerts = AlertService(monitoring, options.alert_webhooks)
+    explanations = ExplainService(
+        repos, monitoring.manifest, package_loader(_public_key_path(settings))
+    )
     return ApiContext(
         repos=repos,
         audit=audit,
@@ -96,8 +104,17 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
         worker=CompileWorker(jobs, runner, options.worker_name),
         max_upload_bytes=options.max_upload_bytes,
         monitoring=monitoring,
-        alerts=AlertService(monitoring, options.alert_webhooks),
+        alerts=alerts,
+        explanations=explanations,
+        lineage=LineageService(repos, monitoring.manifest, alerts.alerts),
+        explain_worker=ExplainWorker(explanations, options.explain_interval),
     )
+
+
+def _public_key_path(settings: Settings) -> Path:
+    from control_plane.signing import PUBLIC_NAME
+
+    return settings.public_key or settings.key_dir / PUBLIC_NAME
 
 
 health = APIBlueprint("health", __name__)
@@ -145,6 +162,7 @@ BLUEPRINTS = (
     devices_read.bp,
     deployments.bp,
     monitoring.bp,
+    insights.bp,
     rollouts.bp,
 )
 

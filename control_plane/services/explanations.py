@@ -141,7 +141,8 @@ def _first_row(values: Any, size: int) -> np.ndarray | None:
     array = np.asarray(values, dtype=np.float64)
     if array.size < size or array.size % size:
         return None
-    return array.reshape(-1, size)[0]
+    row: np.ndarray = array.reshape(-1, size)[0]
+    return row
 
 
 def _output_value(values: Any, index: int) -> float | None:
