@@ -36,7 +36,7 @@ Status = Literal["drift", "no_drift", "insufficient"]
 class AttributionThresholds:
     """When a ranking change counts as attribution drift (defaults: docs/monitoring.md)."""
 
-    k: int = 5  # the top features compared
+    k: int = 3  # the top features compared
     min_overlap: float = 0.6  # share of the reference top-k still in the current top-k
     min_spearman: float = 0.5  # rank correlation over the union of both top-k sets
     min_rows: int = 8  # explained rows needed on each side

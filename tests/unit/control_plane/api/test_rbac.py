@@ -150,6 +150,16 @@ ROUTES = [
     ),
     Route("GET", "/api/v1/accuracy", "/api/v1/accuracy?model=digits&version=1", "viewer", 200),
     Route("GET", "/api/v1/alerts", "/api/v1/alerts", "viewer", 200),
+    Route(
+        "GET",
+        "/api/v1/predictions/<prediction_id>/explanation",
+        "/api/v1/predictions/p-unknown/explanation",
+        "viewer",
+        404,
+    ),
+    Route("GET", "/api/v1/attributions", "/api/v1/attributions?model=digits", "viewer", 200),
+    Route("GET", "/api/v1/lineage", f"/api/v1/lineage?dataset={'a' * 64}", "viewer", 404),
+    Route("GET", "/api/v1/lineage/openlineage", "/api/v1/lineage/openlineage", "viewer", 200),
     Route("POST", "/api/v1/alerts/evaluate", "/api/v1/alerts/evaluate", "operator", 200),
     Route(
         "POST",
