@@ -192,7 +192,7 @@ def test_two_instances_migrating_a_fresh_database_at_once(open_store: OpenStore)
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert (errors, results) == ([], [4, 4, 4])
+    assert (errors, results) == ([], [6, 6, 6])
 
 
 def test_postgres_listener_reconnects_and_announces_a_possible_gap(
