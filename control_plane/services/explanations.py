@@ -334,29 +334,31 @@ class ExplainService:
 
     def aggregate(self, now: float | None = None) -> AggregateResult:
         """Explain up to the budget per closed window that has new captures; store the mean
-        |SHAP| and the attribution-drift verdict. Bounded: ``max_windows`` windows a tick."""
+        |SHAP| and the attribution-drift verdict. Bounded: ``max_windows`` windows a tick,
+        ``budget.max_rows`` rows a window; the store is asked for counts per window, then
+        for the ids of a window to compute, then for the picked captures only."""
         now = self.clock() if now is None else now
         o = self.options
-        until = window_start(now, o.window_s)  # closed windows only
-        captures = self.repos.insights.captures_between(until - o.lookback_s, until)
-        cells: dict[tuple[str, float], list[StoredCapture]] = {}
-        for c in captures:
-            assert c.package_sha256 is not None
-            cells.setdefault((c.package_sha256, window_start(c.at, o.window_s)), []).append(c)
-        todo = []
+        last = window_start(now, o.window_s)  # closed windows only, newest first
+        todo: list[tuple[str, float, int]] = []
         done: dict[str, dict[float, int]] = {}
-        for (sha, start), items in sorted(cells.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
-            if sha not in done:
-                done[sha] = {w.window_start: w.captures for w in self._stored_windows(sha)}
-            if done[sha].get(start) != len(items):
-                todo.append((sha, start, items))
+        start = last - o.window_s
+        while start >= last - o.lookback_s:
+            for sha, count in sorted(
+                self.repos.insights.capture_counts(start, start + o.window_s).items()
+            ):
+                if sha not in done:
+                    done[sha] = {w.window_start: w.captures for w in self._stored_windows(sha)}
+                if done[sha].get(start) != count:
+                    todo.append((sha, start, count))
+            start -= o.window_s
         skipped: dict[str, str] = {}
         windows = rows = 0
-        for sha, start, items in todo[: o.max_windows]:
+        for sha, begin, count in todo[: o.max_windows]:
             if sha in skipped:
                 continue
             try:
-                rows += self._aggregate_window(sha, start, items, now)
+                rows += self._aggregate_window(sha, begin, count, now)
                 windows += 1
             except ControlPlaneError as exc:
                 skipped[sha] = str(exc)
@@ -378,23 +380,27 @@ class ExplainService:
             if w.package_sha256 == sha256
         ]
 
-    def _aggregate_window(
-        self, sha256: str, start: float, items: list[StoredCapture], now: float
-    ) -> int:
+    def _aggregate_window(self, sha256: str, start: float, count: int, now: float) -> int:
+        ids = self.repos.insights.capture_ids(sha256, start, start + self.options.window_s)
+        picked = set(budget_pick(ids, self.options.budget.max_rows))
+        chosen_captures = [
+            c
+            for c in self.repos.monitoring.captures(sorted(picked))
+            if c.package_sha256 == sha256 and start <= c.at < start + self.options.window_s
+        ]
         with self._lock:
             built = self._explainer(sha256)
             ref_rows, reference = self._reference(sha256, built)
             name = built.manifest.signature.inputs[0].name
-            usable = {
-                c.prediction_id: (c, r)
-                for c in items
+            usable = [
+                (c, r)
+                for c in sorted(chosen_captures, key=lambda c: (c.prediction_id, c.device_id))
                 if (r := _first_row(c.inputs.get(name), len(built.names))) is not None
-            }
-            picked = budget_pick(list(usable), self.options.budget.max_rows)
-            chosen = [usable[p][0] for p in picked]
-            rows = np.array([usable[p][1] for p in picked], dtype=np.float64)
+            ][: self.options.budget.max_rows]
+            chosen = [c for c, _ in usable]
             mean_abs: dict[str, float] = {n: 0.0 for n in built.names}
-            if len(chosen):
+            if usable:
+                rows = np.array([r for _, r in usable], dtype=np.float64)
                 bodies, attr = self._explain_rows(built, chosen, rows)
                 for capture, body in zip(chosen, bodies, strict=True):
                     self.repos.insights.put_explanation(
@@ -409,7 +415,7 @@ class ExplainService:
                 window_seconds=self.options.window_s,
                 model_name=built.manifest.model_name,
                 model_version=built.manifest.model_version,
-                captures=len(items),
+                captures=count,
                 rows_explained=len(chosen),
                 mean_abs=mean_abs,
                 drift=finite_dict(verdict.as_dict()),

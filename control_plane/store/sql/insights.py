@@ -133,15 +133,25 @@ class SqlInsightRepo:
 
     # -- reads over the captures and windows
 
-    def captures_between(self, since: float, until: float) -> list[StoredCapture]:
-        """Captures with a catalog package, predicted in [since, until), oldest first."""
+    def capture_counts(self, since: float, until: float) -> dict[str, int]:
+        """Captures per catalog package predicted in [since, until)."""
         with self.db.transaction() as tx:
             rows = tx.rows(
-                "SELECT * FROM captures WHERE package_sha256 IS NOT NULL AND at >= ? AND at < ?"
-                " ORDER BY at, prediction_id, device_id",
+                "SELECT package_sha256, COUNT(*) AS n FROM captures WHERE package_sha256 IS NOT"
+                " NULL AND at >= ? AND at < ? GROUP BY package_sha256",
                 [since, until],
             )
-        return [capture_from_row(r) for r in rows]
+        return {r["package_sha256"]: int(r["n"]) for r in rows}
+
+    def capture_ids(self, sha256: str, since: float, until: float) -> list[str]:
+        """Prediction ids of one package's captures in [since, until) (ids only: cheap)."""
+        with self.db.transaction() as tx:
+            rows = tx.rows(
+                "SELECT prediction_id FROM captures WHERE package_sha256 = ? AND at >= ?"
+                " AND at < ? ORDER BY prediction_id",
+                [sha256, since, until],
+            )
+        return [r["prediction_id"] for r in rows]
 
     def capture(self, prediction_id: str) -> list[StoredCapture]:
         """Every capture of a prediction id (one per device that reported it)."""

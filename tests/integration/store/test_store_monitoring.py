@@ -153,8 +153,10 @@ def test_captured_inputs_explanations_and_attribution_windows_round_trip(
     (stored,) = repos.insights.capture(capture["prediction_id"])
     assert stored.inputs == capture["inputs"] and stored.outputs == capture["outputs"]
     at = capture["at"]
-    between = repos.insights.captures_between(at, at + 1e6)
-    assert capture["prediction_id"] in {c.prediction_id for c in between}
+    assert repos.insights.capture_counts(at - 1e6, at + 1e6) == {"a" * 64: 16}
+    assert repos.insights.capture_counts(0.0, 1.0) == {}
+    ids = repos.insights.capture_ids("a" * 64, at - 1e6, at + 1e6)
+    assert capture["prediction_id"] in ids and len(ids) == 16
     assert repos.insights.running_packages() == [
         ("cam-1", "digits", "a" * 64, windows[1]["ended_at"])
     ]
