@@ -5,6 +5,7 @@ site and a site whose digits are brighter and noisier) upload windows with captu
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from openlineage.client.event_v2 import (
 
 from control_plane.api import ApiOptions, create_api
 from control_plane.services.devices import DeviceService
+from control_plane.services.explanations import ExplainWorker
 from control_plane.services.ingest import IngestService
 from control_plane.services.packages import PackageService
 from control_plane.services.tokens import Principal, TokenService
@@ -135,8 +137,15 @@ def test_explanations_groups_estimates_and_lineage_over_the_routes(
     # -- the background aggregation (one tick), within its budget, and attribution drift
     budget = context.explanations.options.budget
     later = clean["ended_at"] + 2 * 3600
-    tick = context.explanations.aggregate(now=later)
-    assert tick.windows == 1 and tick.rows_explained == budget.max_rows and not tick.skipped
+    context.explanations.clock = lambda: later  # the capture hour has closed
+    worker = ExplainWorker(context.explanations, interval=0.05)  # what serve_http starts
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not repos.insights.windows(model_name=name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
     assert context.explanations.aggregate(now=later).windows == 0  # nothing new: no rework
     view = get(f"/api/v1/attributions?model={name}&version={version}")
     (entry,) = view["packages"]
