@@ -51,6 +51,9 @@ class ExplainBudget:
     max_rows: int = 16  # captured rows explained per window
     nsamples: int = 256  # coalitions per row (Kernel SHAP)
     background: int = 32  # reference rows (k-means summary) the masked features take
+    max_features: int | None = 10  # non-zero attributions per row (shap's default
+    # "num_features(10)" L1 selection when the coalitions do not enumerate every subset);
+    # None: every feature gets a value (noisier with few coalitions, see benchmarks/explain)
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,14 @@ class ShapExplainer:
         state = np.random.get_state()  # KernelExplainer samples with numpy's global RNG
         np.random.seed(self._seed)
         try:
-            raw = self._explainer.shap_values(kept, nsamples=self.budget.nsamples, silent=True)
+            l1: str | bool = (
+                False
+                if self.budget.max_features is None
+                else f"num_features({self.budget.max_features})"
+            )
+            raw = self._explainer.shap_values(
+                kept, nsamples=self.budget.nsamples, silent=True, l1_reg=l1
+            )
         finally:
             np.random.set_state(state)
         values = np.asarray(raw, dtype=np.float64)
