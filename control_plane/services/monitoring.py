@@ -122,6 +122,7 @@ class MonitoringService:
             by_package.setdefault((label, w.package_sha256, w.package_id), []).append(w)
         reports: list[dict[str, Any]] = []
         unevaluated: list[dict[str, Any]] = []
+        attributions = self._latest_attributions(model, version, since, until)
         for (label, sha256, package_id), part in by_package.items():
             manifest = None if sha256 is None else self.manifest(sha256)
             if manifest is None:
@@ -137,6 +138,7 @@ class MonitoringService:
                 continue
             report = self._package_report(manifest, part, label)
             report["package_sha256"], report["package_id"] = sha256, package_id
+            report["attribution_drift"] = attributions.get(sha256 or "")
             if step_seconds is not None:
                 report["sliding"] = self._sliding(manifest, part, step_seconds, width)
             reports.append(report)
@@ -155,6 +157,18 @@ class MonitoringService:
                 "unevaluated": unevaluated,
             }
         )
+
+    def _latest_attributions(
+        self, model: str, version: str | None, since: float | None, until: float | None
+    ) -> dict[str, dict[str, Any]]:
+        """Per package, the latest attribution-drift verdict of the background explanation
+        job in the same time range (the signal beside data drift), with its window start."""
+        latest: dict[str, dict[str, Any]] = {}
+        for w in self.repos.insights.windows(
+            model_name=model, model_version=version, since=since, until=until
+        ):
+            latest[w.package_sha256] = {**w.drift, "window_start": w.window_start}
+        return latest
 
     def _device_labels(self) -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {}

@@ -155,6 +155,9 @@ def test_explanations_groups_estimates_and_lineage_over_the_routes(
     assert set(window["mean_abs_shap"]) == set(entry["reference"]["mean_abs_shap"])
     assert window["attribution_drift"]["status"] in ("drift", "no_drift")
     assert entry["status"] == window["attribution_drift"]["status"]
+    beside = get(f"/api/v1/drift?model={name}&version={version}")["reports"][0]
+    assert beside["attribution_drift"]["status"] == entry["status"]  # beside data drift
+    assert beside["attribution_drift"]["window_start"] == window["window_start"]
 
     # -- lineage both ways, and the OpenLineage export
     dataset = next(d for d in manifest.lineage.datasets if d.role == "calibration")

@@ -35,19 +35,6 @@ class SqlInsightRepo:
                 [prediction_id, device_id, sha256, at, dumps(dict(body))],
             )
 
-    def explained_ids(self, prediction_ids: list[str]) -> set[str]:
-        out: set[str] = set()
-        with self.db.transaction() as tx:
-            for i in range(0, len(prediction_ids), 500):
-                part = prediction_ids[i : i + 500]
-                marks = ", ".join("?" * len(part))
-                rows = tx.rows(
-                    f"SELECT prediction_id FROM explanations WHERE prediction_id IN ({marks})",
-                    part,
-                )
-                out.update(r["prediction_id"] for r in rows)
-        return out
-
     # -- reference attributions per package
 
     def reference(self, sha256: str) -> tuple[int, dict[str, float]] | None:
