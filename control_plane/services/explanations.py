@@ -353,19 +353,22 @@ class ExplainService:
                     todo.append((sha, start, count))
             start -= o.window_s
         skipped: dict[str, str] = {}
-        windows = rows = 0
-        for sha, begin, count in todo[: o.max_windows]:
+        windows = rows = handled = 0
+        for sha, begin, count in todo:
+            if windows >= o.max_windows:
+                break
+            handled += 1
             if sha in skipped:
                 continue
             try:
                 rows += self._aggregate_window(sha, begin, count, now)
                 windows += 1
-            except ControlPlaneError as exc:
-                skipped[sha] = str(exc)
+            except ControlPlaneError as exc:  # a model that cannot be explained per feature
+                skipped[sha] = str(exc)  # costs one manifest check a tick, never a window slot
                 logger.info("explanations: package %s skipped: %s", sha, exc)
         return AggregateResult(
             windows, rows, tuple(f"{k}: {v}" for k, v in skipped.items()),
-            max(len(todo) - o.max_windows, 0),
+            len(todo) - handled,
         )  # fmt: skip
 
     def _stored_windows(self, sha256: str) -> list[AttributionWindow]:
