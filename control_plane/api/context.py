@@ -12,6 +12,8 @@ from control_plane.services.audit import AuditService
 from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker
 from control_plane.services.deployments import DeploymentService
+from control_plane.services.explanations import ExplainService, ExplainWorker
+from control_plane.services.lineage import LineageService
 from control_plane.services.monitoring import MonitoringService
 from control_plane.services.rollouts import RolloutService
 from control_plane.services.tokens import TokenService
@@ -34,6 +36,9 @@ class ApiContext:
     max_upload_bytes: int
     monitoring: MonitoringService
     alerts: AlertService
+    explanations: ExplainService
+    lineage: LineageService
+    explain_worker: ExplainWorker | None = None
 
 
 def api_context() -> ApiContext:

@@ -25,6 +25,7 @@ from control_plane.api import (
     catalog,
     deployments,
     devices_read,
+    insights,
     monitoring,
     rollouts,
 )
@@ -42,6 +43,8 @@ from control_plane.services.blobs import BlobStore
 from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker, Runner
 from control_plane.services.deployments import DeploymentService
+from control_plane.services.explanations import ExplainService, ExplainWorker, package_loader
+from control_plane.services.lineage import LineageService
 from control_plane.services.monitoring import MonitoringService
 from control_plane.services.rollouts import RolloutService
 from control_plane.services.tokens import TokenService
@@ -63,6 +66,7 @@ class ApiOptions:
     worker_name: str | None = None
     alert_webhooks: tuple[str, ...] = ()  # http(s) URLs alerts are POSTed to
     alert_notifications: Notifications | None = None  # webhooks, e-mail, retries (wins)
+    explain_interval: float = 60.0  # s between background explanation ticks (0: none)
 
 
 def _known_profiles(profiles_dir: Sequence[Path]) -> Callable[[], Sequence[str]]:
@@ -91,6 +95,9 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
         notifications=options.alert_notifications or Notifications(webhooks=options.alert_webhooks),
         audit=audit,
     )
+    explanations = ExplainService(
+        repos, monitoring.manifest, package_loader(_public_key_path(settings))
+    )
     return ApiContext(
         repos=repos,
         audit=audit,
@@ -103,7 +110,16 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
         max_upload_bytes=options.max_upload_bytes,
         monitoring=monitoring,
         alerts=alerts,
+        explanations=explanations,
+        lineage=LineageService(repos, monitoring.manifest, alerts.alerts),
+        explain_worker=ExplainWorker(explanations, options.explain_interval),
     )
+
+
+def _public_key_path(settings: Settings) -> Path:
+    from control_plane.signing import PUBLIC_NAME
+
+    return settings.public_key or settings.key_dir / PUBLIC_NAME
 
 
 health = APIBlueprint("health", __name__)
@@ -151,6 +167,7 @@ BLUEPRINTS = (
     devices_read.bp,
     deployments.bp,
     monitoring.bp,
+    insights.bp,
     rollouts.bp,
 )
 

@@ -33,12 +33,28 @@ class DriftQuery(Strict):
     device: str | None = Field(None, min_length=1, max_length=128)
     since: float | None = Field(None, ge=0, le=1e11, description="windows started at or after")
     until: float | None = Field(None, ge=0, le=1e11, description="windows started before")
+    group: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._/-]{1,63}=[^\x00-\x1f]{0,128}$",
+        description="keep devices carrying this label=value (e.g. site=berlin)",
+    )
+    group_by: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._/-]{1,63}$",
+        description="a report per value of this device label (e.g. site)",
+    )
+    step_seconds: float | None = Field(
+        None, ge=60, le=366 * 86400.0, description="add the sliding drift score per step"
+    )
+    width: int = Field(3, ge=1, le=1000, description="steps merged by the sliding score")
 
 
 class DriftOut(BaseModel):
     model: str
     version: str | None
     device_id: str | None
+    group: str | None
+    group_by: str | None
     since: float | None
     until: float | None
     windows: int
@@ -84,6 +100,10 @@ class AccuracyOut(BaseModel):
     captures: int
     labelled: int
     buckets: list[dict[str, Any]] = Field(description="measured metrics per time bucket")
+    estimated: dict[str, Any] | None = Field(
+        description="classification: estimated accuracy per bucket from every capture"
+        " (confidence-based, labelled estimated; calibrated or uncalibrated)"
+    )
 
 
 class AlertOut(BaseModel):
@@ -167,7 +187,15 @@ class CheckOut(BaseModel):
 def drift(query: DriftQuery) -> dict[str, Any]:
     """The matching windows merged per package, evaluated against its reference statistics."""
     return api_context().monitoring.drift(
-        query.model, query.version, query.device, query.since, query.until
+        query.model,
+        query.version,
+        query.device,
+        query.since,
+        query.until,
+        group=query.group,
+        group_by=query.group_by,
+        step_seconds=query.step_seconds,
+        width=query.width,
     )
 
 

@@ -51,5 +51,8 @@ def serve_http(
     if context is not None and context.worker is not None:
         context.worker.start()
         handle._on_stop.append(context.worker.stop)
+    if context is not None and context.explain_worker is not None:  # background explanations
+        context.explain_worker.start()
+        handle._on_stop.append(context.explain_worker.stop)
     logger.info("serving HTTP on %s", handle.url)
     return handle

@@ -7,7 +7,7 @@ import hashlib
 import importlib.metadata
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from control_plane.compiler.report import ProfileOutcome
 from control_plane.compiler.sources import sha256_file
 from control_plane.core.hardware import HardwareProfile
 from edge_agent.core.manifest import (
+    ConfidenceCalibration,
     DatasetRef,
     Lineage,
     Manifest,
@@ -121,6 +122,7 @@ def make_manifest(self: Compiler, profile: HardwareProfile, outcome: ProfileOutc
             rtol=rtol,
         ),
         benchmark=outcome.benchmark,
+        calibration=_calibration(self, cand, req),
         lineage=Lineage(
             source_sha256=self.source.sha256,
             source_format=self.source.kind,
@@ -142,3 +144,17 @@ def _sha256(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def _calibration(compiler: Any, cand: Any, req: Any) -> ConfidenceCalibration | None:
+    """Confidence calibration of this candidate on the labelled validation rows (classifiers
+    compiled with ``labels`` only): the control plane's estimated accuracy reads it."""
+    from control_plane.core.accuracy import calibrate
+
+    if compiler.task != "classification" or compiler.labels is None or not cand.outputs:
+        return None
+    scores = next(iter(cand.outputs.values()))
+    labels = np.asarray(compiler.labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        return None
+    return calibrate(scores, labels, req.labels.name)

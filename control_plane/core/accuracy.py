@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edge_agent.core.manifest import ConfidenceCalibration
+
 Task = Literal["classification", "regression"]
 
 
@@ -189,6 +191,15 @@ class ConfidenceCalibrator:
         rate = np.where(totals > 0, hits / np.maximum(totals, 1), overall)
         return cls(tuple(float(e) for e in edges), tuple(float(r) for r in rate))
 
+    @classmethod
+    def from_manifest(cls, calibration: ConfidenceCalibration) -> ConfidenceCalibrator:
+        return cls(tuple(calibration.edges), tuple(calibration.hit_rate))
+
+    def to_manifest(self, rows: int, accuracy: float, source: str) -> ConfidenceCalibration:
+        return ConfidenceCalibration(
+            edges=self.edges, hit_rate=self.hit_rate, rows=rows, accuracy=accuracy, source=source
+        )
+
     def expected_correct(self, probabilities: np.ndarray) -> np.ndarray:
         edges = np.asarray(self.edges)
         top = probabilities.max(axis=1)
@@ -218,3 +229,35 @@ def estimated_metrics(
             BucketMetrics(name, version, group, start, len(items), "estimated", accuracy=accuracy)
         )
     return out
+
+
+def calibrate(scores: np.ndarray, labels: np.ndarray, source: str) -> ConfidenceCalibration | None:
+    """The manifest's calibration from labelled validation scores (None without labels of
+    one class per row). The scores may be probabilities or logits: binning on the top score
+    only needs them ordered the way the model's confidence is."""
+    flat = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
+    truth = np.asarray(labels).reshape(-1)
+    if flat.shape[1] < 2 or truth.shape[0] != flat.shape[0] or not len(truth):
+        return None
+    calibrator = ConfidenceCalibrator.fit(flat, truth)
+    accuracy = float(np.mean(flat.argmax(axis=1) == truth))
+    return calibrator.to_manifest(len(truth), accuracy, source)
+
+
+def uncalibrated_confidence(scores: np.ndarray) -> np.ndarray:
+    """Top class probability of each row, taking the scores as probabilities when they are
+    (in [0, 1], rows summing to 1) and softmaxing them otherwise (logits). No calibration:
+    the mean of this is what the model *claims*, labelled ``uncalibrated``."""
+    flat = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
+    if (
+        flat.size
+        and (flat.min() >= 0)
+        and (flat.max() <= 1)
+        and np.allclose(flat.sum(axis=1), 1, atol=1e-3)
+    ):
+        probs = flat
+    else:
+        shifted = np.exp(flat - flat.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+    result: np.ndarray = probs.max(axis=1)
+    return result

@@ -99,6 +99,8 @@ class LineageGraph:
         package = self.add_node(
             "package",
             manifest.package_id,
+            model=manifest.model_name,
+            version=manifest.model_version,
             profile=manifest.profile.id,
             recipe=manifest.recipe,
             runtime=manifest.runtime,
@@ -118,10 +120,13 @@ class LineageGraph:
         return rollout
 
     def set_running(self, target: str, package_id: str, kind: Kind = "device") -> None:
-        """``target`` now runs ``package_id`` (its previous package's edge is removed)."""
+        """``target`` now runs ``package_id``: the edge from its previous package of the same
+        model is removed (a device running several models keeps the others)."""
         tid = self.add_node(kind, target)
+        model = self.nodes[node_id("package", package_id)].attrs.get("model")
         for edge in [e for e in self.up.get(tid, set()) if e.relation == "runs_on"]:
-            self.unlink(edge)
+            if self.nodes[edge.src].attrs.get("model") == model:
+                self.unlink(edge)
         self.link(node_id("package", package_id), tid, "runs_on")
 
     def add_window(self, device_id: str, sequence: int, package_id: str) -> str:

@@ -22,11 +22,22 @@ reference's, by Spearman rank correlation and top-k overlap
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+
+from control_plane.core.attribution import AttributionDrift, attribution_drift
+
+__all__ = [
+    "AttributionDrift",
+    "Attributions",
+    "ExplainBudget",
+    "ShapExplainer",
+    "attribution_drift",
+    "runtime_predict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +51,9 @@ class ExplainBudget:
     max_rows: int = 16  # captured rows explained per window
     nsamples: int = 256  # coalitions per row (Kernel SHAP)
     background: int = 32  # reference rows (k-means summary) the masked features take
+    max_features: int | None = 10  # non-zero attributions per row (shap's default
+    # "num_features(10)" L1 selection when the coalitions do not enumerate every subset);
+    # None: every feature gets a value (noisier with few coalitions, see benchmarks/explain)
 
 
 @dataclass(frozen=True)
@@ -110,7 +124,14 @@ class ShapExplainer:
         state = np.random.get_state()  # KernelExplainer samples with numpy's global RNG
         np.random.seed(self._seed)
         try:
-            raw = self._explainer.shap_values(kept, nsamples=self.budget.nsamples, silent=True)
+            l1: str | bool = (
+                False
+                if self.budget.max_features is None
+                else f"num_features({self.budget.max_features})"
+            )
+            raw = self._explainer.shap_values(
+                kept, nsamples=self.budget.nsamples, silent=True, l1_reg=l1
+            )
         finally:
             np.random.set_state(state)
         values = np.asarray(raw, dtype=np.float64)
@@ -128,32 +149,3 @@ class ShapExplainer:
             outputs=chosen,
             skipped_rows=len(rows) - len(kept),
         )
-
-
-@dataclass(frozen=True)
-class AttributionDrift:
-    spearman: float  # rank correlation of mean |SHAP| (1: same ranking)
-    top_k_overlap: float  # |top-k(ref) & top-k(cur)| / k
-    entered_top_k: tuple[str, ...]
-    left_top_k: tuple[str, ...]
-
-
-def attribution_drift(
-    reference: Mapping[str, float], current: Mapping[str, float], k: int = 5
-) -> AttributionDrift:
-    """How far the ranking of important features moved (mean |SHAP| per feature)."""
-    from scipy.stats import spearmanr
-
-    names = [n for n in reference if n in current]
-    ref = np.array([reference[n] for n in names])
-    cur = np.array([current[n] for n in names])
-    k = min(k, len(names))
-    top_ref = {names[i] for i in np.argsort(-ref, kind="stable")[:k]}
-    top_cur = {names[i] for i in np.argsort(-cur, kind="stable")[:k]}
-    rho = float(spearmanr(ref, cur).statistic) if len(names) > 1 else 1.0
-    return AttributionDrift(
-        spearman=rho,
-        top_k_overlap=len(top_ref & top_cur) / k if k else 1.0,
-        entered_top_k=tuple(sorted(top_cur - top_ref)),
-        left_top_k=tuple(sorted(top_ref - top_cur)),
-    )

@@ -202,5 +202,7 @@ def new_window(window: TelemetryWindow) -> NewWindow:
         invalid=window.invalid,
         histograms_json=window.model_dump_json(include={"inputs", "outputs"}),
         latency_json=window.latency_ms.model_dump_json(),
-        captures=tuple(NewCapture(c.prediction_id, c.at, c.outputs) for c in window.captures),
+        captures=tuple(
+            NewCapture(c.prediction_id, c.at, c.outputs, c.inputs) for c in window.captures
+        ),
     )

@@ -15,16 +15,19 @@ from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from control_plane.core.accuracy import (
     Capture,
+    ConfidenceCalibrator,
     Feedback,
     join_feedback,
     measured_metrics,
+    uncalibrated_confidence,
 )
-from control_plane.core.drift import DriftThresholds, evaluate
-from control_plane.core.sketches import WindowAccumulator, reference_features
+from control_plane.core.drift import DriftThresholds, evaluate, sliding_reports
+from control_plane.core.sketches import WindowAccumulator, feature_label, reference_features
 from control_plane.errors import InvalidInput, NotFound
 from control_plane.monitoring.metrics import MonitoringMetrics
 from control_plane.services import Clock
@@ -93,83 +96,64 @@ class MonitoringService:
         since: float | None = None,
         until: float | None = None,
         devices: Collection[str] | None = None,
+        *,
+        group: str | None = None,
+        group_by: str | None = None,
+        step_seconds: float | None = None,
+        width: int = 3,
     ) -> dict[str, Any]:
-        """Matching windows merged per package and evaluated against its reference
-        (``devices``: only the windows of these devices, e.g. a rollout wave's)."""
+        """Matching windows merged per (device group, package) and evaluated against the
+        package's reference. ``group`` (``label=value``) keeps the devices carrying that label;
+        ``group_by`` (a label key) evaluates each of its values apart; with ``step_seconds``
+        each report also carries the sliding drift score over the last ``width`` steps;
+        ``devices``: only the windows of these devices, e.g. a rollout wave's."""
+        selector = parse_group(group) if group is not None else None
         windows = self.repos.monitoring.windows(
             model_name=model, model_version=version, device_id=device_id, since=since, until=until
         )
         if devices is not None:
             wanted = set(devices)
             windows = [w for w in windows if w.device_id in wanted]
-        by_package: dict[tuple[str | None, str | None], list[StoredWindow]] = {}
+        labels = self._device_labels() if selector or group_by else {}
+        if selector is not None:
+            windows = [
+                w for w in windows if labels.get(w.device_id, {}).get(selector[0]) == selector[1]
+            ]
+        by_package: dict[tuple[str, str | None, str | None], list[StoredWindow]] = {}
         for w in windows:
-            by_package.setdefault((w.package_sha256, w.package_id), []).append(w)
+            label = device_id or group or "all"
+            if group_by is not None:
+                label = f"{group_by}={labels.get(w.device_id, {}).get(group_by, '')}"
+            by_package.setdefault((label, w.package_sha256, w.package_id), []).append(w)
         reports: list[dict[str, Any]] = []
         unevaluated: list[dict[str, Any]] = []
-        for (sha256, package_id), group in by_package.items():
+        attributions = self._latest_attributions(model, version, since, until)
+        for (label, sha256, package_id), part in by_package.items():
             manifest = None if sha256 is None else self.manifest(sha256)
             if manifest is None:
-                reason = (
-                    "the window names no package id (an older agent)"
-                    if package_id is None
-                    else f"package {package_id!r} is not in the catalog"
-                    if sha256 is None
-                    else f"package {sha256} has no reference statistics in its manifest"
-                )
                 unevaluated.append(
                     {
+                        "group": label,
                         "package_id": package_id,
                         "package_sha256": sha256,
-                        "windows": sum(w.merged for w in group),
-                        "reason": reason,
+                        "windows": sum(w.merged for w in part),
+                        "reason": _unevaluated_reason(package_id, sha256),
                     }
                 )
                 continue
-            acc = WindowAccumulator()
-            for w in group:
-                acc.add(_window_dict(w))
-            report = evaluate(
-                reference_features(manifest.reference), acc.histograms, self.thresholds
-            )
-            label = device_id or "all"
-            if self.metrics is not None:
-                self.metrics.observe_drift(
-                    manifest.model_name, manifest.model_version, label, report
-                )
-                self.metrics.observe_merged(manifest.model_name, manifest.model_version, label, acc)
-            latency = (
-                {}
-                if acc.latency.is_empty()
-                else dict(
-                    zip(
-                        ("p50", "p95", "p99"),
-                        (float(v) for v in acc.latency.get_quantiles(list(QUANTILES))),
-                        strict=True,
-                    )
-                )
-            )
-            reports.append(
-                {
-                    "package_sha256": sha256,
-                    "package_id": package_id,
-                    "profile_id": manifest.profile.id,
-                    "model_version": manifest.model_version,
-                    "windows": sum(w.merged for w in group),  # rollups count what they merged
-                    "requests": acc.requests,
-                    "rows": acc.rows,
-                    "error_rate": acc.error_rate,
-                    "latency_ms": latency,
-                    "first_started_at": group[0].started_at,
-                    "last_ended_at": max(w.ended_at for w in group),
-                    **report.as_dict(),
-                }
-            )
+            report = self._package_report(manifest, part, label)
+            report["package_sha256"], report["package_id"] = sha256, package_id
+            report["attribution_drift"] = attributions.get(sha256 or "")
+            if step_seconds is not None:
+                report["sliding"] = self._sliding(manifest, part, step_seconds, width)
+            reports.append(report)
         return finite_dict(
             {
                 "model": model,
                 "version": version,
                 "device_id": device_id,
+                "group": group,
+                "group_by": group_by,
                 "since": since,
                 "until": until,
                 "windows": sum(w.merged for w in windows),
@@ -178,6 +162,89 @@ class MonitoringService:
                 "unevaluated": unevaluated,
             }
         )
+
+    def _latest_attributions(
+        self, model: str, version: str | None, since: float | None, until: float | None
+    ) -> dict[str, dict[str, Any]]:
+        """Per package, the latest attribution-drift verdict of the background explanation
+        job in the same time range (the signal beside data drift), with its window start."""
+        latest: dict[str, dict[str, Any]] = {}
+        for w in self.repos.insights.windows(
+            model_name=model, model_version=version, since=since, until=until
+        ):
+            latest[w.package_sha256] = {**w.drift, "window_start": w.window_start}
+        return latest
+
+    def _device_labels(self) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        offset: int | None = 0
+        while offset is not None:
+            page = self.repos.devices.list(limit=1000, offset=offset)
+            out.update({d.id: d.labels for d in page.items})
+            offset = page.next_offset
+        return out
+
+    def _package_report(
+        self, manifest: Manifest, part: Sequence[StoredWindow], label: str
+    ) -> dict[str, Any]:
+        acc = WindowAccumulator()
+        for w in part:
+            acc.add(_window_dict(w))
+        report = evaluate(reference_features(manifest.reference), acc.histograms, self.thresholds)
+        if self.metrics is not None:
+            self.metrics.observe_drift(manifest.model_name, manifest.model_version, label, report)
+            self.metrics.observe_merged(manifest.model_name, manifest.model_version, label, acc)
+        latency = (
+            {}
+            if acc.latency.is_empty()
+            else dict(
+                zip(
+                    ("p50", "p95", "p99"),
+                    (float(v) for v in acc.latency.get_quantiles(list(QUANTILES))),
+                    strict=True,
+                )
+            )
+        )
+        return {
+            "group": label,
+            "profile_id": manifest.profile.id,
+            "model_version": manifest.model_version,
+            "windows": sum(w.merged for w in part),  # rollups count what they merged
+            "requests": acc.requests,
+            "rows": acc.rows,
+            "error_rate": acc.error_rate,
+            "latency_ms": latency,
+            "first_started_at": part[0].started_at,
+            "last_ended_at": max(w.ended_at for w in part),
+            **report.as_dict(),
+        }
+
+    def _sliding(
+        self, manifest: Manifest, part: Sequence[StoredWindow], step: float, width: int
+    ) -> list[dict[str, Any]]:
+        """The drift score at each step (of window start time) over the last ``width`` steps."""
+        steps: dict[float, WindowAccumulator] = {}
+        for w in part:
+            steps.setdefault(math.floor(w.started_at / step) * step, WindowAccumulator()).add(
+                _window_dict(w)
+            )
+        starts = sorted(steps)
+        reports = sliding_reports(
+            reference_features(manifest.reference),
+            [steps[s].histograms for s in starts],
+            width,
+            self.thresholds,
+        )
+        return [
+            {
+                "step_start": start,
+                "steps_merged": min(i + 1, width),
+                "status": r.status,
+                "drifted_share": r.drifted_share,
+                "drifted": [feature_label(k) for k in r.drifted],
+            }
+            for i, (start, r) in enumerate(zip(starts, reports, strict=True))
+        ]
 
     # -- feedback and accuracy
 
@@ -231,6 +298,11 @@ class MonitoringService:
             parsed, [Feedback(f.prediction_id, f.label, f.received_at) for f in labels]
         )
         buckets = measured_metrics(joined.matched, manifest.task, bucket_s)
+        estimated = (
+            estimated_accuracy(parsed, manifest, bucket_s)
+            if manifest.task == "classification"
+            else None
+        )
         return finite_dict(
             {
                 "model": model,
@@ -241,6 +313,7 @@ class MonitoringService:
                 "captures": len(parsed),
                 "labelled": len(joined.matched),
                 "buckets": [asdict(b) for b in buckets],
+                "estimated": estimated,
             }
         )
 
@@ -264,6 +337,59 @@ class MonitoringService:
             return
         for (model, version), (windows, rows) in self.repos.monitoring.window_counts().items():
             self.metrics.sync_ingest(model, version, windows, rows)
+
+
+def estimated_accuracy(
+    captures: Sequence[Capture], manifest: Manifest, bucket_s: float
+) -> dict[str, Any]:
+    """CBPE-style estimated accuracy per bucket from every capture, labelled or not.
+
+    With the manifest's calibration (hit rate per top-score bin on the compile's labelled
+    validation rows) each prediction counts as its bin's hit rate; without one, the top
+    class probability the model claims (softmax of logits), marked ``uncalibrated``.
+    """
+    cells: dict[float, list[Capture]] = {}
+    for c in captures:
+        cells.setdefault(math.floor(c.at / bucket_s) * bucket_s, []).append(c)
+    calibration = manifest.calibration
+    calibrator = None if calibration is None else ConfidenceCalibrator.from_manifest(calibration)
+    buckets = []
+    for start, items in sorted(cells.items()):
+        scores = np.array([c.scores for c in items], dtype=np.float64)
+        if calibrator is not None:
+            value, error = calibrator.estimate(scores)
+        else:
+            p = uncalibrated_confidence(scores)
+            value, error = float(p.mean()), float(np.sqrt((p * (1 - p)).sum()) / p.size)
+        buckets.append(
+            {"bucket_start": start, "count": len(items), "accuracy": value, "standard_error": error}
+        )
+    return {
+        "kind": "estimated",
+        "method": "confidence-based (CBPE-style): expected share of correct predictions",
+        "calibration": "uncalibrated"
+        if calibration is None
+        else f"histogram binning on {calibration.rows} labelled rows of {calibration.source}",
+        "calibrated": calibration is not None,
+        "reference_accuracy": None if calibration is None else calibration.accuracy,
+        "buckets": buckets,
+    }
+
+
+def parse_group(group: str) -> tuple[str, str]:
+    """``label=value`` as (label, value); InvalidInput naming the expected form."""
+    key, sep, value = group.partition("=")
+    if not sep or not key:
+        raise InvalidInput(f"group {group!r}: expected label=value (e.g. site=berlin)")
+    return key, value
+
+
+def _unevaluated_reason(package_id: str | None, sha256: str | None) -> str:
+    if package_id is None:
+        return "the window names no package id (an older agent)"
+    if sha256 is None:
+        return f"package {package_id!r} is not in the catalog"
+    return f"package {sha256} has no reference statistics in its manifest"
 
 
 def _window_dict(w: StoredWindow) -> dict[str, Any]:

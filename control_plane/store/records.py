@@ -203,6 +203,7 @@ class NewCapture:
     prediction_id: str
     at: float
     outputs: Mapping[str, Any]
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,24 @@ class StoredCapture:
     package_sha256: str | None
     at: float
     outputs: dict[str, Any]
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AttributionWindow:
+    """Mean |SHAP| per feature of one package's captures in one time window, and its
+    attribution drift against the package's reference attributions."""
+
+    package_sha256: str
+    window_start: float
+    window_seconds: float
+    model_name: str
+    model_version: str
+    captures: int  # captures in the window
+    rows_explained: int  # within the budget
+    mean_abs: dict[str, float]
+    drift: dict[str, Any]
+    created_at: float
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from control_plane.store.records import (
     AlertDelivery,
     Alias,
     ApiToken,
+    AttributionWindow,
     AuditEntry,
     Command,
     CompileJob,
@@ -302,6 +303,33 @@ class AlertRepo(Protocol):
         ...
 
 
+class InsightRepo(Protocol):
+    """Explanations, attribution windows and the reads lineage needs (migration 0006)."""
+
+    def explanation(self, prediction_id: str, device_id: str) -> dict[str, Any] | None: ...
+    def put_explanation(
+        self, prediction_id: str, device_id: str, sha256: str, body: Mapping[str, Any], at: float
+    ) -> None: ...
+    def reference(self, sha256: str) -> tuple[int, dict[str, float]] | None: ...
+    def put_reference(
+        self, sha256: str, rows: int, mean_abs: Mapping[str, float], at: float
+    ) -> None: ...
+    def put_window(self, window: AttributionWindow) -> None: ...
+    def windows(
+        self,
+        *,
+        model_name: str,
+        model_version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> builtins.list[AttributionWindow]: ...
+    def window_starts(self, sha256: str) -> set[float]: ...
+    def capture_counts(self, since: float, until: float) -> dict[str, int]: ...
+    def capture_ids(self, sha256: str, since: float, until: float) -> builtins.list[str]: ...
+    def capture(self, prediction_id: str) -> builtins.list[StoredCapture]: ...
+    def running_packages(self) -> builtins.list[tuple[str, str, str, float]]: ...
+
+
 class AuditRepo(Protocol):
     def add(
         self,
@@ -487,6 +515,7 @@ class Repositories(Protocol):
     packages: PackageRepo
     uploads: UploadRepo
     monitoring: MonitoringRepo
+    insights: InsightRepo
     audit: AuditRepo
     models: ModelRepo
     versions: VersionRepo

@@ -214,6 +214,18 @@ class ProfileRef(_Strict):
     execution_providers: tuple[str, ...] = ()
 
 
+class ConfidenceCalibration(_Strict):
+    """How often a prediction with a given top score was right on the compile's labelled
+    validation data, by top-score bin (histogram binning): what the control plane's
+    estimated accuracy (CBPE-style) reads. Absent when the compile had no labels."""
+
+    edges: tuple[float, ...]
+    hit_rate: tuple[float, ...]
+    rows: int = Field(ge=1)
+    accuracy: float  # on those rows, for reference
+    source: str  # the labelled data set
+
+
 class Manifest(_Strict):
     schema_version: int = SCHEMA_VERSION
     package_id: str
@@ -231,6 +243,7 @@ class Manifest(_Strict):
     fidelity: FidelityReport
     test_vectors: TestVectors
     benchmark: Benchmark | None = None
+    calibration: ConfidenceCalibration | None = None
     lineage: Lineage
     key_id: str
 

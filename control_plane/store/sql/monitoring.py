@@ -61,7 +61,7 @@ def insert_windows(
         )
         captures += [
             [c.prediction_id, device_id, seq, window.model_name, window.model_version, sha256,
-             c.at, dumps(dict(c.outputs))]
+             c.at, dumps(dict(c.outputs)), dumps(dict(c.inputs))]
             for c in window.captures
         ]  # fmt: skip
     tx.execute_many(
@@ -74,7 +74,7 @@ def insert_windows(
     )
     tx.execute_many(
         "INSERT INTO captures (prediction_id, device_id, seq, model_name, model_version,"
-        " package_sha256, at, outputs_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " package_sha256, at, outputs_json, inputs_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (prediction_id, device_id) DO NOTHING",
         captures,
     )
@@ -178,7 +178,7 @@ class SqlMonitoringRepo:
             )
 
     def captures(self, prediction_ids: Sequence[str]) -> list[StoredCapture]:
-        return [_capture(r) for r in self._by_ids("captures", prediction_ids)]
+        return [capture_from_row(r) for r in self._by_ids("captures", prediction_ids)]
 
     def version_captures(self, model_name: str, model_version: str) -> list[StoredCapture]:
         with self.db.transaction() as tx:
@@ -186,7 +186,7 @@ class SqlMonitoringRepo:
                 "SELECT * FROM captures WHERE model_name = ? AND model_version = ? ORDER BY at",
                 [model_name, model_version],
             )
-        return [_capture(r) for r in rows]
+        return [capture_from_row(r) for r in rows]
 
     def put_feedback(self, labels: Sequence[FeedbackLabel]) -> None:
         with self.db.transaction() as tx:
@@ -310,7 +310,7 @@ def _rollup(row: Row) -> StoredWindow:
     )
 
 
-def _capture(row: Row) -> StoredCapture:
+def capture_from_row(row: Row) -> StoredCapture:
     return StoredCapture(
         prediction_id=row["prediction_id"],
         device_id=row["device_id"],
@@ -320,4 +320,5 @@ def _capture(row: Row) -> StoredCapture:
         package_sha256=row["package_sha256"],
         at=float(row["at"]),
         outputs=loads(row["outputs_json"]),
+        inputs=loads(row["inputs_json"]),
     )

@@ -15,6 +15,7 @@ from control_plane.store.sql.fleet import (
     SqlPackageRepo,
     SqlUploadRepo,
 )
+from control_plane.store.sql.insights import SqlInsightRepo
 from control_plane.store.sql.monitoring import SqlMonitoringRepo
 from control_plane.store.sql.rollouts import SqlRolloutRepo
 
@@ -32,6 +33,7 @@ class SqlRepositories:
         self.packages: repos.PackageRepo = SqlPackageRepo(db)
         self.uploads: repos.UploadRepo = SqlUploadRepo(db)
         self.monitoring: repos.MonitoringRepo = SqlMonitoringRepo(db)
+        self.insights: repos.InsightRepo = SqlInsightRepo(db)
         self.audit: repos.AuditRepo = SqlAuditRepo(db)
         self.models: repos.ModelRepo = SqlModelRepo(db)
         self.versions: repos.VersionRepo = SqlVersionRepo(db)

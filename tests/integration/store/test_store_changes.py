@@ -161,10 +161,10 @@ def test_each_compile_job_is_claimed_once_by_competing_workers(open_store: OpenS
 
 def test_migrate_is_idempotent_and_records_the_version(open_store: OpenStore) -> None:
     first = open_store()
-    assert first.schema_version() == 5
-    assert first.db.migrate() == 5
+    assert first.schema_version() == 6
+    assert first.db.migrate() == 6
     second = open_store()  # migrates again on open: nothing to do
-    assert second.schema_version() == 5
+    assert second.schema_version() == 6
     with second.db.transaction() as tx:
         rows = tx.rows("SELECT version, name FROM schema_migrations ORDER BY version")
     assert rows == [
@@ -173,6 +173,7 @@ def test_migrate_is_idempotent_and_records_the_version(open_store: OpenStore) ->
         {"version": 3, "name": "rollouts"},
         {"version": 4, "name": "monitoring"},
         {"version": 5, "name": "alerts"},
+        {"version": 6, "name": "explanations"},
     ]
 
 
@@ -191,7 +192,7 @@ def test_two_instances_migrating_a_fresh_database_at_once(open_store: OpenStore)
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert (errors, results) == ([], [5, 5, 5])
+    assert (errors, results) == ([], [6, 6, 6])
 
 
 def test_postgres_listener_reconnects_and_announces_a_possible_gap(

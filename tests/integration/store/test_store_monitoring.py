@@ -135,3 +135,48 @@ def test_drift_feedback_and_accuracy_over_the_store(repos: SqlRepositories) -> N
     assert bucket["accuracy"] == pytest.approx(np.mean(np.array(predicted) == 0))
     with pytest.raises(NotFound):
         monitoring.accuracy("digits", "7")
+
+
+def test_captured_inputs_explanations_and_attribution_windows_round_trip(
+    repos: SqlRepositories,
+) -> None:
+    """Migration 0006 on both backends: inputs kept beside outputs, explanations stored once,
+    attribution windows upserted, the latest package per device for lineage."""
+    from control_plane.store.records import AttributionWindow
+
+    ingest = _ingest(repos)
+    _, windows = _windows(repos)
+    ingest.ingest(
+        "cam-1", [(w["sequence"], "telemetry_window", json.dumps(w)) for w in windows], "grpc"
+    )
+    capture = windows[0]["captures"][0]
+    (stored,) = repos.insights.capture(capture["prediction_id"])
+    assert stored.inputs == capture["inputs"] and stored.outputs == capture["outputs"]
+    at = capture["at"]
+    assert repos.insights.capture_counts(at - 1e6, at + 1e6) == {"a" * 64: 16}
+    assert repos.insights.capture_counts(0.0, 1.0) == {}
+    ids = repos.insights.capture_ids("a" * 64, at - 1e6, at + 1e6)
+    assert capture["prediction_id"] in ids and len(ids) == 16
+    assert repos.insights.running_packages() == [
+        ("cam-1", "digits", "a" * 64, windows[1]["ended_at"])
+    ]
+
+    pid = capture["prediction_id"]
+    assert repos.insights.explanation(pid, "cam-1") is None
+    repos.insights.put_explanation(pid, "cam-1", "a" * 64, {"base_value": 0.5}, 10.0)
+    repos.insights.put_explanation(pid, "cam-1", "a" * 64, {"base_value": 0.9}, 11.0)  # kept once
+    assert repos.insights.explanation(pid, "cam-1") == {"base_value": 0.5}
+
+    repos.insights.put_reference("a" * 64, 8, {"f0": 0.3, "f1": 0.1}, 10.0)
+    assert repos.insights.reference("a" * 64) == (8, {"f0": 0.3, "f1": 0.1})
+    window = AttributionWindow(
+        "a" * 64, 3600.0, 3600.0, "digits", "1", 40, 16, {"f0": 0.2}, {"status": "no_drift"}, 12.0
+    )
+    repos.insights.put_window(window)
+    repos.insights.put_window(
+        AttributionWindow(**{**window.__dict__, "captures": 60, "drift": {"status": "drift"}})
+    )
+    (again,) = repos.insights.windows(model_name="digits", model_version="1")
+    assert again.captures == 60 and again.drift == {"status": "drift"}
+    assert repos.insights.window_starts("a" * 64) == {3600.0}
+    assert repos.insights.windows(model_name="digits", since=7200.0) == []
