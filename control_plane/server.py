@@ -31,7 +31,7 @@ from control_plane.api.serve import HttpHandle
 from control_plane.app import Fleetcast, create_app, services_of
 from control_plane.errors import ControlPlaneError
 from control_plane.services.audit import AuditService
-from control_plane.services.rollouts import RolloutService
+from control_plane.services.rollouts import AlertDrift, RolloutService
 from control_plane.settings import Settings
 from control_plane.transport.broker import CONTROL_PLANE_USER, BrokerTls, MosquittoBroker
 from control_plane.transport.changes import ChangeDispatcher
@@ -184,7 +184,10 @@ class ControlPlane:
         assert self.services is not None
         services = self.services
         self.rollouts = RolloutService(
-            services.repos, AuditService(services.repos.audit), services.commands
+            services.repos,
+            AuditService(services.repos.audit),
+            services.commands,
+            drift_alerts=self._drift_alerts(),
         )
         recovered = self.rollouts.recover_all()
         if recovered:
@@ -192,6 +195,14 @@ class ControlPlane:
         if self.options.rollout_tick_seconds > 0:
             self._ticker = threading.Thread(target=self._tick_loop, name="rollouts", daemon=True)
             self._ticker.start()
+
+    def _drift_alerts(self) -> AlertDrift | None:
+        """Monitoring's alerts (served with the REST API) as the rollouts' drift gate: a firing
+        drift alert on a wave's version blocks its promotion. None without the API: the no-op."""
+        from control_plane.api.context import EXTENSION, ApiContext
+
+        context = self.app.extensions.get(EXTENSION) if self.app is not None else None
+        return AlertDrift(context.alerts) if isinstance(context, ApiContext) else None
 
     def _tick_loop(self) -> None:
         assert self.rollouts is not None

@@ -13,7 +13,7 @@ from control_plane.core.rollout_model import Deploy, Rollout, action_to_dict
 from control_plane.core.rollout_spec import RolloutBlocked, RolloutSpecError
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from control_plane.services.audit import AuditService
-from control_plane.services.rollouts import RolloutService, UploadReadings
+from control_plane.services.rollouts import BASELINE_LOOKBACK_S, RolloutService, UploadReadings
 from control_plane.services.tokens import Principal
 from control_plane.store.factory import open_repositories
 from control_plane.store.records import ModelCard, NewDevice, NewUpload, Package
@@ -228,4 +228,8 @@ def test_gate_readings_sum_windows_per_version_and_merge_p95(
     )
     assert UploadReadings(repos).read(rollout, 0, ["cam-2"], clock() - 1, clock()) is None
     later = UploadReadings(repos).read(rollout, 0, ["cam-0"], clock() + 1, clock())
-    assert later is None  # windows received before the wave started do not count
+    assert later is not None and later.new.requests == 0  # new: only since the wave started
+    assert later.baseline is not None and later.baseline.requests == 100  # the lookback
+    lookback = max(rollout.spec.bake_s, BASELINE_LOOKBACK_S)
+    gone = UploadReadings(repos).read(rollout, 0, ["cam-0"], clock() + lookback + 1, clock())
+    assert gone is None  # older than the lookback: nothing
