@@ -6,17 +6,23 @@ over these ports:
 - ``RolloutStore``: ``repos.rollouts`` (state JSON, revision compare-and-set, outbox);
 - ``DeviceCommands``: :class:`CommandService` with the action's ``execution_key``
   (one command per key, ever: a re-applied outbox queues nothing new);
-- ``GateReadings``: :class:`UploadReadings`, the devices' telemetry windows since the
-  wave started: requests and errors summed per version, KLL latency sketches merged
-  for p95 (None while no window carries a sketch: the latency gate stays pending);
+- ``GateReadings``: :class:`UploadReadings`, the devices' telemetry windows (the new
+  version's since the wave started, the previous versions' from a lookback before it):
+  requests and errors summed per version, KLL latency sketches merged for p95 (None
+  while no window carries a sketch: the latency gate stays pending), and monitoring's
+  firing drift alerts on the version (:class:`AlertDrift` over
+  ``AlertService.blocks_rollout``; the no-op default when monitoring is off);
 - ``AuditLog``: the audit repository, as actor ``rollouts``;
 - ``AliasTraffic``: not wired (alias targets are refused at create, see docs/rollouts.md).
 
 :meth:`RolloutService.tick_all` is what the control plane's ticker calls every
-few seconds: per active rollout it feeds command acks (ok → ``DeviceInstalled``;
+few seconds: per active rollout it feeds command acks (deploy ok → ``DeviceInstalled``;
 failed → ``DeviceFailed``, or ``DeviceSelfTestFailed`` when the agent's failing
-step is ``selftest``), target membership (``DeviceJoined`` / ``DeviceLeft``) and
-silence (``DeviceWentSilent`` / ``DeviceSeen`` from ``last_seen``), then ticks.
+step is ``selftest``; rollback → ``DeviceRolledBack`` / ``DeviceRollbackFailed``),
+target membership (``DeviceJoined`` / ``DeviceLeft``, with what each device runs from
+its own reports, ``Device.slots``), the devices' own health-watch rollbacks
+(``DeviceReverted``) and silence (``DeviceWentSilent`` / ``DeviceSeen`` from
+``last_seen``), then ticks; aborted and rolled-back rollouts get their rollback acks.
 A save that lost a compare-and-set (another replica, or an operator meanwhile)
 is retried from a fresh load.
 """
