@@ -8,13 +8,15 @@ expects, in file order):
    retry) and the wave fails on the install gate;
 2. version 1 (the digits MLP) goes out in three waves with the error-rate and latency gates
    on, and a device labelled into the target mid-rollout gets it (the dynamic tail);
-3. version 2 (the same MLP, retrained data path: a good release) is paused after it started,
+3. version 2 (the same compiled MLP released again: a good release) is paused after it started,
    holds while paused, and completes after resume, judged against version 1 on the same
    devices;
 4. version 3 is a bad release: a real trained model (the digits CNN) whose self-test passes
    but whose input shape changed, so the fleet's traffic fails on it: the error-rate gate
    trips in wave 0, the two canaries are rolled back (their rollback acks come back) and the
-   rest of the fleet never hears of version 3.
+   rest of the fleet never hears of version 3;
+5. one more device keeps the agent's own health watch: version 3 makes it roll itself back,
+   and the engine counts that device failed (reverted) without sending it a rollback.
 
 Every device installs each version once: counted from the agents' own ``installed`` reports.
 """
@@ -149,6 +151,22 @@ class Fleet:
         return str(sha) if sha else None
 
 
+def _release(package: Path, version: str, private_key: Path, out: Path) -> Path:
+    """``package`` as another version of the same model, signed with the test key."""
+    from control_plane.compiler.package import build_package
+    from control_plane.signing import load_private_key
+    from edge_agent.core.manifest import make_package_id
+    from edge_agent.package import read_package
+
+    manifest, _, model_bytes = read_package(package.read_bytes())
+    package_id = make_package_id(
+        manifest.model_name, version, manifest.profile.id, manifest.release
+    )
+    manifest = manifest.model_copy(update={"model_version": version, "package_id": package_id})
+    out.write_bytes(build_package(manifest, model_bytes, load_private_key(private_key)))
+    return out
+
+
 def _unhealthy(view: dict[str, Any]) -> str:
     """What to print when a rollout did not complete: the gates and the devices not done."""
     waves = [(w["status"], w["gates"]) for w in view["waves"]]
@@ -179,11 +197,12 @@ def fleet(
     digits_cnn: Any,
     compile_digits: Any,
 ) -> Iterator[Fleet]:
-    # version 2: the same MLP compiled again as a new version; version 3: the digits CNN
-    # released under the MLP's name (a real model whose input shape the clients do not send)
-    (good,) = compile_digits(digits_mlp, [PROFILE], model_version="2")
-    (bad,) = compile_digits(digits_cnn, [PROFILE], model_name=MODEL, model_version="3")
+    # version 2: the same compiled MLP released again as a new version (re-signed, no second
+    # compile); version 3: the digits CNN compiled under the MLP's name (a real trained
+    # model whose self-test passes, but whose input shape the clients do not send)
     root = tmp_path_factory.mktemp("dozen")
+    good = _release(package, "2", keys.private, root / "v2.fcpkg")
+    (bad,) = compile_digits(digits_cnn, [PROFILE], model_name=MODEL, model_version="3")
     plane = ControlPlane(
         ServeOptions(
             data_dir=root / "cp",
@@ -203,7 +222,7 @@ def fleet(
         card = ModelCard("handwritten digits", "sklearn digits", "ml")
         repos.models.add(MODEL, "digits", "ml", time.time())
         versions: dict[str, Package] = {}
-        for path in (package, Path(good.path), Path(bad.path)):
+        for path in (package, good, Path(bad.path)):
             registered = services.packages.register(path, "test-operator")
             number = registered.model_version
             repos.versions.add(MODEL, number, card, None, time.time())
@@ -368,3 +387,39 @@ def test_a_bad_version_trips_the_error_rate_gate_in_wave_0_and_only_the_canaries
         "rollout.rolled_back",
         "rollout.device_rollback_acked",
     } <= actions
+
+
+def test_an_agents_own_health_watch_rollback_fails_its_device_in_the_rollout(
+    fleet: Fleet, tmp_path: Path, keys: Any, digits_mlp: Any
+) -> None:
+    """One more device whose agent keeps its health watch as shipped (20 requests): version 3
+    breaks its traffic, the agent rolls itself back, and the engine counts that device failed
+    with the agent's reason — the fleet's telemetry gates are off here, so nothing else could."""
+    device_id = "edge-watch"
+    save_credentials(tmp_path / device_id, enroll_device(fleet.plane, device_id))
+    fleet.services.devices.set_labels(device_id, {"site": "watch"}, "test-operator")
+    fleet.services.devices.report(device_id, profile_id=PROFILE)
+    env = _agent_env(fleet.plane, device_id, mqtt=True)
+    del env["FLEETCAST_AGENT_HEALTH_MIN_REQUESTS"]
+    agent = AgentProcess(tmp_path / device_id, keys.public, env)
+    traffic = Traffic({device_id: agent}, np.asarray(digits_mlp.x_validation))
+    try:
+        quick = {"error_rate": {"enabled": False}, "latency": {"enabled": False}}
+        first = fleet.create("2", {"site": "watch"}, bake_s=1, gates=quick)
+        assert wait_until(lambda: fleet.phase(first) == "completed", 60), fleet.view(first)
+        v2, v3 = fleet.versions["2"].sha256, fleet.versions["3"].sha256
+        assert wait_until(lambda: fleet.running(device_id) == v2, 30)  # what it goes back to
+        rollout_id = fleet.create("3", {"site": "watch"}, bake_s=60, gates=quick)
+        assert wait_until(lambda: fleet.phase(rollout_id) == "aborted", 90), fleet.view(rollout_id)
+        view = fleet.view(rollout_id)
+        state = view["devices"][device_id]
+        assert (state["status"], state["reverted"]) == ("failed", True)
+        assert state["reason"].startswith("health watch rolled it back: error rate")
+        install = next(g for g in view["waves"][0]["gates"] if g["gate"] == "install")
+        assert install["verdict"] == "fail" and install["numbers"]["failed"] == 1
+        assert fleet.commands(rollout_id, "rollback") == []  # it went back by itself
+        assert fleet.running(device_id) == v2
+        assert fleet.installs(v3).get(device_id) == 1
+    finally:
+        traffic.stop()
+        agent.stop()
