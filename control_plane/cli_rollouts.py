@@ -20,6 +20,8 @@ from control_plane.cli_api import api_command, emit
 
 COLUMNS = ("id", "model", "version", "phase", "current_wave", "waves", "reason")
 SETTLED = ("completed", "aborted", "rolled_back")
+NOT_IN_TOTAL = ("left", "rolled_back", "rollback_done", "rollback_failed", "reverted")
+"""Summary counts beside the status buckets (left devices are not in the wave's total)."""
 
 
 def _row(summary: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +125,7 @@ def render(view: dict[str, Any]) -> str:
     lines = []
     for wave in view["summary"]["waves"]:
         counts = wave["devices"]
-        total = sum(v for k, v in counts.items() if k not in ("rolled_back", "left"))
+        total = sum(v for k, v in counts.items() if k not in NOT_IN_TOTAL)
         done = counts.get("succeeded", 0)
         bad = counts.get("failed", 0) + counts.get("timed_out", 0)
         width = 30
@@ -131,9 +133,16 @@ def render(view: dict[str, Any]) -> str:
         failed = round(width * bad / total) if total else 0
         bar = "█" * filled + "✗" * failed + "·" * max(0, width - filled - failed)
         gates = " ".join(f"{g}={v}" for g, v in wave["gates"].items()) or "-"
+        back = ""
+        if counts.get("rolled_back") or counts.get("reverted"):
+            back = (
+                f" rolled back {counts.get('rollback_done', 0)}/{counts.get('rolled_back', 0)}"
+                f" (failed {counts.get('rollback_failed', 0)}),"
+                f" reverted by the device {counts.get('reverted', 0)}"
+            )
         lines.append(
             f"wave {wave['index']} {wave['status']:<17} {bar} {done}/{total} "
-            f"(installing {counts.get('installing', 0)}, failed {bad}) gates: {gates}"
+            f"(installing {counts.get('installing', 0)}, failed {bad}){back} gates: {gates}"
         )
     return "\n".join(lines)
 

@@ -35,7 +35,7 @@ from control_plane.services.alerts import AlertService, Notifications, WaveDrift
 from control_plane.services.audit import AuditService
 from control_plane.services.monitoring import MonitoringService
 from control_plane.services.retention import RetentionPolicy, RetentionService
-from control_plane.services.rollouts import RolloutService
+from control_plane.services.rollouts import AlertDrift, RolloutService
 from control_plane.settings import Settings
 from control_plane.transport.broker import CONTROL_PLANE_USER, BrokerTls, MosquittoBroker
 from control_plane.transport.changes import ChangeDispatcher
@@ -248,6 +248,7 @@ class ControlPlane:
             AuditService(services.repos.audit),
             services.commands,
             drift=WaveDrift(self._alert_service()),  # drift gate: wave drift, firing alerts
+            drift_alerts=AlertDrift(self._alert_service()),  # firing alerts, named
         )
         recovered = self.rollouts.recover_all()
         if recovered:

@@ -416,7 +416,9 @@ class Agent:
                 continue
             with self._install_lock:
                 try:
-                    previous = self.installer.rollback(self.installer.store(name), decision.reason)
+                    previous = self.installer.rollback(
+                        self.installer.store(name), decision.reason, "health"
+                    )
                 except InstallError as exc:
                     logger.error("%s: health breached but cannot roll back: %s", name, exc)
                     continue

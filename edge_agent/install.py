@@ -212,6 +212,7 @@ class Installer:
                 **extra,
                 "model_name": store.model_name,
                 "package_id": active.package_id,
+                "sha256": active.sha256,
                 "release": active.release,
                 "slot": active.slot,
                 "previous_package_id": previous.package_id if previous else None,
@@ -340,12 +341,18 @@ class Installer:
             if pointer.previous is None:
                 return None
             try:
-                return self.rollback(store, f"active slot failed verification: {exc}")
+                return self.rollback(
+                    store, f"active slot failed verification: {exc}", "verification"
+                )
             except InstallError:
                 return None
 
-    def rollback(self, store: SlotStore, reason: str) -> Model:
-        """Point back at the previous slot (verified again) and report why."""
+    def rollback(self, store: SlotStore, reason: str, cause: str = "command") -> Model:
+        """Point back at the previous slot (verified again) and report why.
+
+        ``cause`` says who decided: ``command`` (the control plane), ``health`` (the
+        agent's own health watch) or ``verification`` (the active slot failed it at start).
+        """
         pointer = store.pointer()
         if pointer is None or pointer.previous is None:
             raise InstallError("rollback", "no previous version to roll back to", "rollback")
@@ -367,8 +374,11 @@ class Installer:
                 "event": "rolled_back",
                 "model_name": store.model_name,
                 "package_id": previous.package_id,
+                "sha256": previous.sha256,
                 "release": previous.release,
                 "from_package_id": pointer.active.package_id,
+                "from_sha256": pointer.active.sha256,
+                "cause": cause,
                 "reason": reason,
             },
             f"rollback:{pointer.install_id}:{pointer.active.sha256}",

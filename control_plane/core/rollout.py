@@ -146,6 +146,9 @@ def summary(r: Rollout) -> dict[str, Any]:
         for d in members:
             counts["left" if d.left else d.status] += 1
         counts["rolled_back"] = sum(d.rolled_back for d in members)
+        counts["rollback_done"] = sum(d.rollback == "done" for d in members)
+        counts["rollback_failed"] = sum(d.rollback == "failed" for d in members)
+        counts["reverted"] = sum(d.reverted for d in members)
         waves.append(
             {
                 "index": wave.index,

@@ -13,7 +13,9 @@ promoted only when every gate passes after its bake.
   readings source; relative and absolute limits, minimum request counts
   (the defaults mirror the agent's own health watch, ``edge_agent/core/health.py``).
 - ``drift``: a score the monitoring service computes (:class:`DriftSource`;
-  :class:`NoDrift` is the default until it exists; the gate is off by default).
+  :class:`NoDrift` is the default), or monitoring's firing drift alerts on the version
+  (:class:`DriftAlerts`, ``AlertService.blocks_rollout``; :class:`NoDriftAlerts` when
+  monitoring is off): a firing alert fails the wave. The gate is off by default.
 - ``availability``: devices of the wave silent for longer than ``silent_after_s``.
 """
 
@@ -57,6 +59,8 @@ class WaveReadings:
     baseline: VersionStats | None = None
     drift_score: float | None = None
     drift_samples: int = 0
+    drift_alerts: tuple[str, ...] | None = None
+    """Firing drift alerts gating rollouts on the version ([]: none fire; None: no monitoring)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +74,12 @@ class WaveReadings:
             baseline=VersionStats(**base) if base is not None else None,
             drift_score=data.get("drift_score"),
             drift_samples=int(data.get("drift_samples", 0)),
+            drift_alerts=_alerts(data.get("drift_alerts")),
         )
+
+
+def _alerts(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else tuple(str(a) for a in value)
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,22 @@ class NoDrift:
     def drift(
         self, model: str, version: str, subjects: Sequence[str], since: float
     ) -> tuple[float, int] | None:
+        return None
+
+
+class DriftAlerts(Protocol):
+    """Monitoring's alerting: which firing alerts block promoting a version."""
+
+    def firing(self, model: str, version: str) -> list[str] | None:
+        """Ids of the firing alerts that gate rollouts on ``model`` ``version`` ([]: none);
+        None when monitoring is off (the drift gate then needs a score)."""
+        ...
+
+
+class NoDriftAlerts:
+    """The default when monitoring is off: nothing known, the drift gate needs a score."""
+
+    def firing(self, model: str, version: str) -> list[str] | None:
         return None
 
 
@@ -273,12 +298,23 @@ class DriftGate:
         r, cfg = inp.readings, self.config
         score = r.drift_score if r is not None else None
         samples = r.drift_samples if r is not None else 0
+        alerts = r.drift_alerts if r is not None else None
         numbers: dict[str, Number] = {
             "score": score,
             "samples": samples,
             "max_score": cfg.max_score,
             "min_samples": cfg.min_samples,
+            "firing_alerts": None if alerts is None else len(alerts),
         }
+        if alerts:
+            why = f"{len(alerts)} firing drift alert(s) on the version: {', '.join(alerts)}"
+            return GateResult(self.name, "fail", why, numbers)
+        if alerts is not None and score is None:
+            if _stale(inp):
+                return GateResult(
+                    self.name, "pending", "waiting for a check after the bake", numbers
+                )
+            return GateResult(self.name, "pass", "no firing drift alert on the version", numbers)
         if score is None or samples < cfg.min_samples:
             return GateResult(
                 self.name, "pending", f"{samples} samples < {cfg.min_samples}", numbers

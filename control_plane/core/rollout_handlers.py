@@ -17,6 +17,9 @@ from control_plane.core.rollout_model import (
     DeviceInstalled,
     DeviceJoined,
     DeviceLeft,
+    DeviceReverted,
+    DeviceRollbackFailed,
+    DeviceRolledBack,
     DeviceSeen,
     DeviceSelfTestFailed,
     DeviceState,
@@ -54,6 +57,10 @@ def handle(r: Rollout, event: Event, now: float, out: Actions) -> None:
             _on_failed(r, event, now, out)
         case DeviceTimedOut():
             _on_timed_out(r, event, now, out)
+        case DeviceRolledBack() | DeviceRollbackFailed():
+            _on_rollback_ack(r, event, now, out)
+        case DeviceReverted():
+            _on_reverted(r, event, now, out)
         case DeviceWentSilent():
             _on_silent(r, event, now, out)
         case DeviceSeen():
@@ -112,6 +119,37 @@ def _on_failed(
     out.append(
         Audit(
             "rollout.device_failed",
+            {"rollout": r.id, "device": e.device_id, "wave": d.wave, "reason": d.reason},
+        )
+    )
+
+
+def _on_rollback_ack(
+    r: Rollout, e: DeviceRolledBack | DeviceRollbackFailed, now: float, out: Actions
+) -> None:
+    d = r.devices.get(e.device_id)
+    if d is None or d.rollback != "sent":
+        return
+    detail: dict[str, object] = {"rollout": r.id, "device": e.device_id, "wave": d.wave}
+    if isinstance(e, DeviceRollbackFailed):
+        d.rollback, d.rollback_reason = "failed", e.reason or "the device reported a failure"
+        detail["reason"] = d.rollback_reason
+    else:
+        d.rollback = "done"
+    detail["outcome"] = d.rollback
+    out.append(Audit("rollout.device_rollback_acked", detail))
+
+
+def _on_reverted(r: Rollout, e: DeviceReverted, now: float, out: Actions) -> None:
+    d = r.devices.get(e.device_id)
+    if d is None or not d.touched or d.reverted or d.rolled_back:
+        return
+    d.reverted = True
+    d.status, d.reason = "failed", f"health watch rolled it back: {e.reason}".rstrip(": ")
+    d.finished_at = d.finished_at or now
+    out.append(
+        Audit(
+            "rollout.device_reverted",
             {"rollout": r.id, "device": e.device_id, "wave": d.wave, "reason": d.reason},
         )
     )
@@ -277,8 +315,10 @@ def roll_back(r: Rollout, waves: set[int] | None, reason: str, out: Actions) -> 
                 SetTraffic(spec.model, spec.target.alias, spec.version, 0, r.previous_version)
             )
     for device_id, d in sorted(r.devices.items(), key=lambda i: (i[1].rank, i[0])):
+        if d.reverted:  # it went back by itself: nothing to send
+            continue
         if d.touched and not d.rolled_back and (waves is None or d.wave in waves):
-            d.rolled_back, count = True, count + 1
+            d.rolled_back, d.rollback, count = True, "sent", count + 1
             key = f"{r.id}:{device_id}:rollback"
             out.append(Rollback(device_id, d.previous_package, d.package, key))
     scope = "all" if waves is None else sorted(waves)

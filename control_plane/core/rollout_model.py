@@ -46,6 +46,12 @@ class DeviceState(_State):
     left: bool = False
     silent_since: float | None = None
     rolled_back: bool = False
+    """A rollback was sent to it by this rollout."""
+    rollback: Literal["sent", "done", "failed"] | None = None
+    """That rollback's outcome as the device acked it (None: none was sent)."""
+    rollback_reason: str | None = None
+    reverted: bool = False
+    """The device rolled itself back (its own health watch): failed, and owed no rollback."""
 
     @property
     def touched(self) -> bool:
@@ -129,6 +135,29 @@ class DeviceSelfTestFailed:
 
 
 @dataclass(frozen=True)
+class DeviceRolledBack:
+    """The device acked this rollout's rollback command: it runs what it ran before."""
+
+    device_id: str
+
+
+@dataclass(frozen=True)
+class DeviceRollbackFailed:
+    """The device acked this rollout's rollback command as failed (``reason`` says why)."""
+
+    device_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceReverted:
+    """The device rolled the rollout's package back by itself (its health watch breached)."""
+
+    device_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class DeviceTimedOut:
     device_id: str
 
@@ -200,6 +229,9 @@ Event = (
     | DeviceFailed
     | DeviceSelfTestFailed
     | DeviceTimedOut
+    | DeviceRolledBack
+    | DeviceRollbackFailed
+    | DeviceReverted
     | DeviceWentSilent
     | DeviceSeen
     | DeviceJoined

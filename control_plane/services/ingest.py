@@ -19,7 +19,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from control_plane.errors import ResourceExhausted
+from control_plane.core.running import SLOT_EVENTS, fold_status
+from control_plane.errors import ControlPlaneError, ResourceExhausted
 from control_plane.quotas import MAX_UPLOAD_BYTES, IngestQuota, QuotaLimits
 from control_plane.services import Clock
 from control_plane.services.devices import DeviceService
@@ -98,7 +99,25 @@ class IngestService:
             acked.append(seq)
         if new:
             self.repos.uploads.add(device_id, new, transport, self.clock(), windows)
+            self._note_slots(device_id, new)
         return UploadResult(acked, rejected, errors)
+
+    def _note_slots(self, device_id: str, uploads: Iterable[NewUpload]) -> None:
+        """Fold install / rollback reports into the device's ``slots`` (what it runs now)."""
+        reports = [
+            body
+            for u in uploads
+            if u.kind == "status" and (body := json.loads(u.body_json)).get("event") in SLOT_EVENTS
+        ]
+        if not reports:
+            return
+        try:
+            device = self.repos.devices.get(device_id)
+            slots = fold_status(device.slots, reports)
+            if slots is not None:
+                self.devices.report(device_id, slots=slots)
+        except ControlPlaneError as exc:  # the uploads are stored: the record waits for the next
+            logger.warning("device %s: slots not updated: %s", device_id, exc)
 
     def list(
         self,

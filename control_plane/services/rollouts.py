@@ -6,17 +6,23 @@ over these ports:
 - ``RolloutStore``: ``repos.rollouts`` (state JSON, revision compare-and-set, outbox);
 - ``DeviceCommands``: :class:`CommandService` with the action's ``execution_key``
   (one command per key, ever: a re-applied outbox queues nothing new);
-- ``GateReadings``: :class:`UploadReadings`, the devices' telemetry windows since the
-  wave started: requests and errors summed per version, KLL latency sketches merged
-  for p95 (None while no window carries a sketch: the latency gate stays pending);
+- ``GateReadings``: :class:`UploadReadings`, the devices' telemetry windows (the new
+  version's since the wave started, the previous versions' from a lookback before it):
+  requests and errors summed per version, KLL latency sketches merged for p95 (None
+  while no window carries a sketch: the latency gate stays pending), and monitoring's
+  firing drift alerts on the version (:class:`AlertDrift` over
+  ``AlertService.blocks_rollout``; the no-op default when monitoring is off);
 - ``AuditLog``: the audit repository, as actor ``rollouts``;
 - ``AliasTraffic``: not wired (alias targets are refused at create, see docs/rollouts.md).
 
 :meth:`RolloutService.tick_all` is what the control plane's ticker calls every
-few seconds: per active rollout it feeds command acks (ok → ``DeviceInstalled``;
+few seconds: per active rollout it feeds command acks (deploy ok → ``DeviceInstalled``;
 failed → ``DeviceFailed``, or ``DeviceSelfTestFailed`` when the agent's failing
-step is ``selftest``), target membership (``DeviceJoined`` / ``DeviceLeft``) and
-silence (``DeviceWentSilent`` / ``DeviceSeen`` from ``last_seen``), then ticks.
+step is ``selftest``; rollback → ``DeviceRolledBack`` / ``DeviceRollbackFailed``),
+target membership (``DeviceJoined`` / ``DeviceLeft``, with what each device runs from
+its own reports, ``Device.slots``), the devices' own health-watch rollbacks
+(``DeviceReverted``) and silence (``DeviceWentSilent`` / ``DeviceSeen`` from
+``last_seen``), then ticks; aborted and rolled-back rollouts get their rollback acks.
 A save that lost a compare-and-set (another replica, or an operator meanwhile)
 is retried from a fresh load.
 """
@@ -32,7 +38,14 @@ from typing import Any, Literal, TypeVar
 
 from control_plane.core.lifecycle import DEPLOYABLE, is_deployable
 from control_plane.core.rollout import summary
-from control_plane.core.rollout_gates import DriftSource, NoDrift, VersionStats, WaveReadings
+from control_plane.core.rollout_gates import (
+    DriftAlerts,
+    DriftSource,
+    NoDrift,
+    NoDriftAlerts,
+    VersionStats,
+    WaveReadings,
+)
 from control_plane.core.rollout_model import (
     Abort,
     Approve,
@@ -41,6 +54,9 @@ from control_plane.core.rollout_model import (
     DeviceInstalled,
     DeviceJoined,
     DeviceLeft,
+    DeviceReverted,
+    DeviceRollbackFailed,
+    DeviceRolledBack,
     DeviceSeen,
     DeviceSelfTestFailed,
     DeviceWentSilent,
@@ -56,9 +72,11 @@ from control_plane.core.rollout_model import (
 )
 from control_plane.core.rollout_runner import PortRunner
 from control_plane.core.rollout_spec import DeviceTarget, RolloutSpec, parse_spec
+from control_plane.core.running import running_package, self_rollback
 from control_plane.core.sketches import WindowAccumulator
 from control_plane.errors import Conflict, ControlPlaneError, InvalidInput
 from control_plane.services import Clock
+from control_plane.services.alerts import AlertService
 from control_plane.services.audit import AuditService
 from control_plane.services.commands import CommandService
 from control_plane.services.tokens import Principal
@@ -71,6 +89,11 @@ ACTOR = "rollouts"
 """The audit actor of what the engine decides (operators' commands carry their own name)."""
 TICKED_PHASES = ("running", "paused")
 """Completed rollouts are ticked too when their spec has the dynamic tail (it still deploys)."""
+ROLLED_BACK_PHASES = ("aborted", "rolled_back")
+"""Their rollback acks are still fed (per-device rollback outcome), nothing else."""
+BASELINE_LOOKBACK_S = 300.0
+"""The previous version's windows count from this long before the wave started (at least the
+bake time): the same devices' traffic just before the switch, not only the little after it."""
 RETRIES = 5
 Verb = Literal["pause", "resume", "abort", "rollback", "approve"]
 VERBS: tuple[Verb, ...] = ("pause", "resume", "abort", "rollback", "approve")
@@ -151,17 +174,25 @@ class CommandPort:
 
 
 class UploadReadings:
-    """``GateReadings`` from the telemetry windows the devices uploaded since the wave started.
+    """``GateReadings`` from the telemetry windows the devices uploaded around the wave.
 
-    New version: windows of the rollout's model at its version; baseline: the same
-    model at any other version, on the same devices. Error rate is (errors + invalid)
-    / requests; p95 comes from the windows' merged KLL sketches. Drift is not read
-    here (the drift gate needs the monitoring service: it stays pending).
+    New version: windows of the rollout's model at its version received since the wave
+    started; baseline: the same model at any other version on the same devices, received
+    since ``max(bake_s, BASELINE_LOOKBACK_S)`` before the wave started. Error rate is
+    (errors + invalid) / requests; p95 comes from the windows' merged KLL sketches.
+    Drift: monitoring's firing alerts on the version (``drift_alerts``; the no-op
+    default when monitoring is off leaves the drift gate to a score, so it stays pending).
     """
 
-    def __init__(self, repos: Repositories, drift: DriftSource | None = None) -> None:
+    def __init__(
+        self,
+        repos: Repositories,
+        drift: DriftSource | None = None,
+        drift_alerts: DriftAlerts | None = None,
+    ) -> None:
         self.repos = repos
         self.drift = drift or NoDrift()  # services/alerts.WaveDrift: drift and firing alerts
+        self.drift_alerts = drift_alerts or NoDriftAlerts()
 
     def read(
         self, rollout: Rollout, wave: int, subjects: Sequence[str], since: float, now: float
@@ -169,6 +200,7 @@ class UploadReadings:
         import json
 
         model, version = rollout.spec.model, rollout.spec.version
+        lookback = max(rollout.spec.bake_s, BASELINE_LOOKBACK_S)
         new, old = WindowAccumulator(), WindowAccumulator()
         for device_id in subjects:
             offset: int | None = 0
@@ -176,7 +208,7 @@ class UploadReadings:
                 page = self.repos.uploads.list(
                     device_id=device_id,
                     kind="telemetry_window",
-                    since=since,
+                    since=since - lookback,
                     limit=MAX_LIMIT,
                     offset=offset,
                 )
@@ -184,9 +216,13 @@ class UploadReadings:
                     window = json.loads(upload.body_json)
                     if not isinstance(window, dict) or window.get("model_name") != model:
                         continue
-                    (new if str(window.get("model_version")) == version else old).add(window)
+                    if str(window.get("model_version")) != version:
+                        old.add(window)
+                    elif upload.received_at >= since:
+                        new.add(window)
                 offset = page.next_offset
-        if new.windows == 0 and old.windows == 0:
+        alerts = self.drift_alerts.firing(model, version)
+        if new.windows == 0 and old.windows == 0 and alerts is None:
             return None
         measured = self.drift.drift(model, version, subjects, since)
         return WaveReadings(
@@ -195,7 +231,18 @@ class UploadReadings:
             baseline=_stats(old) if old.windows else None,
             drift_score=None if measured is None else measured[0],
             drift_samples=0 if measured is None else measured[1],
+            drift_alerts=None if alerts is None else tuple(alerts),
         )
+
+
+class AlertDrift:
+    """``DriftAlerts`` over monitoring's :meth:`AlertService.blocks_rollout`."""
+
+    def __init__(self, alerts: AlertService) -> None:
+        self.alerts = alerts
+
+    def firing(self, model: str, version: str) -> builtins.list[str] | None:
+        return [a.id for a in self.alerts.blocks_rollout(model, version)]
 
 
 def _stats(acc: WindowAccumulator) -> VersionStats:
@@ -204,7 +251,14 @@ def _stats(acc: WindowAccumulator) -> VersionStats:
 
 
 def ack_event(command: Command) -> Event:
-    """What a deploy command's ack means to the engine."""
+    """What a deploy or rollback command's ack means to the engine."""
+    if command.kind == "rollback":
+        if command.status == "ok":
+            return DeviceRolledBack(command.device_id)
+        error = (command.result or {}).get("error")
+        return DeviceRollbackFailed(
+            command.device_id, str(error or "the device reported a failure")
+        )
     if command.status == "ok":
         return DeviceInstalled(command.device_id)
     result = command.result or {}
@@ -222,6 +276,7 @@ class RolloutService:
         commands: CommandService | None = None,
         clock: Clock = time.time,
         drift: DriftSource | None = None,
+        drift_alerts: DriftAlerts | None = None,
     ) -> None:
         self.repos = repos
         self.audit = audit
@@ -231,7 +286,7 @@ class RolloutService:
             clock=_Clock(clock),
             store=repos.rollouts,
             commands=CommandPort(repos, self.commands),
-            readings=UploadReadings(repos, drift),
+            readings=UploadReadings(repos, drift, drift_alerts),
             traffic=_NoAliasTraffic(),
             audit=_Audit(audit),
         )
@@ -263,7 +318,7 @@ class RolloutService:
             if found is not None:
                 packages[profile] = found.sha256
         rollout_id = uuid.uuid4().hex[:16]
-        targets = [TargetDevice(d.id, d.profile_id, d.labels) for d in devices]
+        targets = [_target_device(d, spec.model) for d in devices]
         rollout = self.runner.create(rollout_id, spec, targets, packages)
         self.audit.record(
             actor.name,
@@ -362,22 +417,44 @@ class RolloutService:
                 self.tick(rollout_id)
             except Exception:  # the ticker must outlive any one rollout's failure
                 logger.exception("rollout %s: tick failed", rollout_id)
+        for rollout_id in rollouts.ids_in_phases(ROLLED_BACK_PHASES):
+            try:
+                self.feed_acks(rollout_id)
+            except Exception:
+                logger.exception("rollout %s: feeding rollback acks failed", rollout_id)
+
+    def feed_acks(self, rollout_id: str) -> Rollout | None:
+        """Feed an aborted or rolled-back rollout its rollback acks (nothing else moves)."""
+        acks = self.repos.rollouts.unfed_acks(rollout_id)
+        if not acks:
+            return None
+        rollout = self.get(rollout_id)
+        events = self._ack_events(rollout, acks)
+        after = self._retry(lambda: self.runner.handle_many(rollout_id, events)) if events else None
+        self.repos.rollouts.mark_fed([c.id for c in acks], self.clock())
+        return after
 
     def tick(self, rollout_id: str) -> Rollout:
-        """Feed acks, membership and silence, then let time pass in the engine."""
+        """Feed acks, membership, silence and the devices' own rollbacks, then let time pass."""
         rollout = self.get(rollout_id)
         acks = self.repos.rollouts.unfed_acks(rollout_id)
-        events: list[Event] = []
-        for command in acks:
-            # a late success counts (the engine takes it); a stale attempt's failure does not
-            if command.kind == "deploy" and (command.status == "ok" or _current(rollout, command)):
-                events.append(ack_event(command))
+        events = self._ack_events(rollout, acks)
         events += self._membership(rollout)
         if events:
             self._retry(lambda: self.runner.handle_many(rollout_id, events))
         if acks:
             self.repos.rollouts.mark_fed([c.id for c in acks], self.clock())
         return self._retry(lambda: self.runner.tick(rollout_id))
+
+    def _ack_events(self, rollout: Rollout, acks: Sequence[Command]) -> builtins.list[Event]:
+        events: list[Event] = []
+        for command in acks:
+            # a late success counts (the engine takes it); a stale attempt's failure does not
+            if command.kind == "rollback" or (
+                command.kind == "deploy" and (command.status == "ok" or _current(rollout, command))
+            ):
+                events.append(ack_event(command))
+        return events
 
     def _membership(self, rollout: Rollout) -> builtins.list[Event]:
         spec = rollout.spec
@@ -394,11 +471,12 @@ class RolloutService:
                     events.append(DeviceLeft(device_id))
                 continue
             if state.left:
-                events.append(
-                    DeviceJoined(TargetDevice(device.id, device.profile_id, device.labels))
-                )
+                events.append(DeviceJoined(_target_device(device, spec.model)))
             if not state.touched:
                 continue
+            reverted = state.package and self_rollback(device.slots, spec.model, state.package)
+            if reverted and not state.reverted and not state.rolled_back:
+                events.append(DeviceReverted(device_id, reverted))
             seen = device.last_seen or device.enrolled_at
             if now - seen >= silent_after and state.silent_since is None:
                 events.append(DeviceWentSilent(device_id, seen))
@@ -406,9 +484,7 @@ class RolloutService:
                 events.append(DeviceSeen(device_id))
         for device_id, device in current.items():
             if spec.dynamic_tail and device_id not in rollout.devices:
-                events.append(
-                    DeviceJoined(TargetDevice(device.id, device.profile_id, device.labels))
-                )
+                events.append(DeviceJoined(_target_device(device, spec.model)))
         return events
 
     def _retry(self, attempt: Callable[[], T]) -> T:
@@ -418,6 +494,12 @@ class RolloutService:
             except RevisionConflict:
                 continue
         return attempt()
+
+
+def _target_device(device: Device, model: str) -> TargetDevice:
+    """The device as the engine sees it: what it runs of ``model`` from its own reports."""
+    running = running_package(device.slots, model)
+    return TargetDevice(device.id, device.profile_id, device.labels, running)
 
 
 def _current(rollout: Rollout, command: Command) -> bool:

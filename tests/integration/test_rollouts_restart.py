@@ -3,6 +3,7 @@ was and no device gets a second deploy (four real ``fleetcast-agent`` processes 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -94,9 +95,12 @@ def test_sigkill_mid_rollout_then_restart_continues_without_double_deploys(
         assert got["summary"]["phase"] == "completed"
         assert {d["status"] for d in got["devices"].values()} == {"succeeded"}
         sent = _deploys(services, rollout_id)
-        assert sorted(c.device_id for c in sent) == [f"edge-{i}" for i in range(DEVICES)]
+        devices = [f"edge-{i}" for i in range(DEVICES)]
+        assert sorted(c.device_id for c in sent) == devices
         assert {c.status for c in sent} == {"ok"}  # one deploy per device, across the kill
         assert {c.id for c in before} <= {c.id for c in sent}
+        # and by the agents' own reports: each installed the package once
+        assert wait_until(lambda: _installs(services, pkg.sha256) == dict.fromkeys(devices, 1), 30)
     finally:
         for agent in agents:
             agent.stop()
@@ -115,6 +119,15 @@ def _stop_orphaned_broker(folder: Path) -> None:
             continue
         if "mosquitto" in command and str(folder) in command:
             os.kill(int(proc.name), signal.SIGTERM)
+
+
+def _installs(services: Any, sha256: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for upload in services.ingest.all(kind="status"):
+        body = json.loads(upload.body_json)
+        if body.get("event") == "installed" and body.get("sha256") == sha256:
+            counts[upload.device_id] = counts.get(upload.device_id, 0) + 1
+    return counts
 
 
 def _deploys(services: Any, rollout_id: str) -> list[Any]:

@@ -30,6 +30,9 @@ from control_plane.core.rollout_model import (
     DeviceInstalled,
     DeviceJoined,
     DeviceLeft,
+    DeviceReverted,
+    DeviceRollbackFailed,
+    DeviceRolledBack,
     DeviceSeen,
     DeviceSelfTestFailed,
     DeviceTimedOut,
@@ -85,6 +88,7 @@ def specs(draw: st.DrawFn) -> RolloutSpec:
             "error_rate": {"enabled": draw(st.booleans()), "min_requests": 100},
             "latency": {"enabled": draw(st.booleans()), "min_requests": 100},
             "availability": {"enabled": draw(st.booleans()), "silent_after_s": 60},
+            "drift": {"enabled": draw(st.booleans()), "min_samples": 1000},
             "pending_deadline_s": draw(st.sampled_from([0, 600, 3600])),
         },
     }
@@ -94,7 +98,12 @@ def specs(draw: st.DrawFn) -> RolloutSpec:
 
 
 DEVICE = st.integers(0, 11)  # d0..d8 may start in the target, d9..d11 can only join
-_DEVICE_EVENT = st.tuples(st.sampled_from(["installed", "failed", "selftest", "timeout"]), DEVICE)
+_DEVICE_EVENT = st.tuples(
+    st.sampled_from(
+        ["installed", "failed", "selftest", "timeout", "reverted", "rolledback", "rollbackfail"]
+    ),
+    DEVICE,
+)
 _PRESENCE = st.tuples(st.sampled_from(["silent", "seen", "leave", "join"]), DEVICE)
 _READINGS = st.tuples(  # near the limits: error rate 3% (+2% over 1%), p95 8.5 ms (1.5 x 5 + 1)
     st.just("readings"),
@@ -102,6 +111,7 @@ _READINGS = st.tuples(  # near the limits: error rate 3% (+2% over 1%), p95 8.5 
     st.sampled_from([0, 50, 500]),
     st.sampled_from([0.0, 0.01, 0.04, 0.2]),
     st.sampled_from([5.0, 8.0, 9.0, 50.0]),
+    st.sampled_from([None, (), ("feature_drift{model=m,version=2}@0",)]),  # firing drift alerts
 )
 _OPERATOR = st.tuples(st.sampled_from(["pause", "resume", "approve"]))
 _ENDING = st.one_of(
@@ -142,6 +152,9 @@ def events_for(op: Op, r: Rollout, now: float) -> list[Event]:
         "failed": lambda: DeviceFailed(f"d{op[1]}", "x"),
         "selftest": lambda: DeviceSelfTestFailed(f"d{op[1]}", "x"),
         "timeout": lambda: DeviceTimedOut(f"d{op[1]}"),
+        "reverted": lambda: DeviceReverted(f"d{op[1]}", "error rate"),
+        "rolledback": lambda: DeviceRolledBack(f"d{op[1]}"),
+        "rollbackfail": lambda: DeviceRollbackFailed(f"d{op[1]}", "no previous version"),
         "silent": lambda: DeviceWentSilent(f"d{op[1]}", now),
         "seen": lambda: DeviceSeen(f"d{op[1]}"),
         "leave": lambda: DeviceLeft(f"d{op[1]}"),
@@ -159,16 +172,19 @@ def events_for(op: Op, r: Rollout, now: float) -> list[Event]:
     if kind == "answer":  # every installing device answers, all well or all badly
         return [DeviceInstalled(d) if op[1] else DeviceFailed(d, "x") for d in installing]
     if kind == "progress":  # installs succeed, the operator approves, good readings arrive
-        good = WaveReadings(now, VersionStats(1000, 5, 5.0), VersionStats(1000, 10, 5.0))
+        good = WaveReadings(
+            now, VersionStats(1000, 5, 5.0), VersionStats(1000, 10, 5.0), drift_alerts=()
+        )
         approve: list[Event] = []
         if r.phase == "running" and r.waves[r.current].status == "awaiting_approval":
             approve = [Approve("op")]
         installed: list[Event] = [DeviceInstalled(d) for d in installing]
         return [*installed, *approve, GateReadingsArrived(r.current, good)]
-    _, wave, requests, rate, p95 = op
+    _, wave, requests, rate, p95, alerts = op
     wave = r.current if wave < 0 else wave
     new = VersionStats(requests, round(requests * rate), p95)
-    return [GateReadingsArrived(wave, WaveReadings(now, new, VersionStats(1000, 10, 5.0)))]
+    base = VersionStats(1000, 10, 5.0)
+    return [GateReadingsArrived(wave, WaveReadings(now, new, base, drift_alerts=alerts))]
 
 
 @dataclass
@@ -228,6 +244,12 @@ def _wave_may_pass(spec: RolloutSpec, r: Rollout, index: int, now: float) -> str
             return f"error rate {rate}"
         if g.latency.enabled and new["p95_ms"] > base["p95_ms"] * 1.5 + 1.0:
             return f"p95 {new['p95_ms']}"
+    if g.drift.enabled:
+        alerts = wave.readings.get("drift_alerts") if wave.readings else None
+        if wave.readings is None or wave.readings["at"] < wave.bake_until:
+            return "no drift check from after the bake"
+        if alerts is None or len(alerts) > 0:
+            return f"drift alerts {alerts}"  # no score is drawn: only a clean check passes
     if g.availability.enabled:
         watched = [s for s in members if s.attempts > 0]
         silent = [s for s in watched if s.silent_since is not None and now - s.silent_since >= 60]
@@ -250,7 +272,10 @@ def test_invariants_hold_for_any_sequence_of_events(
     deployed: dict[str, list[tuple[float, int]]] = {}
     timed_out_at: dict[str, list[float]] = {}
     rolled_back: set[str] = set()
+    failed_waves: set[int] = set()  # failed and not resumed since
     for now, event, before, after, actions in trace.steps:
+        if isinstance(event, Resume):
+            failed_waves.discard(before.current)
         if isinstance(event, DeviceTimedOut):
             timed_out_at.setdefault(event.device_id, []).append(now)
         sent = [a for a in actions if isinstance(a, Deploy)]
@@ -276,15 +301,26 @@ def test_invariants_hold_for_any_sequence_of_events(
             installing = sum(s.status == "installing" for s in after.devices.values())
             assert installing + after.busy_elsewhere <= spec.disruption_budget
             assert after.phase in ("running", "completed")
+        for a in (a for a in actions if isinstance(a, Rollback)):
+            # never to a device that went back by itself, never twice
+            assert not before.devices[a.device_id].reverted
+            assert a.device_id not in rolled_back
         rolled_back |= {a.device_id for a in actions if isinstance(a, Rollback)}
         for promote in (a for a in actions if isinstance(a, PromoteWave)):
+            assert promote.from_wave not in failed_waves  # a failed gate is final until resumed
             # never past a failed gate, nor past one that has not yet passed
             why = _wave_may_pass(spec, after, promote.from_wave, now)
             assert why is None, why
             assert all(g["verdict"] == "pass" for g in after.waves[promote.from_wave].gates)
+        failed_waves |= {w.index for w in after.waves if w.status == "failed"}
         if after.phase == "rolled_back" and before.phase != "rolled_back":
-            # after rollback-all every touched device has a rollback
-            assert set(deployed) <= rolled_back
+            # after rollback-all every touched device has a rollback, or went back by itself
+            reverted = {d for d, s in after.devices.items() if s.reverted}
+            assert set(deployed) <= rolled_back | reverted
+    for device_id, d in trace.final.devices.items():
+        # a rollback's outcome only ever follows a rollback sent
+        assert d.rollback is None or device_id in rolled_back
+        assert not (d.reverted and d.rolled_back)
 
 
 @settings(
@@ -300,10 +336,18 @@ def test_a_restart_at_any_point_yields_the_same_actions(
     assert restarted.final.to_dict() == straight.final.to_dict()
 
 
-def _oracle(spec: RolloutSpec, new: VersionStats, base: VersionStats, baked: bool) -> str:
+def _oracle(
+    spec: RolloutSpec,
+    new: VersionStats,
+    base: VersionStats,
+    baked: bool,
+    alerts: tuple[str, ...] | None = None,
+) -> str:
     """pass / fail / pending for one reading, from the documented limits."""
     g = spec.gates
     verdicts = []
+    if g.drift.enabled:  # no score is read here: a firing alert fails, a clean check passes
+        verdicts.append("pending" if alerts is None else "fail" if alerts else "pass")
     if g.error_rate.enabled:
         limit = min(g.error_rate.max_error_rate, base.error_rate + g.error_rate.max_increase)
         if new.requests < g.error_rate.min_requests:
@@ -326,6 +370,7 @@ def _oracle(spec: RolloutSpec, new: VersionStats, base: VersionStats, baked: boo
 @given(
     st.booleans(),
     st.booleans(),
+    st.booleans(),
     st.integers(1, 5),
     st.lists(
         st.tuples(
@@ -333,6 +378,7 @@ def _oracle(spec: RolloutSpec, new: VersionStats, base: VersionStats, baked: boo
             st.sampled_from([0, 99, 100, 1000]),
             st.sampled_from([0.0, 0.029, 0.031, 0.05, 0.051, 0.3]),
             st.sampled_from([1.0, 8.5, 8.6, 40.0]),
+            st.sampled_from([None, (), ("feature_drift{model=m,version=2}@0",)]),
         ),
         min_size=1,
         max_size=8,
@@ -341,8 +387,9 @@ def _oracle(spec: RolloutSpec, new: VersionStats, base: VersionStats, baked: boo
 def test_gates_decide_a_wave_exactly_as_their_documented_limits(
     errors: bool,
     latency: bool,
+    drift: bool,
     n: int,
-    readings: list[tuple[int, int, float, float]],
+    readings: list[tuple[int, int, float, float, tuple[str, ...] | None]],
 ) -> None:
     spec = parse_spec(
         {
@@ -355,6 +402,7 @@ def test_gates_decide_a_wave_exactly_as_their_documented_limits(
             "gates": {
                 "error_rate": {"enabled": errors, "min_requests": 100},
                 "latency": {"enabled": latency, "min_requests": 100},
+                "drift": {"enabled": drift},
                 "availability": {"enabled": False},
             },
         }
@@ -365,11 +413,12 @@ def test_gates_decide_a_wave_exactly_as_their_documented_limits(
         r, _ = step(r, DeviceInstalled(d), now)
     bake_until = now + 30
     base = VersionStats(1000, 10, 5.0)  # 1% errors, p95 5 ms: limits 3% and 8.5 ms
-    for dt, requests, rate, p95 in readings:
+    for dt, requests, rate, p95, alerts in readings:
         now += dt
         new = VersionStats(requests, round(requests * rate), p95)
-        r, _ = step(r, GateReadingsArrived(0, WaveReadings(now, new, base)), now)
-        expected = _oracle(spec, new, base, baked=now >= bake_until)
+        reading = WaveReadings(now, new, base, drift_alerts=alerts)
+        r, _ = step(r, GateReadingsArrived(0, reading), now)
+        expected = _oracle(spec, new, base, now >= bake_until, alerts)
         phase = {"pass": "completed", "fail": "paused", "pending": "running"}[expected]
         assert r.phase == phase, (expected, new, r.reason)
         if r.phase != "running":

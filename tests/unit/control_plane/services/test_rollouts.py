@@ -13,7 +13,9 @@ from control_plane.core.rollout_model import Deploy, Rollout, action_to_dict
 from control_plane.core.rollout_spec import RolloutBlocked, RolloutSpecError
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from control_plane.services.audit import AuditService
-from control_plane.services.rollouts import RolloutService, UploadReadings
+from control_plane.services.devices import DeviceService
+from control_plane.services.ingest import IngestService
+from control_plane.services.rollouts import BASELINE_LOOKBACK_S, RolloutService, UploadReadings
 from control_plane.services.tokens import Principal
 from control_plane.store.factory import open_repositories
 from control_plane.store.records import ModelCard, NewDevice, NewUpload, Package
@@ -228,4 +230,98 @@ def test_gate_readings_sum_windows_per_version_and_merge_p95(
     )
     assert UploadReadings(repos).read(rollout, 0, ["cam-2"], clock() - 1, clock()) is None
     later = UploadReadings(repos).read(rollout, 0, ["cam-0"], clock() + 1, clock())
-    assert later is None  # windows received before the wave started do not count
+    assert later is not None and later.new.requests == 0  # new: only since the wave started
+    assert later.baseline is not None and later.baseline.requests == 100  # the lookback
+    lookback = max(rollout.spec.bake_s, BASELINE_LOOKBACK_S)
+    gone = UploadReadings(repos).read(rollout, 0, ["cam-0"], clock() + lookback + 1, clock())
+    assert gone is None  # older than the lookback: nothing
+
+
+def _status(repos: SqlRepositories, device: str, seq: int, **fields: Any) -> None:
+    """A status report as the agent sends it, through ingest (which keeps the device's slots)."""
+    body = {"kind": "status", "device_id": device, "sequence": seq, "at": 5.0, **fields}
+    ingest = IngestService(repos, DeviceService(repos))
+    assert ingest.ingest(device, [(seq, "status", json.dumps(body))], "grpc").acked == [seq]
+
+
+def test_rollback_acks_become_the_devices_rollback_outcome(
+    repos: SqlRepositories, clock: Clock
+) -> None:
+    service = _service(repos, clock)
+    rollout = service.create(_spec(waves=[{"count": 2}, {"percent": 100}]), OPERATOR)
+    first, second = sorted(c.device_id for c in repos.commands.pending())
+    for command in repos.commands.pending():
+        ok = command.device_id == first
+        repos.commands.ack(command.id, command.device_id, ok, {"error": "bad", "step": "load"}, 2.0)
+    service.tick(rollout.id)
+    clock.now += 11
+    after = service.tick(rollout.id)  # 1 of 2 failed > 10%: the wave fails and rolls back
+    assert after.phase == "aborted" and after.devices[first].rollback == "sent"
+    assert after.devices[second].rollback == "sent"
+    rollbacks = {c.device_id: c for c in repos.commands.pending()}
+    assert set(rollbacks) == {first, second}
+    repos.commands.ack(rollbacks[first].id, first, True, {"package_id": "digits-6"}, 3.0)
+    error = {"error": "no previous version to roll back to", "step": "rollback"}
+    repos.commands.ack(rollbacks[second].id, second, False, error, 3.0)
+    service.tick_all()  # an aborted rollout is still fed its rollback acks
+    done = service.get(rollout.id)
+    assert (done.devices[first].rollback, done.devices[second].rollback) == ("done", "failed")
+    assert done.devices[second].rollback_reason == "no previous version to roll back to"
+    wave = service.summary(rollout.id)["waves"][0]["devices"]
+    assert (wave["rolled_back"], wave["rollback_done"], wave["rollback_failed"]) == (2, 1, 1)
+    assert repos.rollouts.unfed_acks(rollout.id) == []
+    service.tick_all()  # fed once: nothing changes
+    assert service.get(rollout.id).to_dict() == done.to_dict()
+
+
+def test_a_health_watch_rollback_on_the_device_fails_it_and_is_owed_no_rollback(
+    repos: SqlRepositories, clock: Clock
+) -> None:
+    service = _service(repos, clock)
+    rollout = service.create(_spec(waves=[{"count": 2}, {"percent": 100}]), OPERATOR)
+    package = next(iter(rollout.packages.values()))
+    first, second = sorted(c.device_id for c in repos.commands.pending())
+    _ack_all(repos)
+    assert service.tick(rollout.id).waves[0].status == "baking"
+    # the first device's health watch breaches: it rolls itself back and says so
+    _status(repos, first, 7, event="rolled_back", model_name="digits", package_id="digits-6",
+            sha256="c" * 64, from_package_id="digits-7-x86", from_sha256=package,
+            cause="health", reason="error rate 0.31 > 0.05")  # fmt: skip
+    assert repos.devices.get(first).slots["digits"]["cause"] == "health"
+    after = service.tick(rollout.id)
+    d = after.devices[first]
+    assert (d.status, d.reverted) == ("failed", True)
+    assert d.reason == "health watch rolled it back: error rate 0.31 > 0.05"
+    assert after.waves[0].status == "failed" and after.phase == "aborted"
+    rollbacks = [c.device_id for c in repos.commands.pending()]
+    assert rollbacks == [second]  # the reverted device went back by itself
+
+
+def test_a_commanded_rollback_report_is_not_a_health_failure(
+    repos: SqlRepositories, clock: Clock
+) -> None:
+    service = _service(repos, clock)
+    rollout = service.create(_spec(), OPERATOR)
+    package = next(iter(rollout.packages.values()))
+    [device] = _ack_all(repos)
+    _status(repos, device, 3, event="rolled_back", model_name="digits", sha256="c" * 64,
+            from_sha256=package, cause="command", reason="operator")  # fmt: skip
+    assert service.tick(rollout.id).devices[device].status == "succeeded"
+
+
+def test_devices_report_what_they_run_and_a_device_already_on_the_package_is_not_sent_it(
+    repos: SqlRepositories, clock: Clock
+) -> None:
+    sha = hashlib.sha256(b"digits 7 x86").hexdigest()
+    _status(repos, "cam-0", 2, event="installed", model_name="digits", sha256=sha,
+            package_id="digits-7-x86")  # fmt: skip
+    _status(repos, "cam-0", 1, event="installed", model_name="digits", sha256="a" * 64)  # older
+    _status(repos, "cam-1", 4, event="installed", model_name="digits", sha256="a" * 64)
+    assert repos.devices.get("cam-0").slots["digits"]["sha256"] == sha
+    service = _service(repos, clock)
+    rollout = service.create(_spec(waves=[{"percent": 100}]), OPERATOR)
+    assert rollout.devices["cam-0"].status == "succeeded"
+    assert rollout.devices["cam-0"].reason == "already runs this package"
+    assert rollout.devices["cam-1"].previous_package == "a" * 64  # what a rollback returns to
+    sent = sorted(c.device_id for c in repos.commands.pending())
+    assert sent == ["cam-1", "cam-2", "cam-3"]
