@@ -11,7 +11,13 @@ Device logins live in their own namespace: a device's username is
 contain ``/``, so no enrollment can produce an operator-side login such as the
 control plane's own; :meth:`MosquittoBroker.add_device` also refuses to replace
 any login that exists, and :meth:`check_login_free` lets enrollment refuse such
-an id up front. The ACL pattern ``fleetcast/v1/%u/<leaf>`` expands to the
+an id up front.
+
+Device logins are hashed here, in mosquitto's own format (``$7$``: PBKDF2-SHA512,
+101 iterations, a 12-byte salt, as ``mosquitto_passwd`` writes them), and appended
+under one lock: enrollments arrive concurrently on gRPC worker threads, and one
+``mosquitto_passwd`` run per device both cost a process per enrollment (rewriting
+the whole file) and lost logins when two runs rewrote the file at once. The ACL pattern ``fleetcast/v1/%u/<leaf>`` expands to the
 device's own topics only:
 
     fleetcast/v1/devices/<id>/commands        read   (control plane -> device)
@@ -25,6 +31,8 @@ device's own topics only:
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import os
 import pwd
@@ -33,6 +41,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +66,19 @@ _DEVICE_ACL = [
 ]
 
 
+PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for its $7$ (sha512-pbkdf2) hashes
+
+
 class BrokerError(ControlPlaneError):
     pass
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """A password-file hash mosquitto 2 checks: ``$7$<iterations>$<salt>$<digest>`` (base64)."""
+    salt = salt if salt is not None else os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS)
+    encode = base64.b64encode
+    return f"$7${PBKDF2_ITERATIONS}${encode(salt).decode()}${encode(digest).decode()}"
 
 
 def find_executable(name: str) -> str:
@@ -110,6 +130,7 @@ class MosquittoBroker:
         self.tls = tls
         self.password = ""
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()  # every change of the password file
         self.passwd = directory / "passwd"
         self.acl = directory / "acl"
         self.conf = directory / "mosquitto.conf"
@@ -209,19 +230,24 @@ class MosquittoBroker:
 
     def add_device(self, device_id: str, password: str) -> None:
         """Add the device's login; never replaces one that exists (Conflict)."""
-        self.check_login_free(device_id)
-        self._passwd("-b", str(self.passwd), device_login(device_id), password)
+        login = device_login(device_id)
+        line = f"{login}:{password_hash(password)}\n"
+        with self._lock:
+            self.check_login_free(device_id)
+            with self.passwd.open("a") as handle:  # private_file made it 0600 at start
+                handle.write(line)
         self.reload()
 
     def remove_device(self, device_id: str) -> None:
         """Remove the device's login; one that is already gone counts as removed."""
         login = device_login(device_id)
-        if login in self.logins():
-            try:
-                self._passwd("-D", str(self.passwd), login)
-            except BrokerError as exc:
-                if "not found" not in str(exc):
-                    raise
+        with self._lock:
+            if login in self.logins():
+                try:
+                    self._passwd("-D", str(self.passwd), login)
+                except BrokerError as exc:
+                    if "not found" not in str(exc):
+                        raise
         self.reload()
 
     @property
