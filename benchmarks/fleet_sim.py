@@ -186,8 +186,8 @@ class Worker:
         for device in self.devices:
             wait = getattr(device.transport, "connected", None)
             if wait is not None and hasattr(device.transport, "_client"):  # MQTT: wait for CONNACK
-                if not wait.wait(60):
-                    raise TimeoutError(f"{device.device_id}: no MQTT connection within 60 s")
+                if not wait.wait(120):
+                    raise TimeoutError(f"{device.device_id}: no MQTT connection within 120 s")
         self.connect_seconds = time.perf_counter() - started
         for device in self.devices:
             thread = threading.Thread(target=device.run, args=(self.stop,), daemon=True)
