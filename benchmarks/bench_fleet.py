@@ -193,6 +193,7 @@ def run_size(work: Path, package: Path, count: int) -> dict[str, Any]:
         usage.start()
         started = time.perf_counter()
         rollout_id = client.request("POST", "/api/v1/rollouts", body=spec_body)["summary"]["id"]
+        logger.info("rollout %s created over %d devices", rollout_id, count)
         view = _wait_settled(client, rollout_id)
         seconds = time.perf_counter() - started
         cpu = usage.stop() - cpu_before

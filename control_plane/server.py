@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from control_plane.errors import ControlPlaneError
 from control_plane.services.audit import AuditService
 from control_plane.services.rollouts import RolloutService
 from control_plane.settings import Settings
+from control_plane.store.notify import ANY, COMMANDS, Subscription
 from control_plane.transport.broker import CONTROL_PLANE_USER, BrokerTls, MosquittoBroker
 from control_plane.transport.changes import ChangeDispatcher
 from control_plane.transport.grpc_server import (
@@ -50,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 5.0  # last-seen times and quota refusals are written this often
 ROLLOUT_TICK_SECONDS = 2.0  # running rollouts are stepped (acks fed, gates read) this often
+ROLLOUT_WAKE_SECONDS = 0.25  # and sooner when commands change (acks), but not more often than this
 INSECURE_MARKER = "serve-insecure.json"
 
 
@@ -74,6 +77,7 @@ class ServeOptions:
     insecure: bool = False  # allow plaintext off this host (warned at start and in devices list)
     http_address: str | None = None  # the REST API (waitress); None: not served
     rollout_tick_seconds: float = ROLLOUT_TICK_SECONDS  # 0: no rollout ticker (tests drive it)
+    rollout_wake_seconds: float = ROLLOUT_WAKE_SECONDS  # an ack wakes the ticker this much later
 
 
 def plaintext_exposures(o: ServeOptions) -> list[str]:
@@ -194,12 +198,39 @@ class ControlPlane:
             self._ticker.start()
 
     def _tick_loop(self) -> None:
-        assert self.rollouts is not None
-        while not self._stop.wait(self.options.rollout_tick_seconds):
-            try:
-                self.rollouts.tick_all()
-            except Exception:  # the store may be unreachable for a while: try again next tick
-                logger.exception("rollouts ticker")
+        """Tick every rollout each ``rollout_tick_seconds``, and soon after commands change.
+
+        An ack is a ``commands`` change in the store: the ticker wakes ``rollout_wake_seconds``
+        later (acks arriving meanwhile ride along), so a wave's next devices go out as soon
+        as installs finish rather than at the next period. The changes the tick itself
+        made (the deploys it queued) are dropped, or every tick would wake the next one.
+        """
+        assert self.rollouts is not None and self.services is not None
+        subscription = self.services.notifier.subscribe()
+        o = self.options
+        try:
+            while not self._stop.wait(o.rollout_wake_seconds):
+                if not self._wait_for_change(subscription, o.rollout_tick_seconds):
+                    break
+                try:
+                    self.rollouts.tick_all()
+                except Exception:  # the store may be unreachable for a while: try next tick
+                    logger.exception("rollouts ticker")
+                subscription.wait(0)  # our own deploys' notifications
+        finally:
+            subscription.close()
+
+    def _wait_for_change(self, subscription: Subscription, period: float) -> bool:
+        """Until commands change or ``period`` passes; False once stopping."""
+        deadline = time.monotonic() + period
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            topics = subscription.wait(min(left, 0.5))
+            if COMMANDS in topics or ANY in topics:
+                return True
+        return False
 
     def _start_http(self, settings: Settings, address: str) -> None:
         """The REST API on the same app and services as gRPC and MQTT, behind waitress."""

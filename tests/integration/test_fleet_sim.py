@@ -33,7 +33,8 @@ PROFILE = "x86-64-generic"
 
 
 @pytest.fixture()
-def plane(tmp_path: Path, keys: Any) -> Iterator[ControlPlane]:
+def plane(tmp_path: Path, keys: Any, request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    tick = getattr(request, "param", 0.3)
     cp = ControlPlane(
         ServeOptions(
             data_dir=tmp_path / "cp",
@@ -41,7 +42,8 @@ def plane(tmp_path: Path, keys: Any) -> Iterator[ControlPlane]:
             grpc_address="127.0.0.1:0",
             http_address="127.0.0.1:0",
             mqtt=True,
-            rollout_tick_seconds=0.3,
+            rollout_tick_seconds=tick,
+            rollout_wake_seconds=0.1,
         )
     ).start()
     try:
@@ -123,3 +125,45 @@ def test_a_three_wave_rollout_reaches_every_simulated_device_once(
         first_sent = min(c.created_at for c in sent if wave_of[c.device_id] == index)
         assert first_sent >= last_ack + BAKE_S
     assert [w["status"] for w in view["waves"]] == ["passed", "passed", "passed"]
+
+
+@pytest.mark.parametrize("plane", [600.0], indirect=True)  # the periodic tick never comes
+def test_acks_wake_the_rollout_ticker(
+    plane: ControlPlane, package: Path, keys: Any, tmp_path: Path
+) -> None:
+    """Each wave's acks move the rollout on without waiting for the ticker's period."""
+    services = plane.services
+    assert services is not None and plane.mqtt_port is not None
+    registered = services.packages.register(package, "test-operator")
+    repos, now = services.repos, time.time()
+    model, version = registered.model_name, registered.model_version
+    repos.models.add(model, "digits", "ml", now)
+    repos.versions.add(model, version, ModelCard("digits", "sklearn digits", "ml"), None, now)
+    repos.versions.set_stage(model, version, "registered", "compiled", now)
+    ids = [f"sim-{i}" for i in range(4)]
+    tokens = services.enrollment.create_tokens("test-operator", ids)
+    specs = [DeviceSpec(d, ("grpc", "mqtt")[i % 2], t) for i, (d, t) in enumerate(zip(ids, tokens))]
+    worker = Worker().start(
+        specs, f"127.0.0.1:{plane.grpc_port}", plane.mqtt_port, load_public_key(keys.public),
+        tmp_path / "fleet",
+    )  # fmt: skip
+    try:
+        for device_id in ids:
+            services.devices.set_labels(device_id, {"fleet": "sim"}, "test-operator")
+            services.devices.report(device_id, profile_id=PROFILE)
+        spec = {
+            "model": model,
+            "version": version,
+            "target": {"kind": "devices", "selector": {"fleet": "sim"}},
+            "waves": [{"count": 1}, {"percent": 100}],
+            "bake_s": 0,
+            "min_finished": 1,
+            "gates": {"error_rate": {"enabled": False}, "latency": {"enabled": False}},
+        }
+        rollout = plane.rollouts
+        assert rollout is not None
+        made = rollout.create(spec, Principal("test", "operator"))
+        assert wait_until(lambda: rollout.get(made.id).phase == "completed", 60)
+    finally:
+        worker.close()
+    assert all(len(d["installs"]) == 1 for d in worker.report()["devices"].values())
