@@ -136,6 +136,22 @@ def step(state: Rollout, event: Event, now: float) -> tuple[Rollout, Actions]:
     return r, out
 
 
+def step_many(state: Rollout, events: Sequence[Event], now: float) -> tuple[Rollout, Actions]:
+    """:func:`step` over ``events`` in order, with one copy of the state.
+
+    The same state and actions as stepping them one by one (each event is handled and
+    the rollout advanced after it), but a thousand-device state is copied once per
+    batch, not once per event. A RolloutConflict leaves ``state`` unchanged, as ``step``.
+    """
+    r = _copy(state)
+    out: Actions = []
+    for event in events:
+        r.updated_at = now
+        handle(r, event, now, out)
+        _advance(r, now, out)
+    return r, out
+
+
 def summary(r: Rollout) -> dict[str, Any]:
     """What ``status`` and ``watch`` show: the phase and, per wave, devices by status and the
     latest gate verdicts (the full state, per device, is ``r.to_dict()``)."""
@@ -358,4 +374,5 @@ __all__ = [
     "plan_rollout",
     "start_rollout",
     "step",
+    "step_many",
 ]

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from control_plane.core.rollout import start_rollout, step
+from control_plane.core.rollout import start_rollout, step_many
 from control_plane.core.rollout_gates import WaveReadings
 from control_plane.core.rollout_model import (
     Action,
@@ -168,10 +168,7 @@ class PortRunner:
         """
         stored = self.store.load(rollout_id)
         now = self.clock.now()
-        rollout, actions = Rollout.from_dict(stored.state), []
-        for event in events:
-            rollout, more = step(rollout, event, now)
-            actions += more
+        rollout, actions = step_many(Rollout.from_dict(stored.state), events, now)
         revision = self.store.save(rollout_id, rollout.to_dict(), _outbox(actions), stored.revision)
         self._apply(rollout_id, actions, now)
         self.store.clear_outbox(rollout_id, revision)
