@@ -273,6 +273,7 @@ def _check(
         later = [c.created_at for c in commands if wave_of.get(c.device_id) == index]
         if earlier and later and min(later) < max(earlier):
             ordered = False
+    latency = sorted((c.acked_at or 0.0) - c.created_at for c in commands if c.acked_at)
     per_device: dict[str, int] = {}
     for command in commands:
         per_device[command.device_id] = per_device.get(command.device_id, 0) + 1
@@ -281,6 +282,9 @@ def _check(
         "one_install_each": len(devices) == count and installs == [1] * count and right,
         "one_deploy_each": sorted(per_device.values()) == [1] * count,
         "waves_in_order": ordered,
+        # deploy command written -> its ack stored: delivery, download, verify, ack
+        "ack_p50_s": round(latency[len(latency) // 2], 3) if latency else None,
+        "ack_p95_s": round(latency[int(len(latency) * 0.95)], 3) if latency else None,
     }
 
 

@@ -202,8 +202,11 @@ class ControlPlane:
 
         An ack is a ``commands`` change in the store: the ticker wakes ``rollout_wake_seconds``
         later (acks arriving meanwhile ride along), so a wave's next devices go out as soon
-        as installs finish rather than at the next period. The changes the tick itself
-        made (the deploys it queued) are dropped, or every tick would wake the next one.
+        as installs finish rather than at the next period. The deploys a tick queues wake
+        the next tick too, and that is wanted: their acks typically arrive while the tick
+        is still running (dropping the tick's own notifications dropped those, and the
+        rollout moved at the period's pace). While commands flow the ticker runs at most
+        every ``rollout_wake_seconds``; once they stop, at the period.
         """
         assert self.rollouts is not None and self.services is not None
         subscription = self.services.notifier.subscribe()
@@ -216,7 +219,6 @@ class ControlPlane:
                     self.rollouts.tick_all()
                 except Exception:  # the store may be unreachable for a while: try next tick
                     logger.exception("rollouts ticker")
-                subscription.wait(0)  # our own deploys' notifications
         finally:
             subscription.close()
 
