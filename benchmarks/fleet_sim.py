@@ -135,7 +135,8 @@ class SimDevice:
             Install(self.device_id, command.id, command.execution_version, sha256, time.time())
         )
         m = package.manifest
-        return True, "", {"package_id": m.package_id, "model_name": m.model_name, "release": m.release}
+        detail = {"package_id": m.package_id, "model_name": m.model_name, "release": m.release}
+        return True, "", detail
 
 
 def _enroll(target: str, spec: DeviceSpec) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """An embedded mosquitto broker with per-device credentials and ACLs.
 
 The control plane writes the broker's files itself (``mosquitto.conf``,
-``passwd`` through ``mosquitto_passwd``, ``acl``) in a directory of its data
+``passwd``, ``acl``) in a directory of its data
 dir and starts mosquitto on a loopback port. Enrolling a device adds its
 login; revoking removes it and sends SIGHUP, on which mosquitto re-checks every
 connected client and drops the ones whose login is gone.
@@ -11,7 +11,16 @@ Device logins live in their own namespace: a device's username is
 contain ``/``, so no enrollment can produce an operator-side login such as the
 control plane's own; :meth:`MosquittoBroker.add_device` also refuses to replace
 any login that exists, and :meth:`check_login_free` lets enrollment refuse such
-an id up front.
+an id up front. The ACL pattern ``fleetcast/v1/%u/<leaf>`` expands to the
+device's own topics only:
+
+    fleetcast/v1/devices/<id>/commands        read   (control plane -> device)
+    fleetcast/v1/devices/<id>/acks            write
+    fleetcast/v1/devices/<id>/status          read/write (retained, last will)
+    fleetcast/v1/devices/<id>/telemetry       write
+    fleetcast/v1/devices/<id>/telemetry/ack   read
+    fleetcast/v1/devices/<id>/blocks/request  write
+    fleetcast/v1/devices/<id>/blocks/data     read
 
 Device logins are hashed here, in mosquitto's own format (``$7$``: PBKDF2-SHA512,
 101 iterations, a 12-byte salt, as ``mosquitto_passwd`` writes them), and appended
@@ -24,16 +33,7 @@ re-reading the files, so a SIGHUP that arrives during a reload is lost (measured
 the last of 1,000 enrollments in a burst stayed "Not authorized"). Changes
 therefore ask :class:`Reloader` for a reload: it signals at once when idle, at most
 once per ``RELOAD_GAP`` seconds in a burst, and always once more after the last
-change, when the previous reload is long done. The ACL pattern ``fleetcast/v1/%u/<leaf>`` expands to the
-device's own topics only:
-
-    fleetcast/v1/devices/<id>/commands        read   (control plane -> device)
-    fleetcast/v1/devices/<id>/acks            write
-    fleetcast/v1/devices/<id>/status          read/write (retained, last will)
-    fleetcast/v1/devices/<id>/telemetry       write
-    fleetcast/v1/devices/<id>/telemetry/ack   read
-    fleetcast/v1/devices/<id>/blocks/request  write
-    fleetcast/v1/devices/<id>/blocks/data     read
+change, when the previous reload is long done.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from control_plane.api.client import ApiClient
 from control_plane.server import ControlPlane, ServeOptions
 from control_plane.services.audit import AuditService
 from control_plane.services.tokens import Principal, TokenService
-from control_plane.store.records import ModelCard
+from control_plane.store.records import ModelCard, Package
 from edge_agent.package import load_public_key
 from tests.integration.transport_support import wait_until
 
@@ -52,34 +52,46 @@ def plane(tmp_path: Path, keys: Any, request: pytest.FixtureRequest) -> Iterator
         cp.stop()
 
 
-def test_a_three_wave_rollout_reaches_every_simulated_device_once(
-    plane: ControlPlane, package: Path, keys: Any, tmp_path: Path
-) -> None:
-    services = plane.services
-    assert services is not None and plane.mqtt_port is not None
-    registered = services.packages.register(package, "test-operator")
-    repos, now = services.repos, time.time()
+def _catalog(plane: ControlPlane, package: Path) -> Package:
+    """The package registered, its model version deployable."""
+    assert plane.services is not None
+    registered = plane.services.packages.register(package, "test-operator")
+    repos, now = plane.services.repos, time.time()
     model, version = registered.model_name, registered.model_version
     repos.models.add(model, "digits", "ml", now)
     repos.versions.add(model, version, ModelCard("digits", "sklearn digits", "ml"), None, now)
     repos.versions.set_stage(model, version, "registered", "compiled", now)
-    ids = [f"sim-{i:04d}" for i in range(DEVICES)]
+    return registered
+
+
+def _fleet(plane: ControlPlane, ids: list[str], public_key: Path, state: Path) -> Worker:
+    """The devices enrolled (tokens minted in one batch), half on MQTT, labelled, connected."""
+    services = plane.services
+    assert services is not None and plane.mqtt_port is not None
     tokens = services.enrollment.create_tokens("test-operator", ids)
     specs = [
         DeviceSpec(device_id, "mqtt" if i % 2 else "grpc", token)
         for i, (device_id, token) in enumerate(zip(ids, tokens, strict=True))
     ]
     worker = Worker().start(
-        specs,
-        f"127.0.0.1:{plane.grpc_port}",
-        plane.mqtt_port,
-        load_public_key(keys.public),
-        tmp_path / "fleet",
+        specs, f"127.0.0.1:{plane.grpc_port}", plane.mqtt_port, load_public_key(public_key), state
     )
+    for device_id in ids:
+        services.devices.set_labels(device_id, {"fleet": "sim"}, "test-operator")
+        services.devices.report(device_id, profile_id=PROFILE)
+    return worker
+
+
+def test_a_three_wave_rollout_reaches_every_simulated_device_once(
+    plane: ControlPlane, package: Path, keys: Any, tmp_path: Path
+) -> None:
+    services = plane.services
+    assert services is not None
+    registered = _catalog(plane, package)
+    model, version, repos = registered.model_name, registered.model_version, services.repos
+    ids = [f"sim-{i:04d}" for i in range(DEVICES)]
+    worker = _fleet(plane, ids, keys.public, tmp_path / "fleet")
     try:
-        for device_id in ids:
-            services.devices.set_labels(device_id, {"fleet": "sim"}, "test-operator")
-            services.devices.report(device_id, profile_id=PROFILE)
         _, operator = TokenService(repos, AuditService(repos.audit)).create(
             "ci", "operator", Principal("test", "admin")
         )
@@ -132,25 +144,10 @@ def test_acks_wake_the_rollout_ticker(
     plane: ControlPlane, package: Path, keys: Any, tmp_path: Path
 ) -> None:
     """Each wave's acks move the rollout on without waiting for the ticker's period."""
-    services = plane.services
-    assert services is not None and plane.mqtt_port is not None
-    registered = services.packages.register(package, "test-operator")
-    repos, now = services.repos, time.time()
+    registered = _catalog(plane, package)
     model, version = registered.model_name, registered.model_version
-    repos.models.add(model, "digits", "ml", now)
-    repos.versions.add(model, version, ModelCard("digits", "sklearn digits", "ml"), None, now)
-    repos.versions.set_stage(model, version, "registered", "compiled", now)
-    ids = [f"sim-{i}" for i in range(4)]
-    tokens = services.enrollment.create_tokens("test-operator", ids)
-    specs = [DeviceSpec(d, ("grpc", "mqtt")[i % 2], t) for i, (d, t) in enumerate(zip(ids, tokens))]
-    worker = Worker().start(
-        specs, f"127.0.0.1:{plane.grpc_port}", plane.mqtt_port, load_public_key(keys.public),
-        tmp_path / "fleet",
-    )  # fmt: skip
+    worker = _fleet(plane, [f"sim-{i}" for i in range(4)], keys.public, tmp_path / "fleet")
     try:
-        for device_id in ids:
-            services.devices.set_labels(device_id, {"fleet": "sim"}, "test-operator")
-            services.devices.report(device_id, profile_id=PROFILE)
         spec = {
             "model": model,
             "version": version,
