@@ -364,11 +364,11 @@ class RolloutService:
             if command.kind == "deploy" and (command.status == "ok" or _current(rollout, command)):
                 events.append(ack_event(command))
         events += self._membership(rollout)
-        if events:
-            self._retry(lambda: self.runner.handle_many(rollout_id, events))
+        # one load and one save for the acks, the membership, the readings and the time
+        ticked = self._retry(lambda: self.runner.tick(rollout_id, events))
         if acks:
             self.repos.rollouts.mark_fed([c.id for c in acks], self.clock())
-        return self._retry(lambda: self.runner.tick(rollout_id))
+        return ticked
 
     def _membership(self, rollout: Rollout) -> builtins.list[Event]:
         spec = rollout.spec
