@@ -206,19 +206,25 @@ class ControlPlane:
         the next tick too, and that is wanted: their acks typically arrive while the tick
         is still running (dropping the tick's own notifications dropped those, and the
         rollout moved at the period's pace). While commands flow the ticker runs at most
-        every ``rollout_wake_seconds``; once they stop, at the period.
+        every ``rollout_wake_seconds``; once they stop, at the period, or sooner at the
+        earliest deadline ``tick_all`` returns (a bake's end, a device's timeout).
         """
         assert self.rollouts is not None and self.services is not None
         subscription = self.services.notifier.subscribe()
         o = self.options
+        deadline: float | None = None
         try:
             while not self._stop.wait(o.rollout_wake_seconds):
-                if not self._wait_for_change(subscription, o.rollout_tick_seconds):
+                period = o.rollout_tick_seconds
+                if deadline is not None:  # a bake ends or a device times out before the period
+                    period = max(0.0, min(period, deadline - time.time()))
+                if not self._wait_for_change(subscription, period):
                     break
                 try:
-                    self.rollouts.tick_all()
+                    deadline = self.rollouts.tick_all()
                 except Exception:  # the store may be unreachable for a while: try next tick
                     logger.exception("rollouts ticker")
+                    deadline = None
         finally:
             subscription.close()
 

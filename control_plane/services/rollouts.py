@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from control_plane.core.lifecycle import DEPLOYABLE, is_deployable
-from control_plane.core.rollout import summary
+from control_plane.core.rollout import next_deadline, summary
 from control_plane.core.rollout_gates import VersionStats, WaveReadings
 from control_plane.core.rollout_model import (
     Abort,
@@ -343,16 +343,25 @@ class RolloutService:
             done += self.runner.recover(rollout_id)
         return done
 
-    def tick_all(self) -> None:
-        """One pass over the active rollouts; one rollout's failure does not stop the others."""
+    def tick_all(self) -> float | None:
+        """One pass over the active rollouts; one rollout's failure does not stop the others.
+
+        Returns the earliest time at which time alone moves one of them (a bake's end, a
+        device's timeout: :func:`~control_plane.core.rollout.next_deadline`), or None.
+        """
         rollouts = self.repos.rollouts
         ticked = rollouts.ids_in_phases(TICKED_PHASES)
         ticked += rollouts.ids_in_phases(["completed"], dynamic_tail=True)
+        deadlines: list[float] = []
         for rollout_id in ticked:
             try:
-                self.tick(rollout_id)
+                deadline = next_deadline(self.tick(rollout_id), self.clock())
             except Exception:  # the ticker must outlive any one rollout's failure
                 logger.exception("rollout %s: tick failed", rollout_id)
+                continue
+            if deadline is not None:
+                deadlines.append(deadline)
+        return min(deadlines, default=None)
 
     def tick(self, rollout_id: str) -> Rollout:
         """Feed acks, membership and silence, then let time pass in the engine."""

@@ -140,10 +140,11 @@ def test_a_three_wave_rollout_reaches_every_simulated_device_once(
 
 
 @pytest.mark.parametrize("plane", [600.0], indirect=True)  # the periodic tick never comes
-def test_acks_wake_the_rollout_ticker(
+def test_acks_and_bake_ends_wake_the_rollout_ticker(
     plane: ControlPlane, package: Path, keys: Any, tmp_path: Path
 ) -> None:
-    """Each wave's acks move the rollout on without waiting for the ticker's period."""
+    """Each wave's acks, and its bake's end, move the rollout on without waiting for the
+    ticker's period."""
     registered = _catalog(plane, package)
     model, version = registered.model_name, registered.model_version
     worker = _fleet(plane, [f"sim-{i}" for i in range(4)], keys.public, tmp_path / "fleet")
@@ -153,7 +154,7 @@ def test_acks_wake_the_rollout_ticker(
             "version": version,
             "target": {"kind": "devices", "selector": {"fleet": "sim"}},
             "waves": [{"count": 1}, {"percent": 100}],
-            "bake_s": 0,
+            "bake_s": 1,
             "min_finished": 1,
             "gates": {"error_rate": {"enabled": False}, "latency": {"enabled": False}},
         }
