@@ -1,4 +1,4 @@
-"""`fleetcast devices token --count`: a batch of tokens bound to numbered ids, one JSON line each."""
+"""`fleetcast devices token --count`: tokens bound to numbered ids, one JSON line each."""
 
 from __future__ import annotations
 
