@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import pkgutil
 import sys
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"which to run (default: all of {available})")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("-v", "--verbose", action="store_true", help="log the tool chains' steps")
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(argv)  # the rest: the one named benchmark's options
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s: %(message)s",
@@ -51,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(f"benchmarks.bench_{name}")
         started = time.perf_counter()
         logger.info("running %s", name)
+        if extra and "argv" not in inspect.signature(module.run).parameters:
+            parser.error(f"unrecognized arguments: {' '.join(extra)} ({name} takes no options)")
         markdown = module.run(args.results_dir, extra) if extra else module.run(args.results_dir)
         logger.info("%s done in %.0f s", name, time.perf_counter() - started)
         print(markdown, flush=True)

@@ -184,11 +184,10 @@ class Worker:
         for spec, cred in zip(specs, creds, strict=True):
             transport = _connect(spec, cred, grpc_target, mqtt_port, state)
             self.devices.append(SimDevice(spec.device_id, transport, public_key))
-        for device in self.devices:
-            wait = getattr(device.transport, "connected", None)
-            if wait is not None and hasattr(device.transport, "_client"):  # MQTT: wait for CONNACK
-                if not wait.wait(120):
-                    raise TimeoutError(f"{device.device_id}: no MQTT connection within 120 s")
+        for spec, device in zip(specs, self.devices, strict=True):
+            # MQTT: until the broker accepted the login (gRPC's stream opens on its own)
+            if spec.transport == "mqtt" and not device.transport.connected.wait(120):
+                raise TimeoutError(f"{device.device_id}: no MQTT connection within 120 s")
         self.connect_seconds = time.perf_counter() - started
         for device in self.devices:
             thread = threading.Thread(target=device.run, args=(self.stop,), daemon=True)
