@@ -20,6 +20,9 @@ from control_plane.errors import ControlPlaneError
 from control_plane.settings import Settings
 from edge_agent.errors import EdgeError
 
+# control_plane.transport.grpc_server.DEFAULT_WORKERS, not imported here (grpc is heavy)
+DEFAULT_GRPC_WORKERS = 512
+
 logger = logging.getLogger(__name__)
 
 
@@ -442,6 +445,15 @@ def _duration(value: str) -> float:
     callback=lambda c, p, v: _duration(v),
     help="How often retention runs (0: never).",
 )
+@click.option(
+    "--grpc-workers",
+    type=click.IntRange(min=8),
+    default=DEFAULT_GRPC_WORKERS,
+    show_default=True,
+    envvar="FLEETCAST_GRPC_WORKERS",
+    help="gRPC worker threads: each connected gRPC agent holds one (its command stream); "
+    "a quarter stay for enrollment and uploads. Raise it for fleets above ~380 gRPC agents.",
+)
 @_store_option
 @click.pass_obj
 def serve(
@@ -473,6 +485,7 @@ def serve(
     retention_bucket: float,
     retention_keep: float,
     retention_interval: float,
+    grpc_workers: int,
     store: str | None,
 ) -> None:
     """Serve agents (gRPC; MQTT with --mqtt or --mqtt-broker) and operators (REST, --http).
@@ -544,6 +557,7 @@ def serve(
             insecure=insecure,
             store=store or settings.store,
             http_address=None if http_address == "off" else http_address,
+            grpc_workers=grpc_workers,
         )
     )
     try:
@@ -573,15 +587,32 @@ def devices() -> None:
 @devices.command("token")
 @click.option("--device-id", help="bind the token to this device id")
 @click.option(
+    "--count",
+    type=click.IntRange(min=1, max=100_000),
+    help="Mint COUNT tokens bound to ids PREFIX0000, PREFIX0001, ... (--device-id is the "
+    'prefix); prints one JSON object {"device_id", "token"} per line.',
+)
+@click.option(
     "--ttl", default="24h", show_default=True, help="How long the token is valid (90s, 30m, 7d)."
 )
 @_store_option
 @click.pass_obj
-def devices_token(settings: Settings, device_id: str | None, ttl: str, store: str | None) -> None:
-    """Print a one-time enrollment token."""
+def devices_token(
+    settings: Settings, device_id: str | None, count: int | None, ttl: str, store: str | None
+) -> None:
+    """Print a one-time enrollment token (or COUNT of them, for a batch of devices)."""
+    if count is not None and not device_id:
+        raise click.UsageError("--count needs --device-id, the prefix of the ids")
     services = _services(settings, store)
     try:
-        click.echo(services.enrollment.create_token("cli", device_id, _duration(ttl)))
+        if count is None:
+            click.echo(services.enrollment.create_token("cli", device_id, _duration(ttl)))
+            return
+        width = max(4, len(str(count - 1)))
+        ids = [f"{device_id}{i:0{width}d}" for i in range(count)]
+        tokens = services.enrollment.create_tokens("cli", ids, _duration(ttl))
+        for one_id, token in zip(ids, tokens, strict=True):
+            click.echo(json.dumps({"device_id": one_id, "token": token}))
     finally:
         services.close()
 

@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from control_plane.services.monitoring import MonitoringService
 from control_plane.services.retention import RetentionPolicy, RetentionService
 from control_plane.services.rollouts import AlertDrift, RolloutService
 from control_plane.settings import Settings
+from control_plane.store.notify import ANY, COMMANDS, Subscription
 from control_plane.transport.broker import CONTROL_PLANE_USER, BrokerTls, MosquittoBroker
 from control_plane.transport.changes import ChangeDispatcher
 from control_plane.transport.grpc_server import (
@@ -54,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 5.0  # last-seen times and quota refusals are written this often
 ROLLOUT_TICK_SECONDS = 2.0  # running rollouts are stepped (acks fed, gates read) this often
+ROLLOUT_WAKE_SECONDS = 0.25  # and sooner when commands change (acks), but not more often than this
 INSECURE_MARKER = "serve-insecure.json"
 ALERT_INTERVAL_SECONDS = 60.0
 DELIVERY_SECONDS = 5.0  # notifications due for a retry are sent this often
@@ -83,6 +86,7 @@ class ServeOptions:
     alert_interval_s: float = ALERT_INTERVAL_SECONDS  # alert rules evaluated (0: never)
     alert_notifications: Notifications | None = None  # webhooks, e-mail (None: nobody told)
     retention: RetentionPolicy = dataclasses.field(default_factory=RetentionPolicy)
+    rollout_wake_seconds: float = ROLLOUT_WAKE_SECONDS  # an ack wakes the ticker this much later
 
 
 def plaintext_exposures(o: ServeOptions) -> list[str]:
@@ -258,12 +262,47 @@ class ControlPlane:
             self._ticker.start()
 
     def _tick_loop(self) -> None:
-        assert self.rollouts is not None
-        while not self._stop.wait(self.options.rollout_tick_seconds):
-            try:
-                self.rollouts.tick_all()
-            except Exception:  # the store may be unreachable for a while: try again next tick
-                logger.exception("rollouts ticker")
+        """Tick every rollout each ``rollout_tick_seconds``, and soon after commands change.
+
+        An ack is a ``commands`` change in the store: the ticker wakes ``rollout_wake_seconds``
+        later (acks arriving meanwhile ride along), so a wave's next devices go out as soon
+        as installs finish rather than at the next period. The deploys a tick queues wake
+        the next tick too, and that is wanted: their acks typically arrive while the tick
+        is still running (dropping the tick's own notifications dropped those, and the
+        rollout moved at the period's pace). While commands flow the ticker runs at most
+        every ``rollout_wake_seconds``; once they stop, at the period, or sooner at the
+        earliest deadline ``tick_all`` returns (a bake's end, a device's timeout).
+        """
+        assert self.rollouts is not None and self.services is not None
+        subscription = self.services.notifier.subscribe()
+        o = self.options
+        deadline: float | None = None
+        try:
+            while not self._stop.wait(o.rollout_wake_seconds):
+                period = o.rollout_tick_seconds
+                if deadline is not None:  # a bake ends or a device times out before the period
+                    period = max(0.0, min(period, deadline - time.time()))
+                if not self._wait_for_change(subscription, period):
+                    break
+                try:
+                    deadline = self.rollouts.tick_all()
+                except Exception:  # the store may be unreachable for a while: try next tick
+                    logger.exception("rollouts ticker")
+                    deadline = None
+        finally:
+            subscription.close()
+
+    def _wait_for_change(self, subscription: Subscription, period: float) -> bool:
+        """Until commands change or ``period`` passes; False once stopping."""
+        deadline = time.monotonic() + period
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            topics = subscription.wait(min(left, 0.5))
+            if COMMANDS in topics or ANY in topics:
+                return True
+        return False
 
     def _start_http(self, settings: Settings, address: str) -> None:
         """The REST API on the same app and services as gRPC and MQTT, behind waitress."""

@@ -136,6 +136,40 @@ def step(state: Rollout, event: Event, now: float) -> tuple[Rollout, Actions]:
     return r, out
 
 
+def step_many(state: Rollout, events: Sequence[Event], now: float) -> tuple[Rollout, Actions]:
+    """:func:`step` over ``events`` in order, with one copy of the state.
+
+    The same state and actions as stepping them one by one (each event is handled and
+    the rollout advanced after it), but a thousand-device state is copied once per
+    batch, not once per event. A RolloutConflict leaves ``state`` unchanged, as ``step``.
+    """
+    r = _copy(state)
+    out: Actions = []
+    for event in events:
+        r.updated_at = now
+        handle(r, event, now, out)
+        _advance(r, now, out)
+    return r, out
+
+
+def next_deadline(r: Rollout, now: float) -> float | None:
+    """The earliest time after ``now`` at which time alone moves the rollout (a device's
+    timeout, the current wave's bake end or its gates' pending deadline); None if only
+    events will. The ticker sleeps until then at most."""
+    if r.phase in FINAL_PHASES:
+        return None
+    found = [
+        (d.deployed_at or 0.0) + r.spec.device_timeout_s
+        for d in r.devices.values()
+        if d.status == "installing"
+    ]
+    wave = r.waves[r.current]
+    if r.phase == "running" and wave.status == "baking" and wave.bake_until is not None:
+        found += [wave.bake_until, wave.bake_until + r.spec.gates.pending_deadline_s]
+    later = [t for t in found if t > now]
+    return min(later) if later else None
+
+
 def summary(r: Rollout) -> dict[str, Any]:
     """What ``status`` and ``watch`` show: the phase and, per wave, devices by status and the
     latest gate verdicts (the full state, per device, is ``r.to_dict()``)."""
@@ -358,7 +392,9 @@ __all__ = [
     "TERMINAL",
     "gate_input",
     "install_counts",
+    "next_deadline",
     "plan_rollout",
     "start_rollout",
     "step",
+    "step_many",
 ]

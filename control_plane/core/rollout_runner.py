@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from control_plane.core.rollout import start_rollout, step
+from control_plane.core.rollout import start_rollout, step_many
 from control_plane.core.rollout_gates import WaveReadings
 from control_plane.core.rollout_model import (
     Action,
@@ -121,7 +121,7 @@ class RolloutRunner(Protocol):
 
     def handle(self, rollout_id: str, event: Event) -> Rollout: ...
     def handle_many(self, rollout_id: str, events: Sequence[Event]) -> Rollout: ...
-    def tick(self, rollout_id: str) -> Rollout: ...
+    def tick(self, rollout_id: str, events: Sequence[Event] = ()) -> Rollout: ...
     def recover(self, rollout_id: str) -> int: ...
 
 
@@ -167,20 +167,24 @@ class PortRunner:
         A command out of place (RolloutConflict) aborts the batch before anything is saved.
         """
         stored = self.store.load(rollout_id)
+        return self._step(rollout_id, stored, Rollout.from_dict(stored.state), events)
+
+    def _step(
+        self, rollout_id: str, stored: StoredRollout, rollout: Rollout, events: Sequence[Event]
+    ) -> Rollout:
         now = self.clock.now()
-        rollout, actions = Rollout.from_dict(stored.state), []
-        for event in events:
-            rollout, more = step(rollout, event, now)
-            actions += more
+        rollout, actions = step_many(rollout, events, now)
         revision = self.store.save(rollout_id, rollout.to_dict(), _outbox(actions), stored.revision)
         self._apply(rollout_id, actions, now)
         self.store.clear_outbox(rollout_id, revision)
         return rollout
 
-    def tick(self, rollout_id: str) -> Rollout:
-        """Read the current wave's gate readings, then let time pass in the engine."""
-        rollout = Rollout.from_dict(self.store.load(rollout_id).state)
-        events: list[Event] = []
+    def tick(self, rollout_id: str, events: Sequence[Event] = ()) -> Rollout:
+        """Step ``events`` (a tick's acks and membership changes), read the current wave's
+        gate readings, then let time pass in the engine: one load and one save in all."""
+        stored = self.store.load(rollout_id)
+        rollout = Rollout.from_dict(stored.state)
+        events = list(events)
         wave = rollout.waves[rollout.current]
         if wave.status in ("deploying", "baking") and wave.started_at is not None:
             if rollout.spec.target.kind == "alias":
@@ -192,7 +196,7 @@ class PortRunner:
             if found is not None:
                 events.append(GateReadingsArrived(wave.index, found))
         events.append(Tick(self.commands.installing_elsewhere(rollout_id)))
-        return self.handle_many(rollout_id, events)
+        return self._step(rollout_id, stored, rollout, events)
 
     def recover(self, rollout_id: str) -> int:
         """Apply what a crash left in the outbox (idempotent); returns how many actions."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from control_plane.enrollment import (
@@ -14,7 +15,13 @@ from control_plane.enrollment import (
     check_ttl,
     token_hash,
 )
-from control_plane.errors import Conflict, ControlPlaneError, NotFound, Unauthenticated
+from control_plane.errors import (
+    Conflict,
+    ControlPlaneError,
+    InvalidInput,
+    NotFound,
+    Unauthenticated,
+)
 from control_plane.services import Clock
 from control_plane.store.records import NewDevice
 from control_plane.store.repos import Repositories
@@ -64,6 +71,36 @@ class EnrollmentService:
             actor, "enrollment_token.create", device_id or "*", now, detail={"ttl": ttl}
         )
         return token
+
+    def create_tokens(
+        self, actor: str, device_ids: Sequence[str], ttl: float = DEFAULT_TOKEN_TTL
+    ) -> list[str]:
+        """One token per device id, each bound to its id (`fleetcast devices token --count`).
+
+        Every id is checked before any token is stored (a repeated, malformed, enrolled
+        or broker-taken id refuses the whole batch, naming it); one audit entry lists them.
+        """
+        check_ttl(ttl)
+        seen: set[str] = set()
+        for device_id in device_ids:
+            if device_id in seen:
+                raise InvalidInput(f"device id {device_id!r} is listed twice")
+            seen.add(device_id)
+            self.check_new_id(device_id)
+        now = self.clock()
+        tokens = []
+        for device_id in device_ids:
+            token = "enr_" + secrets.token_urlsafe(24)
+            self.repos.enrollment_tokens.add(token_hash(token), device_id, now, now + ttl)
+            tokens.append(token)
+        self.repos.audit.add(
+            actor,
+            "enrollment_token.create",
+            "*",
+            now,
+            detail={"ttl": ttl, "count": len(tokens), "device_ids": list(device_ids)},
+        )
+        return tokens
 
     def enroll(self, token: str, device_id: str, host: dict[str, Any]) -> Credentials:
         """Check the token and the id, add the broker login, then store the device.

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from control_plane.core.lifecycle import DEPLOYABLE, is_deployable
-from control_plane.core.rollout import summary
+from control_plane.core.rollout import next_deadline, summary
 from control_plane.core.rollout_gates import (
     DriftAlerts,
     DriftSource,
@@ -407,21 +407,30 @@ class RolloutService:
             done += self.runner.recover(rollout_id)
         return done
 
-    def tick_all(self) -> None:
-        """One pass over the active rollouts; one rollout's failure does not stop the others."""
+    def tick_all(self) -> float | None:
+        """One pass over the active rollouts; one rollout's failure does not stop the others.
+
+        Returns the earliest time at which time alone moves one of them (a bake's end, a
+        device's timeout: :func:`~control_plane.core.rollout.next_deadline`), or None.
+        """
         rollouts = self.repos.rollouts
         ticked = rollouts.ids_in_phases(TICKED_PHASES)
         ticked += rollouts.ids_in_phases(["completed"], dynamic_tail=True)
+        deadlines: list[float] = []
         for rollout_id in ticked:
             try:
-                self.tick(rollout_id)
+                deadline = next_deadline(self.tick(rollout_id), self.clock())
             except Exception:  # the ticker must outlive any one rollout's failure
                 logger.exception("rollout %s: tick failed", rollout_id)
+                continue
+            if deadline is not None:
+                deadlines.append(deadline)
         for rollout_id in rollouts.ids_in_phases(ROLLED_BACK_PHASES):
             try:
                 self.feed_acks(rollout_id)
             except Exception:
                 logger.exception("rollout %s: feeding rollback acks failed", rollout_id)
+        return min(deadlines, default=None)
 
     def feed_acks(self, rollout_id: str) -> Rollout | None:
         """Feed an aborted or rolled-back rollout its rollback acks (nothing else moves)."""
@@ -440,11 +449,11 @@ class RolloutService:
         acks = self.repos.rollouts.unfed_acks(rollout_id)
         events = self._ack_events(rollout, acks)
         events += self._membership(rollout)
-        if events:
-            self._retry(lambda: self.runner.handle_many(rollout_id, events))
+        # one load and one save for the acks, the membership, the readings and the time
+        ticked = self._retry(lambda: self.runner.tick(rollout_id, events))
         if acks:
             self.repos.rollouts.mark_fed([c.id for c in acks], self.clock())
-        return self._retry(lambda: self.runner.tick(rollout_id))
+        return ticked
 
     def _ack_events(self, rollout: Rollout, acks: Sequence[Command]) -> builtins.list[Event]:
         events: list[Event] = []

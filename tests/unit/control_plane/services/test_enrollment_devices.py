@@ -149,3 +149,31 @@ def test_last_seen_and_refusals_are_batched_and_kept_when_a_flush_fails(
     stored = services.repos.devices.get("dev-a")
     assert (stored.last_seen, stored.uploads_refused) == (clock.now, 2)
     assert services.devices.get("dev-a").uploads_refused == 2  # nothing counted twice
+
+
+def test_tokens_minted_in_a_batch_are_bound_to_their_ids_and_enroll_once(
+    services: Fleetcast,
+) -> None:
+    ids = [f"sim-{i:04d}" for i in range(20)]
+    tokens = services.enrollment.create_tokens("op", ids, ttl=600)
+    assert len(set(tokens)) == 20
+    assert services.enrollment.enroll(tokens[3], "sim-0003", {}).device_id == "sim-0003"
+    with pytest.raises(Unauthenticated, match="for device 'sim-0004'"):
+        services.enrollment.enroll(tokens[4], "sim-0005", {})
+    with pytest.raises(Unauthenticated, match="unknown or already used"):
+        services.enrollment.enroll(tokens[3], "sim-0003", {})
+    (entry,) = [e for e in services.repos.audit.list().items if e.action.startswith("enroll")]
+    assert entry.detail["count"] == 20 and entry.detail["device_ids"] == ids
+
+
+def test_a_batch_with_one_bad_id_mints_nothing_and_names_it(services: Fleetcast) -> None:
+    enroll(services, "dev-c")
+    for ids, problem in (
+        (["dev-a", "dev-b", "dev-a"], "'dev-a' is listed twice"),
+        (["dev-a", "dev-c"], "'dev-c' is already enrolled"),
+        (["dev-a", "Bad Id"], "lower-case"),
+    ):
+        with pytest.raises((InvalidInput, Conflict), match=problem):
+            services.enrollment.create_tokens("op", ids)
+    minted = services.repos.enrollment_tokens.list().items
+    assert [t.device_id for t in minted] == ["dev-c"]  # only the one enroll() used
