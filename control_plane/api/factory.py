@@ -25,6 +25,7 @@ from control_plane.api import (
     catalog,
     deployments,
     devices_read,
+    function_aliases,
     monitoring,
     rollouts,
 )
@@ -42,6 +43,7 @@ from control_plane.services.blobs import BlobStore
 from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker, Runner
 from control_plane.services.deployments import DeploymentService
+from control_plane.services.function_aliases import FunctionAliasService
 from control_plane.services.monitoring import MonitoringService
 from control_plane.services.rollouts import RolloutService
 from control_plane.services.tokens import TokenService
@@ -97,6 +99,7 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
         max_upload_bytes=options.max_upload_bytes,
         monitoring=monitoring,
         alerts=AlertService(monitoring, options.alert_webhooks),
+        function_aliases=FunctionAliasService(repos, audit),
     )
 
 
@@ -146,6 +149,7 @@ BLUEPRINTS = (
     deployments.bp,
     monitoring.bp,
     rollouts.bp,
+    function_aliases.bp,
 )
 
 

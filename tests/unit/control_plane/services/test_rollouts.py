@@ -151,7 +151,7 @@ def test_create_refuses_a_profile_without_a_package_naming_it(
     assert repos.commands.pending() == [] and repos.rollouts.list().items == []
 
 
-def test_create_refuses_bad_specs_unknown_versions_and_alias_targets(
+def test_create_refuses_bad_specs_unknown_versions_and_unknown_aliases(
     repos: SqlRepositories, clock: Clock
 ) -> None:
     service = _service(repos, clock)
@@ -159,8 +159,8 @@ def test_create_refuses_bad_specs_unknown_versions_and_alias_targets(
         service.create(_spec(waves=[]), OPERATOR)
     with pytest.raises(NotFound):
         service.create(_spec(version="8"), OPERATOR)
-    alias = {"kind": "alias", "alias": "prod"}
-    with pytest.raises(InvalidInput, match="alias"):
+    alias = {"kind": "alias", "alias": "scorer:prod"}
+    with pytest.raises(NotFound, match="function alias 'scorer:prod' does not exist"):
         service.create(_spec(target=alias, waves=[{"traffic": 100}]), OPERATOR)
 
 
