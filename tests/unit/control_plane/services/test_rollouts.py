@@ -11,7 +11,7 @@ import pytest
 
 from control_plane.core.rollout_model import Deploy, Rollout, action_to_dict
 from control_plane.core.rollout_spec import RolloutBlocked, RolloutSpecError
-from control_plane.errors import Conflict, InvalidInput, NotFound
+from control_plane.errors import Conflict, NotFound
 from control_plane.services.audit import AuditService
 from control_plane.services.rollouts import RolloutService, UploadReadings
 from control_plane.services.tokens import Principal
