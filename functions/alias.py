@@ -83,7 +83,9 @@ def resolve(env: Mapping[str, str], here: Path) -> Assignment:
     if alias:
         if env.get("FLEETCAST_ALIAS_ROUTES"):
             routes = _routes(env["FLEETCAST_ALIAS_ROUTES"], "FLEETCAST_ALIAS_ROUTES")
-            return Assignment(alias, _local(routes, {}, packages_dir, "."), "env")
+            return Assignment(
+                alias, _local(routes, {}, packages_dir, "FLEETCAST_ALIAS_ROUTES"), "env"
+            )
         if env.get("FLEETCAST_ALIAS_FILE") or not env.get("FLEETCAST_API_URL"):
             table = Path(env.get("FLEETCAST_ALIAS_FILE") or here / "aliases.json")
             return _from_file(alias, table, packages_dir)
