@@ -149,6 +149,10 @@ def render(view: dict[str, Any]) -> str:
         failed = round(width * bad / total) if total else 0
         bar = "█" * filled + "✗" * failed + "·" * max(0, width - filled - failed)
         gates = " ".join(f"{g}={v}" for g, v in wave["gates"].items()) or "-"
+        if wave.get("traffic") is not None:  # an alias rollout: a traffic step, no devices
+            step = f"traffic {wave['traffic']}%"
+            lines.append(f"wave {wave['index']} {wave['status']:<17} {step} gates: {gates}")
+            continue
         lines.append(
             f"wave {wave['index']} {wave['status']:<17} {bar} {done}/{total} "
             f"(installing {counts.get('installing', 0)}, failed {bad}) gates: {gates}"
