@@ -5,6 +5,7 @@ verify the packages of the split, and send telemetry windows per version; the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -63,6 +64,67 @@ class Setup:
         return counts
 
 
+def slow_variant(edge_packages: Any, version: str, layers: int = 400, width: int = 512) -> Path:
+    """digits at ``version``: the same answers (its self-test passes) plus ``layers`` extra
+    ``width``-wide MatMul+Tanh layers whose result is added times zero: a genuinely slower
+    model (about 100M multiply-adds a row more: milliseconds, against tens of microseconds)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from control_plane.compiler.package import build_package
+    from control_plane.signing import load_private_key
+    from edge_agent.core.manifest import make_package_id
+    from edge_agent.package import read_package
+
+    manifest, _, model_bytes = read_package(edge_packages.onnx.read_bytes())
+    model = onnx.load_from_string(model_bytes)
+    graph = model.graph
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == "output":
+                node.output[i] = "fc_original_output"
+    rng = np.random.default_rng(0)
+    widen = (rng.standard_normal((64, width)) / 8).astype(np.float32)
+    weights = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(widen, "fc_widen"),
+            numpy_helper.from_array(weights, "fc_w"),
+            numpy_helper.from_array(np.zeros((1, 1), np.float32), "fc_zero"),
+        ]
+    )
+    graph.node.append(helper.make_node("MatMul", ["input", "fc_widen"], ["fc_wide"]))
+    hidden = "fc_wide"
+    for k in range(layers):
+        graph.node.append(helper.make_node("MatMul", [hidden, "fc_w"], [f"fc_m{k}"]))
+        graph.node.append(helper.make_node("Tanh", [f"fc_m{k}"], [f"fc_h{k}"]))
+        hidden = f"fc_h{k}"
+    graph.node.append(helper.make_node("ReduceSum", [hidden], ["fc_sum"], keepdims=1))
+    graph.node.append(helper.make_node("Mul", ["fc_sum", "fc_zero"], ["fc_nothing"]))
+    graph.node.append(helper.make_node("Add", ["fc_original_output", "fc_nothing"], ["output"]))
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    model_file = manifest.model_file.model_copy(
+        update={"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+    )
+    release = int(version)
+    manifest = manifest.model_copy(
+        update={
+            "model_version": version,
+            "release": release,
+            "model_file": model_file,
+            "package_id": make_package_id(
+                manifest.model_name, version, manifest.profile.id, release
+            ),
+        }
+    )
+    path = edge_packages.directory / f"slow-{version}.fcpkg"
+    key = load_private_key(edge_packages.private_key)
+    path.write_bytes(build_package(manifest, data, key))
+    return path
+
+
 @pytest.fixture()
 def setup(tmp_path: Path, keys: Any, edge_packages: Any) -> Iterator[Setup]:
     plane = ControlPlane(
@@ -80,9 +142,10 @@ def setup(tmp_path: Path, keys: Any, edge_packages: Any) -> Iterator[Setup]:
         v2 = edge_packages.variant("fn-v2", model_version="2", release=2)
         first = services.packages.register(edge_packages.onnx, "test-operator")
         services.packages.register(v2, "test-operator")
+        services.packages.register(slow_variant(edge_packages, "3"), "test-operator")
         repos = services.repos
         repos.models.add(first.model_name, "digits", "ml", time.time())
-        for version in ("1", "2"):
+        for version in ("1", "2", "3"):
             card = ModelCard("digits", "sklearn digits", "ml")
             repos.versions.add(first.model_name, version, card, None, time.time())
             repos.versions.set_stage(first.model_name, version, "registered", "compiled", 1.0)
@@ -250,6 +313,43 @@ def test_an_alias_rollout_moves_by_traffic_steps_gated_on_function_telemetry(
         assert gates["error_rate"]["verdict"] == gates["latency"]["verdict"] == "pass"
         assert gates["error_rate"]["numbers"]["requests"] >= 20
     assert sum(setup.requests_by_version().values()) == sent
+
+
+def test_a_slower_version_trips_the_latency_gate_and_the_alias_returns_to_the_previous(
+    setup: Setup, edge_packages: Any
+) -> None:
+    setup.cli("functions", "alias", "set", ALIAS, "--model", setup.model, "--version", "1")
+    spec = setup.tmp / "spec.json"
+    gates = {"min_requests": 20}
+    spec.write_text(json.dumps({"gates": {"error_rate": gates, "latency": gates}}))
+    made = setup.cli(
+        "rollouts", "create", "--spec", str(spec), "--alias", ALIAS,
+        "--model", setup.model, "--version", "3", "--waves", "10,100", "--bake", "30",
+    )  # fmt: skip
+    rollout_id = made["id"]
+    url = f"/api/v1/functions/aliases/{ALIAS}"
+    assert setup.client.request("GET", url)["routes"] == {"1": 90, "3": 10}
+    container = Container(setup.container_env, setup.tmp / "tmp-slow")
+    row = [float(v) for v in edge_packages.x[0]]
+    served: list[str] = []
+    for batch in range(20):  # fails fast: a gate may fail a wave before its bake ends
+        for i in range(100):
+            reply = container.invoke({"instances": [row], "request_id": f"s-{batch}-{i}"})
+            served.append(reply["model"]["version"])
+        if setup.client.request("GET", url)["routes"] == {"1": 100}:
+            break
+        time.sleep(0.3)
+    container.close()
+    assert setup.client.request("GET", url)["routes"] == {"1": 100}
+    view = setup.client.request("GET", f"/api/v1/rollouts/{rollout_id}")
+    assert view["summary"]["phase"] == "aborted" and view["waves"][0]["status"] == "failed"
+    latency = {g["gate"]: g for g in view["waves"][0]["gates"]}["latency"]
+    numbers = latency["numbers"]
+    assert latency["verdict"] == "fail" and numbers["p95_ms"] > numbers["limit_ms"]
+    assert numbers["baseline_p95_ms"] is not None and numbers["requests"] >= 20
+    assert "3" in served and "1" in served
+    entries = setup.client.request("GET", "/api/v1/audit", query={"action": "rollout.wave_failed"})
+    assert [e["subject"] for e in entries["items"]] == [f"rollout:{rollout_id}"]
 
 
 def test_batch_score_by_version_fetches_the_package_from_the_catalog(
