@@ -35,10 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +103,8 @@ def pick_route(routes: Sequence[Route], request_id: str | None, salt: str = "") 
         digest = hashlib.sha256(f"{salt}\x00{request_id}".encode()).digest()
         bucket = int.from_bytes(digest[:8], "big") % BUCKETS
     else:
+        import random
+
         bucket = random.randrange(BUCKETS)
     edge = 0
     for index, route in enumerate(routes):
@@ -194,6 +192,8 @@ def _versions_in(directory: Path) -> dict[str, Path]:
 
 
 def _from_api(alias: str, env: Mapping[str, str], packages_dir: Path) -> Assignment:
+    import urllib.parse  # only containers that resolve over the API pay for urllib
+
     base = env["FLEETCAST_API_URL"].rstrip("/")
     token = env.get("FLEETCAST_API_TOKEN", "")
     view = json.loads(_get(f"{base}/api/v1/functions/aliases/{urllib.parse.quote(alias)}", token))
@@ -243,6 +243,9 @@ def _download(base: str, token: str, sha: str, cache: Path) -> Path:
 
 
 def _get(url: str, token: str, timeout: float = 10.0) -> bytes:
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 (http/https)
