@@ -317,9 +317,10 @@ def tokens_revoke(client: ApiClient, as_json: bool, token_id: str) -> None:
 def add_api_commands(group: click.Group) -> None:
     """Register the API-client commands on the ``fleetcast`` group."""
     from control_plane.cli_catalog import models, versions
+    from control_plane.cli_function_aliases import functions
     from control_plane.cli_rollouts import rollouts
 
     for command in (
-        admin, login, whoami, models, versions, jobs, packages, audit, tokens, rollouts
+        admin, login, whoami, models, versions, jobs, packages, audit, tokens, rollouts, functions
     ):  # fmt: skip
         group.add_command(command)

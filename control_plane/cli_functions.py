@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -27,8 +28,62 @@ def batch() -> None:
     """Batch scoring of files with a signed package (locally or on Dask)."""
 
 
+def catalog_package(
+    client: Any, model: str, version: str, profile: str | None, cache: Path
+) -> Path:
+    """The package of ``model`` ``version`` (for ``profile``, or the only one) from the
+    catalog over the API, downloaded into ``cache`` once and checked against its sha256."""
+    import hashlib
+
+    from control_plane.errors import InvalidInput, NotFound
+
+    found = list(
+        client.pages("/api/v1/packages", {"model": model, "version": version, "profile": profile})
+    )
+    if not found:
+        raise NotFound(
+            f"{model} {version} has no package"
+            + (f" for profile {profile}" if profile else "")
+            + " in the catalog"
+        )
+    if len(found) > 1:
+        profiles = sorted(p["profile_id"] for p in found)
+        raise InvalidInput(f"{model} {version} has packages for {profiles}: pass --profile")
+    sha = str(found[0]["sha256"])
+    target = cache / f"{sha}.fcpkg"
+    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == sha:
+        return target
+    data = client.download(f"/api/v1/packages/{sha}/file")
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha:
+        raise InvalidInput(f"package {sha} arrived with sha256 {got}: refusing it")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    return target
+
+
+def _api_client(api: str | None) -> Any:
+    from control_plane.api.client import DEFAULT_SERVER, ApiClient, config_path, read_config
+
+    saved = read_config(config_path())
+    url = api or saved.get("server") or DEFAULT_SERVER
+    return ApiClient(url, os.environ.get("FLEETCAST_TOKEN") or saved.get("token"))
+
+
 @batch.command("score")
-@click.option("--package", required=True, type=_FILE, help="The signed .fcpkg to score with.")
+@click.option("--package", type=_FILE, help="The signed .fcpkg to score with.")
+@click.option("--model", help="With --version: the catalog's package of that version.")
+@click.option(
+    "--version", "version", help="A catalog version (with --model), fetched over the API."
+)
+@click.option("--profile", help="With --version: the package built for this profile.")
+@click.option(
+    "--api",
+    envvar="FLEETCAST_API_URL",
+    help="The control plane's REST API for --version (default: the `fleetcast login` server).",
+)
 @click.option("--public-key", type=_FILE, help="Default: the key directory's fleetcast.pub.")
 @click.option(
     "--input",
@@ -52,7 +107,11 @@ def batch() -> None:
 @click.pass_obj
 def batch_score(
     settings: Settings,
-    package: Path,
+    package: Path | None,
+    model: str | None,
+    version: str | None,
+    profile: str | None,
+    api: str | None,
     public_key: Path | None,
     source: Path,
     output: Path,
@@ -66,8 +125,19 @@ def batch_score(
     """Score every row of INPUT; a malformed row is reported (file, row) and the job goes on.
 
     Telemetry windows go to --server (device token in FLEETCAST_DEVICE_TOKEN),
-    or, without one, to OUTPUT.telemetry.jsonl.
+    or, without one, to OUTPUT.telemetry.jsonl. Give --package FILE, or --model and
+    --version to score with the catalog's package (downloaded over --api with
+    FLEETCAST_TOKEN, verified with the public key like any package).
     """
+    if (package is None) == (version is None):
+        raise click.UsageError("give exactly one of --package FILE or --version V (with --model)")
+    if version is not None:
+        if not model:
+            raise click.UsageError("--version needs --model")
+        package = catalog_package(
+            _api_client(api), model, version, profile, settings.data_dir / "package-cache"
+        )
+    assert package is not None
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from edge_agent.outbox import Outbox

@@ -57,9 +57,17 @@ def _waves(text: str) -> list[dict[str, int]]:
     return waves
 
 
+def _traffic(text: str) -> list[dict[str, int]]:
+    """``5,25,50,100`` (or ``5%,…``) → traffic steps of an alias rollout."""
+    try:
+        return [{"traffic": int(part.strip().rstrip("%"))} for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected traffic percentages, 5,25,50,100") from None
+
+
 @click.group()
 def rollouts() -> None:
-    """Staged, gated rollouts of a version to devices (docs/rollouts.md)."""
+    """Staged, gated rollouts of a version to devices or a function alias (docs/rollouts.md)."""
 
 
 @rollouts.command("create")
@@ -68,7 +76,12 @@ def rollouts() -> None:
 @click.option("--model")
 @click.option("--version")
 @click.option("--selector", help="Target devices: key=value[,key=value…]")
-@click.option("--waves", help="Wave sizes: 1,20%,100% (a count or a percentage each)")
+@click.option("--alias", "alias", help="Target a function alias (FUNCTION:ALIAS) instead.")
+@click.option(
+    "--waves",
+    help="Devices: 1,20%,100% (a count or a percentage each); "
+    "an alias: traffic steps 5,25,50,100 (percent of requests)",
+)
 @click.option("--bake", "bake_s", type=float, help="Seconds a wave bakes before its gates judge.")
 @api_command
 def rollouts_create(
@@ -78,6 +91,7 @@ def rollouts_create(
     model: str | None,
     version: str | None,
     selector: str | None,
+    alias: str | None,
     waves: str | None,
     bake_s: float | None,
 ) -> None:
@@ -87,10 +101,14 @@ def rollouts_create(
         spec["model"] = model
     if version:
         spec["version"] = version
-    if selector is not None or "target" not in spec:
+    if alias is not None and selector is not None:
+        raise click.UsageError("give --selector (devices) or --alias (a function alias), not both")
+    if alias is not None:
+        spec["target"] = {"kind": "alias", "alias": alias}
+    elif selector is not None or "target" not in spec:
         spec["target"] = {"kind": "devices", "selector": _selector(selector)}
     if waves:
-        spec["waves"] = _waves(waves)
+        spec["waves"] = _traffic(waves) if spec["target"]["kind"] == "alias" else _waves(waves)
     if bake_s is not None:
         spec["bake_s"] = bake_s
     made = client.request("POST", "/api/v1/rollouts", body=spec)
@@ -133,6 +151,10 @@ def render(view: dict[str, Any]) -> str:
         failed = round(width * bad / total) if total else 0
         bar = "█" * filled + "✗" * failed + "·" * max(0, width - filled - failed)
         gates = " ".join(f"{g}={v}" for g, v in wave["gates"].items()) or "-"
+        if wave.get("traffic") is not None:  # an alias rollout: a traffic step, no devices
+            step = f"traffic {wave['traffic']}%"
+            lines.append(f"wave {wave['index']} {wave['status']:<17} {step} gates: {gates}")
+            continue
         back = ""
         if counts.get("rolled_back") or counts.get("reverted"):
             back = (

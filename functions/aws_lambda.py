@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from functions.core import BadRequest, FunctionError, get_core
-from functions.http import respond
+from functions.http import header, respond
 
 JSON_HEADERS = {"content-type": "application/json"}
 
@@ -64,12 +64,15 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         request = _method_and_body(event)
     except FunctionError as exc:
         return _http(exc.status, exc.body())
+    platform_id = getattr(context, "aws_request_id", None)
     if request is None:  # direct invoke
         try:
-            return core.predict(event)
+            return core.predict(event, platform_id)
         except FunctionError as exc:
             return exc.body()
-    status, text = respond(core, *request)
+    context_id = (event.get("requestContext") or {}).get("requestId")
+    request_id = header(event.get("headers") or {}, "x-request-id") or context_id or platform_id
+    status, text = respond(core, *request, request_id)
     return {
         "statusCode": status,
         "headers": dict(JSON_HEADERS),

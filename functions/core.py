@@ -11,6 +11,11 @@ container's init with the check named; bad requests never do: they get a
 Requests are JSON: ``{"inputs": {"input": [[...64 floats...], ...]}}``, or
 ``{"instances": [[...], ...]}`` for a model with one input. Replies:
 ``{"outputs": {...}, "prediction_id": "...", "model": {...}}``.
+
+A container behind a function alias with a traffic split (``functions/alias.py``)
+loads and verifies every package of the split at init, and each invocation is
+answered by the version :func:`~functions.alias.pick_route` picks for its request
+id; ``model`` in the reply says which.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from edge_agent.errors import EdgeError, InvalidInput, PackageError
 from edge_agent.host import detect_host
 from edge_agent.runtime import Model, open_model
 from edge_agent.runtime.selftest import self_test
-from functions.alias import resolve_package
+from functions.alias import Route, pick_route, resolve
 from functions.telemetry import FunctionTelemetry, TelemetrySettings
 
 MAX_BODY_BYTES = 6 * 1024 * 1024
@@ -86,29 +91,36 @@ class FunctionConfig:
     expected_sha256: str | None = None
     threads: int = 1
     telemetry: TelemetrySettings | None = None
+    routes: tuple[Route, ...] = ()
+    """The alias' split (empty: ``package`` answers everything)."""
+    alias: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FunctionConfig:
         env = os.environ if environ is None else environ
         here = Path(env.get("LAMBDA_TASK_ROOT", ".")).resolve()
         key = env.get("FLEETCAST_PUBLIC_KEY")
+        assignment = resolve(env, here)
         return cls(
-            package=resolve_package(env, here),
+            package=assignment.routes[0].package,
             public_key=Path(key) if key else here / "fleetcast.pub",
-            expected_sha256=env.get("FLEETCAST_PACKAGE_SHA256") or None,
+            expected_sha256=env.get("FLEETCAST_PACKAGE_SHA256") or assignment.routes[0].sha256,
             threads=int(env.get("FLEETCAST_THREADS", "1")),
             telemetry=TelemetrySettings.from_env(env),
+            routes=assignment.routes if len(assignment.routes) > 1 else (),
+            alias=assignment.alias,
         )
 
 
-def verified_model(config: FunctionConfig) -> Model:
-    """Open the package with every check the agent's installer runs; PackageError names it."""
+def verified_model(config: FunctionConfig, route: Route | None = None) -> Model:
+    """Open the package (``route``'s, else the config's) with every check the agent's
+    installer runs; PackageError names it."""
     model = open_model(
-        config.package,
+        route.package if route is not None else config.package,
         config.public_key,
         host=detect_host(),
         threads=config.threads,
-        expected_sha256=config.expected_sha256,
+        expected_sha256=route.sha256 if route is not None else config.expected_sha256,
     )
     problems = self_test(model.loaded, model.manifest)
     if problems:
@@ -116,23 +128,43 @@ def verified_model(config: FunctionConfig) -> Model:
     return model
 
 
+def _info(model: Model) -> dict[str, Any]:
+    m = model.manifest
+    return {
+        "name": m.model_name,
+        "version": m.model_version,
+        "package_id": m.package_id,
+        "release": m.release,
+    }
+
+
 class FunctionCore:
-    """The loaded, verified model and its telemetry; thread-safe, one per container."""
+    """The loaded, verified model(s) and their telemetry; thread-safe, one per container."""
 
     def __init__(self, config: FunctionConfig) -> None:
         self.config = config
-        self.model = verified_model(config)
+        self.routes = config.routes
+        if self.routes:
+            self.models = [verified_model(config, route) for route in self.routes]
+            _check_split(self.routes, self.models)
+        else:
+            self.models = [verified_model(config)]
+        self.model = self.models[0]  # the primary version (the largest share)
         m = self.model.manifest
         self._specs = {s.name: s for s in m.signature.inputs}
-        self.info = {
-            "name": m.model_name,
-            "version": m.model_version,
-            "package_id": m.package_id,
-            "release": m.release,
-        }
+        self.infos = [_info(model) for model in self.models]
+        self.info = self.infos[0]
         self.telemetry = (
-            FunctionTelemetry(self.model, config.telemetry) if config.telemetry else None
+            FunctionTelemetry(self.model, config.telemetry, others=self.models[1:])
+            if config.telemetry
+            else None
         )
+
+    def choose(self, request_id: str | None) -> int:
+        """Which loaded model answers this request (0 without a split)."""
+        if not self.routes:
+            return 0
+        return pick_route(self.routes, request_id, self.config.alias or "")
 
     # -- requests
 
@@ -180,11 +212,17 @@ class FunctionCore:
                 ) from exc
         return arrays
 
-    def predict(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Score one JSON request; raises FunctionError for what the caller got wrong."""
+    def predict(self, payload: Mapping[str, Any], request_id: str | None = None) -> dict[str, Any]:
+        """Score one JSON request; raises FunctionError for what the caller got wrong.
+
+        The payload's ``request_id`` (else ``request_id``, the platform's id of the
+        invocation) picks the version of a split.
+        """
+        rid = payload.get("request_id") or request_id
+        chosen = self.choose(str(rid) if rid is not None else None)
         arrays = self.arrays(payload)
         try:
-            outputs, prediction_id = self.model.predict_with_id(arrays)
+            outputs, prediction_id = self.models[chosen].predict_with_id(arrays)
         except InvalidInput as exc:
             raise InvalidInputError(str(exc)) from exc
         except EdgeError as exc:
@@ -195,11 +233,32 @@ class FunctionCore:
         return {
             "outputs": {k: v.tolist() for k, v in outputs.items()},
             "prediction_id": prediction_id,
-            "model": self.info,
+            "model": self.infos[chosen],
         }
 
-    def predict_body(self, body: bytes | str | None) -> dict[str, Any]:
-        return self.predict(self.parse_body(body))
+    def predict_body(
+        self, body: bytes | str | None, request_id: str | None = None
+    ) -> dict[str, Any]:
+        return self.predict(self.parse_body(body), request_id)
+
+
+def _check_split(routes: tuple[Route, ...], models: list[Model]) -> None:
+    """Every package of a split serves the same model with the same inputs, at its version."""
+    first = models[0].manifest
+    for route, model in zip(routes, models, strict=True):
+        m = model.manifest
+        if route.version is not None and m.model_version != route.version:
+            raise PackageError(
+                "format",
+                f"{route.package} holds version {m.model_version}, the alias routes "
+                f"{route.percent}% to version {route.version}",
+            )
+        if m.model_name != first.model_name or m.signature.inputs != first.signature.inputs:
+            raise PackageError(
+                "format",
+                f"{route.package} ({m.model_name}) does not take the inputs of "
+                f"{first.model_name} {first.model_version}: a split needs one signature",
+            )
 
 
 _core: FunctionCore | None = None

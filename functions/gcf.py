@@ -23,7 +23,8 @@ from functions.http import JSON, respond
 
 
 def predict_http(request: flask.Request) -> tuple[str, int, dict[str, str]]:
-    status, text = respond(get_core(), request.method, request.get_data())
+    request_id = request.headers.get("X-Request-Id") or request.headers.get("Function-Execution-Id")
+    status, text = respond(get_core(), request.method, request.get_data(), request_id)
     return text, status, {"content-type": JSON}
 
 
@@ -38,7 +39,7 @@ def _event_payload(data: Any) -> dict[str, Any]:
 def predict_cloudevent(cloud_event: CloudEvent) -> None:
     core = get_core()
     try:
-        result = core.predict(_event_payload(cloud_event.get_data()))
+        result = core.predict(_event_payload(cloud_event.get_data()), str(cloud_event["id"]))
     except FunctionError as exc:
         flask.abort(flask.Response(json.dumps(exc.body()), exc.status, mimetype=JSON))
     # one JSON line on stdout: Cloud Logging parses it into a structured entry

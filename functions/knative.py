@@ -54,7 +54,7 @@ def receive(request: flask.Request) -> tuple[bytes | str, int, dict[str, str]]:
             event = from_http(dict(request.headers), request.get_data())
         except GenericException as exc:
             raise BadRequest(f"not a CloudEvent 1.0: {exc}") from exc
-        result = core.predict(_payload(event.get_data()))
+        result = core.predict(_payload(event.get_data()), str(event["id"]))
     except FunctionError as exc:
         return json.dumps(exc.body()), exc.status, {"content-type": JSON}
     structured = request.mimetype == STRUCTURED

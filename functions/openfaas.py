@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from functions.core import get_core
-from functions.http import JSON, respond
+from functions.http import JSON, header, respond
 
 
 def handle(event: Any, context: Any = None) -> dict[str, Any]:
     method = str(getattr(event, "method", "POST")).upper()
-    status, text = respond(get_core(), method, getattr(event, "body", None))
+    headers = getattr(event, "headers", None) or {}
+    request_id = header(headers, "x-request-id") or header(headers, "x-call-id")
+    status, text = respond(get_core(), method, getattr(event, "body", None), request_id)
     return {"statusCode": status, "body": text, "headers": {"Content-Type": JSON}}

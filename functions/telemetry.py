@@ -144,9 +144,15 @@ class FunctionTelemetry:
     """The container's reporter: close windows on their bounds, flush before returning."""
 
     def __init__(
-        self, model: Model, settings: TelemetrySettings, transport: Transport | None = None
+        self,
+        model: Model,
+        settings: TelemetrySettings,
+        transport: Transport | None = None,
+        *,
+        others: Sequence[Model] = (),
     ) -> None:
         self.model = model
+        self.models = [model, *others]  # a traffic split: one window per version
         self.settings = settings
         settings.outbox_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(settings.outbox_dir / "outbox.sqlite", quota_bytes=16 * 1024 * 1024)
@@ -183,7 +189,8 @@ class FunctionTelemetry:
         try:
             due = self.due()
             if due or durable:
-                self.reporter.record(self.model.telemetry)
+                for model in self.models:
+                    self.reporter.record(model.telemetry)
             if due:
                 self._opened = time.monotonic()
                 self._invocations = 0
@@ -200,7 +207,8 @@ class FunctionTelemetry:
     def close(self) -> None:
         """Close the open window into the outbox and try to send (a graceful shutdown)."""
         with self._lock:
-            self.reporter.record(self.model.telemetry)
+            for model in self.models:
+                self.reporter.record(model.telemetry)
             self.flush()
             if self.reporter.transport is not None:
                 self.reporter.transport.close()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-from flask import request
+from flask import Response, request, send_file
 from flask_openapi3.blueprint import APIBlueprint
 from flask_openapi3.models.tag import Tag
 
@@ -142,3 +143,33 @@ def get_job(path: JobPath) -> dict[str, Any]:
 def cancel_job(path: JobPath) -> dict[str, Any]:
     """Cancel a queued or running job (a running compile stops at its next step); 409 if ended."""
     return job_view(api_context().jobs.cancel(path.job_id, current_principal()))
+
+
+@packages.get(
+    "/packages/<sha256>/file",
+    responses={200: None},
+    openapi_extensions={
+        "responses": {
+            "200": {
+                "description": "the signed .fcpkg",
+                "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+            }
+        }
+    },
+)
+def download_package(path: PackagePath) -> Response:
+    """The signed package file (for batch scoring and function containers; verify it with
+    the fleet's public key before use, as the agent does)."""
+    from control_plane.errors import NotFound
+
+    package = api_context().catalog.get_package(path.sha256)
+    stored = Path(package.path)
+    if not stored.is_file():
+        raise NotFound(f"package {path.sha256}: its file is missing on this replica")
+    return send_file(
+        stored,
+        mimetype="application/octet-stream",
+        as_attachment=True,
+        download_name=f"{package.package_id}.fcpkg",
+        etag=package.sha256,
+    )

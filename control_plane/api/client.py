@@ -93,15 +93,24 @@ class ApiClient:
             headers["Content-Type"] = "application/json"
         elif data is not None:
             headers["Content-Type"] = "application/octet-stream"
-        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        raw = self._send(urllib.request.Request(url, data=data, method=method, headers=headers))
+        return json.loads(raw) if raw else None
+
+    def download(self, path: str) -> bytes:
+        """GET a file (a package) as bytes; problems become our errors as in :meth:`request`."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        url = self.server.rstrip("/") + path
+        return self._send(urllib.request.Request(url, method="GET", headers=headers))
+
+    def _send(self, req: urllib.request.Request) -> bytes:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as answer:
-                raw = answer.read()
+                raw: bytes = answer.read()
+                return raw
         except urllib.error.HTTPError as exc:
             raise _problem_error(exc) from None
         except urllib.error.URLError as exc:
             raise Unavailable(f"cannot reach {self.server}: {exc.reason}") from exc
-        return json.loads(raw) if raw else None
 
     def pages(self, path: str, query: Mapping[str, Any] | None = None) -> Iterator[Any]:
         """Every item of a list, following its ``next`` links."""

@@ -13,6 +13,7 @@ from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker
 from control_plane.services.deployments import DeploymentService
 from control_plane.services.explanations import ExplainService, ExplainWorker
+from control_plane.services.function_aliases import FunctionAliasService
 from control_plane.services.lineage import LineageService
 from control_plane.services.monitoring import MonitoringService
 from control_plane.services.rollouts import RolloutService
@@ -38,6 +39,7 @@ class ApiContext:
     alerts: AlertService
     explanations: ExplainService
     lineage: LineageService
+    function_aliases: FunctionAliasService
     explain_worker: ExplainWorker | None = None
 
 

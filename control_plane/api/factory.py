@@ -25,6 +25,7 @@ from control_plane.api import (
     catalog,
     deployments,
     devices_read,
+    function_aliases,
     insights,
     monitoring,
     rollouts,
@@ -44,6 +45,7 @@ from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker, Runner
 from control_plane.services.deployments import DeploymentService
 from control_plane.services.explanations import ExplainService, ExplainWorker, package_loader
+from control_plane.services.function_aliases import FunctionAliasService
 from control_plane.services.lineage import LineageService
 from control_plane.services.monitoring import MonitoringService
 from control_plane.services.rollouts import RolloutService
@@ -113,6 +115,7 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
         explanations=explanations,
         lineage=LineageService(repos, monitoring.manifest, alerts.alerts),
         explain_worker=ExplainWorker(explanations, options.explain_interval),
+        function_aliases=FunctionAliasService(repos, audit),
     )
 
 
@@ -169,6 +172,7 @@ BLUEPRINTS = (
     monitoring.bp,
     insights.bp,
     rollouts.bp,
+    function_aliases.bp,
 )
 
 

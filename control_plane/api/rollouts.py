@@ -37,9 +37,15 @@ class RolloutIn(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(pattern=NAME)
     version: str = Field(pattern=NAME)
-    target: dict[str, Any] = Field(description='{"kind": "devices", "selector": {label: value}}')
+    target: dict[str, Any] = Field(
+        description='{"kind": "devices", "selector": {label: value}} or '
+        '{"kind": "alias", "alias": "FUNCTION:ALIAS"}'
+    )
     waves: list[dict[str, Any]] = Field(
-        min_length=1, max_length=100, description='[{"count": 5}, {"percent": 100}]'
+        min_length=1,
+        max_length=100,
+        description='devices: [{"count": 5}, {"percent": 100}]; alias: [{"traffic": 5}, …, '
+        '{"traffic": 100}]',
     )
 
 

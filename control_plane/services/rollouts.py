@@ -13,7 +13,10 @@ over these ports:
   firing drift alerts on the version (:class:`AlertDrift` over
   ``AlertService.blocks_rollout``; the no-op default when monitoring is off);
 - ``AuditLog``: the audit repository, as actor ``rollouts``;
-- ``AliasTraffic``: not wired (alias targets are refused at create, see docs/rollouts.md).
+- ``AliasTraffic``: :class:`~control_plane.services.function_aliases.AliasTrafficPort`
+  (a function alias' split in the store); for an alias target the readings are the
+  function's telemetry windows (its ``telemetry_device``) at the new version against
+  the alias' previous version.
 
 :meth:`RolloutService.tick_all` is what the control plane's ticker calls every
 few seconds: per active rollout it feeds command acks (deploy ok → ``DeviceInstalled``;
@@ -36,6 +39,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
+from control_plane.core.function_alias import primary_version
 from control_plane.core.lifecycle import DEPLOYABLE, is_deployable
 from control_plane.core.rollout import next_deadline, summary
 from control_plane.core.rollout_gates import (
@@ -62,16 +66,20 @@ from control_plane.core.rollout_model import (
     DeviceWentSilent,
     Event,
     Pause,
-    PointAlias,
     Resume,
     Rollback,
     RollbackRequested,
     Rollout,
-    SetTraffic,
     TargetDevice,
 )
 from control_plane.core.rollout_runner import PortRunner
-from control_plane.core.rollout_spec import DeviceTarget, RolloutSpec, parse_spec
+from control_plane.core.rollout_spec import (
+    AliasTarget,
+    DeviceTarget,
+    RolloutBlocked,
+    RolloutSpec,
+    parse_spec,
+)
 from control_plane.core.running import running_package, self_rollback
 from control_plane.core.sketches import WindowAccumulator
 from control_plane.errors import Conflict, ControlPlaneError, InvalidInput
@@ -79,6 +87,7 @@ from control_plane.services import Clock
 from control_plane.services.alerts import AlertService
 from control_plane.services.audit import AuditService
 from control_plane.services.commands import CommandService
+from control_plane.services.function_aliases import AliasTrafficPort, active_rollout
 from control_plane.services.tokens import Principal
 from control_plane.store.records import DEFAULT_LIMIT, MAX_LIMIT, Command, Device, Page
 from control_plane.store.repos import Repositories, RevisionConflict
@@ -119,16 +128,6 @@ class _Audit:
 
     def record(self, action: str, subject_id: str, at: float, detail: Mapping[str, Any]) -> None:
         self.audit.repo.add(ACTOR, action, subject(subject_id), at, detail=detail)
-
-
-class _NoAliasTraffic:
-    """Alias targets are refused at create; reaching this is a bug, said loudly."""
-
-    def set_traffic(self, action: SetTraffic) -> None:
-        raise InvalidInput(f"alias traffic is not wired yet ({action.model}/{action.alias})")
-
-    def point(self, action: PointAlias) -> None:
-        raise InvalidInput(f"alias traffic is not wired yet ({action.model}/{action.alias})")
 
 
 class CommandPort:
@@ -201,6 +200,12 @@ class UploadReadings:
 
         model, version = rollout.spec.model, rollout.spec.version
         lookback = max(rollout.spec.bake_s, BASELINE_LOOKBACK_S)
+        baseline: str | None = None  # devices: any other version on the same devices
+        if isinstance(rollout.spec.target, AliasTarget):
+            # the function's containers report under its telemetry device; the baseline is
+            # the version the alias served before, sharing the traffic with the new one
+            alias = self.repos.function_aliases.get(rollout.spec.target.alias)
+            subjects, baseline = [alias.telemetry_device], rollout.previous_version
         new, old = WindowAccumulator(), WindowAccumulator()
         for device_id in subjects:
             offset: int | None = 0
@@ -216,10 +221,12 @@ class UploadReadings:
                     window = json.loads(upload.body_json)
                     if not isinstance(window, dict) or window.get("model_name") != model:
                         continue
-                    if str(window.get("model_version")) != version:
+                    at = str(window.get("model_version"))
+                    if at == version:
+                        if upload.received_at >= since:
+                            new.add(window)
+                    elif baseline is None or at == baseline:
                         old.add(window)
-                    elif upload.received_at >= since:
-                        new.add(window)
                 offset = page.next_offset
         alerts = self.drift_alerts.firing(model, version)
         if new.windows == 0 and old.windows == 0 and alerts is None:
@@ -287,7 +294,7 @@ class RolloutService:
             store=repos.rollouts,
             commands=CommandPort(repos, self.commands),
             readings=UploadReadings(repos, drift, drift_alerts),
-            traffic=_NoAliasTraffic(),
+            traffic=AliasTrafficPort(repos, audit, clock),
             audit=_Audit(audit),
         )
 
@@ -300,17 +307,14 @@ class RolloutService:
         409 when a profile of the target has no package of the version (naming it).
         """
         spec = parse_spec(spec_data)
-        if not isinstance(spec.target, DeviceTarget):
-            raise InvalidInput(
-                "rollout target kind 'alias' is not wired to the function router yet; "
-                "target devices by label selector"
-            )
         version = self.repos.versions.get(spec.model, spec.version)
         if not is_deployable(version.stage):
             raise Conflict(
                 f"{spec.model} {version.version} is {version.stage}: only "
                 f"{', '.join(sorted(DEPLOYABLE))} versions roll out"
             )
+        if isinstance(spec.target, AliasTarget):
+            return self._create_for_alias(spec, spec.target, actor)
         devices = self._target(spec)
         packages: dict[str, str] = {}
         for profile in sorted({d.profile_id for d in devices if d.profile_id is not None}):
@@ -325,6 +329,50 @@ class RolloutService:
             "rollout.create",
             subject(rollout_id),
             after={"phase": rollout.phase, "devices": len(rollout.devices)},
+            detail={"spec": spec.model_dump(mode="json")},
+        )
+        return rollout
+
+    def _create_for_alias(
+        self, spec: RolloutSpec, target: AliasTarget, actor: Principal
+    ) -> Rollout:
+        """An alias target: its waves are traffic steps from the alias' current version.
+
+        404 unknown alias; 400 an alias of another model; 409 an alias already split
+        (another rollout or an operator's canary), already at the version, moved by
+        another rollout, or a version without any package for a container to load.
+        """
+        alias = self.repos.function_aliases.get(target.alias)
+        if alias.model != spec.model:
+            raise InvalidInput(
+                f"target.alias: function alias {alias.name!r} serves model {alias.model!r}, "
+                f"not {spec.model!r}"
+            )
+        moving = active_rollout(self.repos, alias.name)
+        if moving is not None:
+            raise Conflict(f"rollout {moving} is already moving function alias {alias.name!r}")
+        if len(alias.routes) != 1:
+            raise RolloutBlocked(
+                f"function alias {alias.name!r} is split {alias.routes}: "
+                "set it to one version before a rollout moves it"
+            )
+        previous = primary_version(alias.routes)
+        if previous == spec.version:
+            raise Conflict(f"function alias {alias.name!r} already serves {spec.version}")
+        if not self.repos.packages.list(
+            model_name=spec.model, model_version=spec.version, limit=1
+        ).items:
+            raise RolloutBlocked(
+                f"{spec.model} {spec.version} has no package: a function container would "
+                "have nothing to load (compile it first)"
+            )
+        rollout_id = uuid.uuid4().hex[:16]
+        rollout = self.runner.create(rollout_id, spec, [], {}, previous_version=previous)
+        self.audit.record(
+            actor.name,
+            "rollout.create",
+            subject(rollout_id),
+            after={"phase": rollout.phase, "alias": alias.name, "previous_version": previous},
             detail={"spec": spec.model_dump(mode="json")},
         )
         return rollout

@@ -165,6 +165,19 @@ class Alias:
 
 
 @dataclass(frozen=True)
+class FunctionAlias:
+    """``FUNCTION:ALIAS`` → a traffic split over versions of ``model`` (version → percent)."""
+
+    name: str
+    model: str
+    routes: dict[str, int]
+    telemetry_device: str  # the device id the function's containers report telemetry under
+    revision: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
 class ApiToken:
     id: str
     name: str

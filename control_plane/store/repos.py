@@ -31,6 +31,7 @@ from control_plane.store.records import (
     Device,
     EnrollmentToken,
     FeedbackLabel,
+    FunctionAlias,
     Model,
     ModelCard,
     ModelVersion,
@@ -393,6 +394,32 @@ class AliasRepo(Protocol):
     def delete(self, model: str, alias: str) -> None: ...
 
 
+class FunctionAliasRepo(Protocol):
+    """Function aliases (``FUNCTION:ALIAS``) and their traffic splits; ``routes`` are
+    validated by the service (``core/function_alias.py``) before they reach the store."""
+
+    def put(
+        self,
+        name: str,
+        model: str,
+        routes: Mapping[str, int],
+        telemetry_device: str,
+        at: float,
+        *,
+        expected_revision: int | None = None,
+    ) -> FunctionAlias:
+        """Create or replace; with ``expected_revision`` only if the alias is still at it
+        (RevisionConflict otherwise; 0 means "must not exist yet"). Every version of
+        ``routes`` must be registered (NotFound naming it)."""
+        ...
+
+    def get(self, name: str) -> FunctionAlias: ...
+    def find(self, name: str) -> FunctionAlias | None: ...
+    def list(
+        self, *, model: str | None = None, limit: int = DEFAULT_LIMIT, offset: int = 0
+    ) -> Page[FunctionAlias]: ...
+
+
 class ApiTokenRepo(Protocol):
     def add(
         self,
@@ -520,6 +547,7 @@ class Repositories(Protocol):
     models: ModelRepo
     versions: VersionRepo
     aliases: AliasRepo
+    function_aliases: FunctionAliasRepo
     api_tokens: ApiTokenRepo
     compile_jobs: CompileJobRepo
     rollouts: RolloutRepo

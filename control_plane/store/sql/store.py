@@ -15,6 +15,7 @@ from control_plane.store.sql.fleet import (
     SqlPackageRepo,
     SqlUploadRepo,
 )
+from control_plane.store.sql.function_aliases import SqlFunctionAliasRepo
 from control_plane.store.sql.insights import SqlInsightRepo
 from control_plane.store.sql.monitoring import SqlMonitoringRepo
 from control_plane.store.sql.rollouts import SqlRolloutRepo
@@ -38,6 +39,7 @@ class SqlRepositories:
         self.models: repos.ModelRepo = SqlModelRepo(db)
         self.versions: repos.VersionRepo = SqlVersionRepo(db)
         self.aliases: repos.AliasRepo = SqlAliasRepo(db)
+        self.function_aliases: repos.FunctionAliasRepo = SqlFunctionAliasRepo(db)
         self.api_tokens: repos.ApiTokenRepo = SqlApiTokenRepo(db)
         self.compile_jobs: repos.CompileJobRepo = SqlCompileJobRepo(db)
         self.rollouts: repos.RolloutRepo = SqlRolloutRepo(db)

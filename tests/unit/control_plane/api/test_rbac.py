@@ -197,6 +197,29 @@ ROUTES = [
             ("approve", "awaiting"),
         ]
     ),
+    Route("GET", "/api/v1/functions/aliases", "/api/v1/functions/aliases", "viewer", 200),
+    Route(
+        "GET",
+        "/api/v1/functions/aliases/<name>",
+        "/api/v1/functions/aliases/scorer:live",
+        "viewer",
+        200,
+    ),
+    Route(
+        "PUT",
+        "/api/v1/functions/aliases/<name>",
+        "/api/v1/functions/aliases/scorer:live",
+        "operator",
+        200,
+        {"json": {"model": "digits", "routes": {"1": 90, "2": 10}}},
+    ),
+    Route(
+        "GET",
+        "/api/v1/packages/<sha256>/file",
+        "/api/v1/packages/{package_file}/file",
+        "viewer",
+        200,
+    ),
 ]
 CALLERS = [None, "device", "viewer", "operator", "admin"]
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
@@ -220,6 +243,7 @@ def api(tmp_path: Path) -> Api:
     seed_monitored(api)
     seed_rollouts(api)
     seed_alert(api)
+    seed_function_alias(api, tmp_path)
     return api
 
 
@@ -232,6 +256,22 @@ def seed_alert(api: Api) -> None:
     alert = Alert(rule, labels, "firing", since=10.0, value=2.0, fired_at=10.0)
     api.repos.alerts.save([alert], [], [], at=10.0)
     api.seeded["alert"] = short_id(alert)
+
+
+def seed_function_alias(api: Api, tmp_path: Path) -> None:
+    """A function alias on digits 1, and a package whose file exists (the download route)."""
+    import hashlib
+
+    from control_plane.store.records import Package
+
+    api.context.function_aliases.set("scorer:live", "digits", {"1": 100}, Principal("s", "admin"))
+    data = b"a signed package, as far as this route cares"
+    path = tmp_path / "package.fcpkg"
+    path.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    api.repos.packages.put(Package(sha, "digits-2-x86", "digits", "2", PROFILE, 1, 9, str(path),
+                                   {}, 5.0))  # fmt: skip
+    api.seeded["package_file"] = sha
 
 
 def seed_rollouts(api: Api) -> None:

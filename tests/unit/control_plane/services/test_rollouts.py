@@ -11,7 +11,7 @@ import pytest
 
 from control_plane.core.rollout_model import Deploy, Rollout, action_to_dict
 from control_plane.core.rollout_spec import RolloutBlocked, RolloutSpecError
-from control_plane.errors import Conflict, InvalidInput, NotFound
+from control_plane.errors import Conflict, NotFound
 from control_plane.services.audit import AuditService
 from control_plane.services.devices import DeviceService
 from control_plane.services.ingest import IngestService
@@ -153,7 +153,7 @@ def test_create_refuses_a_profile_without_a_package_naming_it(
     assert repos.commands.pending() == [] and repos.rollouts.list().items == []
 
 
-def test_create_refuses_bad_specs_unknown_versions_and_alias_targets(
+def test_create_refuses_bad_specs_unknown_versions_and_unknown_aliases(
     repos: SqlRepositories, clock: Clock
 ) -> None:
     service = _service(repos, clock)
@@ -161,8 +161,8 @@ def test_create_refuses_bad_specs_unknown_versions_and_alias_targets(
         service.create(_spec(waves=[]), OPERATOR)
     with pytest.raises(NotFound):
         service.create(_spec(version="8"), OPERATOR)
-    alias = {"kind": "alias", "alias": "prod"}
-    with pytest.raises(InvalidInput, match="alias"):
+    alias = {"kind": "alias", "alias": "scorer:prod"}
+    with pytest.raises(NotFound, match="function alias 'scorer:prod' does not exist"):
         service.create(_spec(target=alias, waves=[{"traffic": 100}]), OPERATOR)
 
 
