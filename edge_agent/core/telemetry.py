@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from datasketches import kll_floats_sketch
@@ -37,7 +37,9 @@ from edge_agent.core.bins import (
     mask_features,
     token_features,
 )
-from edge_agent.core.manifest import FeatureStats, Manifest, TensorStats
+
+if TYPE_CHECKING:
+    from edge_agent.core.device_manifest import AnyFeatureStats, AnyManifest, AnyTensorStats
 
 FailureKind = Literal["invalid", "error"]
 QUANTILES = (0.5, 0.95, 0.99)
@@ -59,7 +61,7 @@ class TelemetryConfig:
     kll_k: int = 200
 
 
-def _inner_edges(feature: FeatureStats) -> np.ndarray:
+def _inner_edges(feature: AnyFeatureStats) -> np.ndarray:
     if feature.kind == "categorical":
         cats = np.asarray(feature.categories or (0,), dtype=np.float64)
         return (cats[:-1] + cats[1:]) / 2.0
@@ -70,7 +72,7 @@ def _inner_edges(feature: FeatureStats) -> np.ndarray:
 class TensorBinner:
     """Counts one tensor's features on their reference bins (stateless, vectorised)."""
 
-    def __init__(self, stats: TensorStats) -> None:
+    def __init__(self, stats: AnyTensorStats) -> None:
         self.stats = stats
         # :meth:`partial_rows` without the method call, for the per-call loops
         self.partial_rows_of: Callable[[np.ndarray], np.ndarray] = (
@@ -136,9 +138,10 @@ class TensorBinner:
         return np.bincount(index.ravel(), minlength=self.total)
 
     def split(self, counts: np.ndarray) -> list[dict[str, Any]]:
+        features: tuple[AnyFeatureStats, ...] = self.stats.features
         return [
             {"name": f.name, "kind": f.kind, "counts": counts[o : o + n].tolist()}
-            for f, o, n in zip(self.stats.features, self.offsets, self.nbins, strict=True)
+            for f, o, n in zip(features, self.offsets, self.nbins, strict=True)
         ]
 
 
@@ -337,7 +340,7 @@ class ModelTelemetry:
 
     def __init__(
         self,
-        manifest: Manifest,
+        manifest: AnyManifest,
         config: TelemetryConfig | None = None,
         clock: Callable[[], float] = time.time,
         seed: int | None = None,
