@@ -32,8 +32,9 @@ CONTAINER_TARGETS = ("gcf", "knative", "openfaas")
 TARGETS = (*LAMBDA_PLATFORMS, *CONTAINER_TARGETS)
 # onnxruntime goes in with --no-deps: its tool dependencies (sympy, coloredlogs)
 # are ~40 MB the runtime never imports
+# no pydantic: the handler reads the manifest with edge_agent.core.device_manifest
 RUNTIME_REQUIREMENTS = (
-    "pydantic>=2.6",
+    "msgspec>=0.18",
     "cryptography>=42",
     "datasketches>=5.0",
     "grpcio>=1.66",
@@ -44,6 +45,7 @@ RUNTIME_REQUIREMENTS = (
 CONTAINER_REQUIREMENTS = (
     "onnxruntime",
     "numpy",
+    "msgspec",
     "pydantic",
     "cryptography",
     "datasketches",
@@ -51,6 +53,15 @@ CONTAINER_REQUIREMENTS = (
     "protobuf",
     "functions-framework",
     "cloudevents",
+)
+# imported on first use (a window closing, the first upload), so the entry's import
+# does not pull them in: the bundle needs them all the same
+LAZY_MODULES = (
+    "edge_agent.runtime.onnx",
+    "edge_agent.outbox",
+    "edge_agent.reporting",
+    "edge_agent.transport.factory",
+    "edge_agent.transport.grpc",
 )
 ENTRY = {
     "aws-lambda-x86_64": "functions.aws_lambda",
@@ -74,11 +85,11 @@ class BuildResult:
 
 
 def library_files(entry: str) -> list[Path]:
-    """The source files of our own modules that ``entry`` (and the gRPC uploader) imports."""
+    """The source files of our own modules that ``entry`` imports, at once or lazily."""
     code = (
         "import importlib, json, sys\n"
         f"importlib.import_module({entry!r})\n"
-        "import edge_agent.transport.grpc, edge_agent.transport.factory, edge_agent.runtime.onnx\n"
+        f"for name in {LAZY_MODULES!r}: importlib.import_module(name)\n"
         "print(json.dumps([m.__file__ for n, m in sys.modules.items() if n.split('.')[0] in "
         "('functions', 'edge_agent', 'protos') and getattr(m, '__file__', None)]))\n"
     )
