@@ -146,7 +146,11 @@ def _parse_manifest(manifest_bytes: bytes) -> Manifest:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "manifest"
         raise PackageError("format", f"manifest field {where}: {first['msg']}") from exc
-    if manifest.canonical_bytes() != manifest_bytes:
+    try:
+        canonical = manifest.canonical_bytes()
+    except ValueError as exc:  # NaN or infinity, which canonical JSON cannot hold
+        raise PackageError("format", f"manifest.json is not in canonical form: {exc}") from exc
+    if canonical != manifest_bytes:
         raise PackageError("format", "manifest.json is not in canonical form")
     return manifest
 

@@ -34,7 +34,6 @@ TARGETS = (*LAMBDA_PLATFORMS, *CONTAINER_TARGETS)
 # are ~40 MB the runtime never imports
 # no pydantic: the handler reads the manifest with edge_agent.core.device_manifest
 RUNTIME_REQUIREMENTS = (
-    "msgspec>=0.18",
     "cryptography>=42",
     "datasketches>=5.0",
     "grpcio>=1.66",
@@ -45,7 +44,6 @@ RUNTIME_REQUIREMENTS = (
 CONTAINER_REQUIREMENTS = (
     "onnxruntime",
     "numpy",
-    "msgspec",
     "pydantic",
     "cryptography",
     "datasketches",
