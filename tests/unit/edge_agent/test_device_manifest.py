@@ -236,3 +236,34 @@ def test_device_records_are_frozen() -> None:
     manifest = parse_manifest(make_manifest().canonical_bytes())
     with pytest.raises(AttributeError, match="frozen"):
         manifest.release = 2  # type: ignore[misc]
+
+
+def test_ed25519_keys_load_without_the_serialization_module_and_agree() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_public_key,
+    )
+
+    from edge_agent.errors import PackageError
+    from edge_agent.package import _raw_ed25519, load_public_key
+
+    private = Ed25519PrivateKey.generate()
+    pem = private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    assert _raw_ed25519(pem) == raw
+    assert _raw_ed25519(pem.replace(b"\n", b"\r\n") + b"\n\n") == raw
+    key = load_public_key(pem)
+    key.verify(private.sign(b"manifest"), b"manifest")
+    assert load_public_key(pem).public_bytes(Encoding.Raw, PublicFormat.Raw) == (
+        load_pem_public_key(pem).public_bytes(Encoding.Raw, PublicFormat.Raw)  # type: ignore[union-attr]
+    )
+    ec = generate_private_key(SECP256R1()).public_key()
+    ec_pem = ec.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    assert _raw_ed25519(ec_pem) is None
+    with pytest.raises(PackageError, match="expected an ed25519 public key"):
+        load_public_key(ec_pem)
+    with pytest.raises(PackageError, match="not a PEM public key"):
+        load_public_key(pem.replace(b"MCowBQ", b"MCowBR"))
