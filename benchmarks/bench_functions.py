@@ -298,7 +298,12 @@ def sizes(p: dict[str, Any], work: Path) -> dict[str, Any]:
             "files": len(names),
             "bytecode": any(n.endswith(".pyc") for n in names),
             "onnxruntime": next(
-                (n.split("-")[1] for n in names if n.startswith("onnxruntime-")), "?"
+                (
+                    n.split("-")[1].removesuffix(".dist")
+                    for n in names
+                    if n.startswith("onnxruntime-") and ".dist-info/" in n
+                ),
+                "?",
             ),
         }
     return {

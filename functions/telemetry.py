@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -134,6 +133,8 @@ def _instance(directory: Path) -> int:
         return int(json.loads(path.read_text())["instance"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    import secrets
+
     number = secrets.randbits(40) or 1
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"instance": number}))
