@@ -463,6 +463,17 @@ def parse_manifest(data: bytes) -> Manifest:
     return manifest
 
 
+def to_builtins(value: Any) -> Any:
+    """A record as JSON types (what the record's ``model_dump(mode="json")`` gives)."""
+    if isinstance(value, _Record):
+        return {f: to_builtins(getattr(value, f)) for f in value._fields}
+    if isinstance(value, tuple | list):
+        return [to_builtins(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_builtins(v) for k, v in value.items()}
+    return value
+
+
 def canonical_json(obj: Any) -> bytes:
     """Serialise ``obj`` the one way that is signed: sorted keys, no spaces, UTF-8."""
     return json.dumps(

@@ -20,7 +20,12 @@ from manifests import make_manifest
 from pydantic import ValidationError
 
 from edge_agent.core import device_manifest
-from edge_agent.core.device_manifest import ManifestFormatError, canonical_json, parse_manifest
+from edge_agent.core.device_manifest import (
+    ManifestFormatError,
+    canonical_json,
+    parse_manifest,
+)
+from edge_agent.core.device_manifest import to_builtins as builtins
 from edge_agent.core.manifest import (
     Benchmark,
     FidelityReport,
@@ -48,17 +53,6 @@ def device_reads(data: bytes) -> device_manifest.Manifest | None:
         return parse_manifest(data)
     except ManifestFormatError:
         return None
-
-
-def builtins(value: Any) -> Any:
-    """A device record as JSON types (what pydantic's model_dump(mode="json") gives)."""
-    if isinstance(value, device_manifest._Record):
-        return {f: builtins(getattr(value, f)) for f in value._fields}
-    if isinstance(value, tuple | list):
-        return [builtins(v) for v in value]
-    if isinstance(value, dict):
-        return {k: builtins(v) for k, v in value.items()}
-    return value
 
 
 def rich_manifest() -> Manifest:
