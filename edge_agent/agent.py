@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from edge_agent.settings import Settings
 from edge_agent.slots import Pointer, model_stores
 from edge_agent.transport.base import Command, Transport, TransportError
 from edge_agent.watchlist import Watch, WatchList
+
+if TYPE_CHECKING:
+    from edge_agent.core.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +138,7 @@ class Agent:
             logger.error("crash hook: SIGKILL at install step %s", step)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _make_model(self, package: Package) -> Model:
+    def _make_model(self, package: Package[Manifest]) -> Model:
         m = package.manifest
         loaded = load_model_bytes(
             m.runtime,

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -41,6 +41,9 @@ from edge_agent.package import Package, open_package
 from edge_agent.runtime import Model
 from edge_agent.runtime.selftest import self_test
 from edge_agent.slots import Checkpoint, Journal, Pointer, SlotRef, SlotStore
+
+if TYPE_CHECKING:
+    from edge_agent.core.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ CRASH_POINTS = (
 MAX_ATTEMPTS = 2
 
 Reporter = Callable[[dict[str, Any], str], None]
-ModelFactory = Callable[[Package], Model]
+ModelFactory = Callable[[Package["Manifest"]], Model]
 
 
 def release_slot(store: SlotStore, slot: str) -> None:
@@ -86,7 +89,7 @@ def release_slot(store: SlotStore, slot: str) -> None:
     store.clear_slot(slot)
 
 
-def _ref(slot: str, package: Package) -> SlotRef:
+def _ref(slot: str, package: Package[Manifest]) -> SlotRef:
     m = package.manifest
     return SlotRef(slot=slot, sha256=package.sha256, release=m.release, package_id=m.package_id)
 

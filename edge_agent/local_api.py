@@ -17,18 +17,20 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
 
 from edge_agent.agent import Agent
-from edge_agent.core.manifest import TensorSpec
 from edge_agent.errors import EdgeError, InstallError, InvalidInput, NotFound, PackageError
 from edge_agent.files import SOCKET
 from edge_agent.proto.fleetcast.v1 import scoring_pb2 as pb
 from edge_agent.proto.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
 from edge_agent.runtime import Model
+
+if TYPE_CHECKING:
+    from edge_agent.core.device_manifest import AnyTensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ def encode_tensor(name: str, array: np.ndarray) -> Any:
     )
 
 
-def _spec(spec: TensorSpec) -> Any:
+def _spec(spec: AnyTensorSpec) -> Any:
     return pb.TensorSpec(
         name=spec.name,
         dtype=spec.dtype,

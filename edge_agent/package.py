@@ -8,41 +8,49 @@ A package is one zip file with three entries, in this order:
 
 The package's own address is the sha256 of the whole file. :func:`open_package`
 runs every check a device needs before it trusts the bytes, and names the
-first one that fails.
+first one that fails. :func:`open_device_package` runs the same checks and
+reads the manifest with the pydantic-free reader
+(:mod:`edge_agent.core.device_manifest`): the runtime's path, where a
+serverless cold start cannot afford pydantic's import.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
-import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Generic, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
-from pydantic import ValidationError
 
 from edge_agent.archive import CHUNK, SIGNATURE_BYTES, PackageArchive
 from edge_agent.archive import MANIFEST_ENTRY as MANIFEST_ENTRY
 from edge_agent.archive import SIGNATURE_ENTRY as SIGNATURE_ENTRY
+from edge_agent.core.device_manifest import ManifestFormatError, parse_manifest
 from edge_agent.core.host import HostInfo, profile_mismatches
 from edge_agent.core.limits import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, MAX_PACKAGE_BYTES
-from edge_agent.core.manifest import Manifest
 from edge_agent.errors import IncompatibleProfile, PackageError
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from edge_agent.core import device_manifest
+    from edge_agent.core.device_manifest import AnyManifest
+    from edge_agent.core.manifest import Manifest
+
+M = TypeVar("M", "Manifest", "device_manifest.Manifest")
 
 
 @dataclass(frozen=True)
-class Package:
-    """A package whose checks passed."""
+class Package(Generic[M]):
+    """A package whose checks passed; its manifest as the record or the device reads it."""
 
-    manifest: Manifest
+    manifest: M
     model_bytes: bytes
     sha256: str
     size_bytes: int
@@ -52,8 +60,34 @@ def model_entry_name(fmt: str) -> str:
     return f"model.{fmt}"
 
 
+# SubjectPublicKeyInfo of an ed25519 key (RFC 8410): this DER prefix, then the 32 key bytes
+_ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+_PEM_HEAD, _PEM_TAIL = b"-----BEGIN PUBLIC KEY-----", b"-----END PUBLIC KEY-----"
+
+
+def _raw_ed25519(pem: bytes) -> bytes | None:
+    """The 32 key bytes of a PEM ed25519 public key in its one standard encoding, else None."""
+    text = pem.strip()
+    if not (text.startswith(_PEM_HEAD) and text.endswith(_PEM_TAIL)):
+        return None
+    try:
+        der = base64.b64decode(
+            b"".join(text[len(_PEM_HEAD) : -len(_PEM_TAIL)].split()), validate=True
+        )
+    except (binascii.Error, ValueError):
+        return None
+    if len(der) != 44 or not der.startswith(_ED25519_SPKI_PREFIX):
+        return None
+    return der[len(_ED25519_SPKI_PREFIX) :]
+
+
 def load_public_key(path_or_pem: Path | bytes) -> Ed25519PublicKey:
     pem = path_or_pem.read_bytes() if isinstance(path_or_pem, Path) else path_or_pem
+    raw = _raw_ed25519(pem)
+    if raw is not None:  # the usual key, without importing cryptography's serialization
+        return Ed25519PublicKey.from_public_bytes(raw)
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     try:
         key = load_pem_public_key(pem)
     except ValueError as exc:
@@ -65,6 +99,8 @@ def load_public_key(path_or_pem: Path | bytes) -> Ed25519PublicKey:
 
 def key_id(public_key: Ed25519PublicKey) -> str:
     """Short stable name of a public key: the first 16 hex digits of its sha256."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -99,19 +135,35 @@ def _source(source: Path | bytes) -> tuple[IO[bytes], str, int]:
 
 
 def _parse_manifest(manifest_bytes: bytes) -> Manifest:
+    """The validation of record (pydantic), imported when first needed."""
+    from pydantic import ValidationError
+
+    from edge_agent.core.manifest import Manifest
+
     try:
         manifest = Manifest.from_bytes(manifest_bytes)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "manifest"
         raise PackageError("format", f"manifest field {where}: {first['msg']}") from exc
-    if manifest.canonical_bytes() != manifest_bytes:
+    try:
+        canonical = manifest.canonical_bytes()
+    except ValueError as exc:  # NaN or infinity, which canonical JSON cannot hold
+        raise PackageError("format", f"manifest.json is not in canonical form: {exc}") from exc
+    if canonical != manifest_bytes:
         raise PackageError("format", "manifest.json is not in canonical form")
     return manifest
 
 
+def _parse_device_manifest(manifest_bytes: bytes) -> device_manifest.Manifest:
+    try:
+        return parse_manifest(manifest_bytes)
+    except ManifestFormatError as exc:
+        raise PackageError("format", str(exc)) from exc
+
+
 def _model_bytes(
-    archive: PackageArchive, manifest: Manifest, max_model_bytes: int
+    archive: PackageArchive, manifest: AnyManifest, max_model_bytes: int
 ) -> tuple[bytes, str]:
     entry = model_entry_name(manifest.format)
     if archive.model_entry != entry:
@@ -148,7 +200,7 @@ def open_package(
     installed_release: int | None = None,
     expected_sha256: str | None = None,
     max_model_bytes: int = MAX_MODEL_BYTES,
-) -> Package:
+) -> Package[Manifest]:
     """Read a package and run every check; raise PackageError naming the first that fails.
 
     Checks, in order: package hash (when ``expected_sha256`` is given), format
@@ -160,6 +212,48 @@ def open_package(
     release is refused). An unsigned package costs at most the manifest cap to
     refuse, whatever it claims to inflate to.
     """
+    return _open(
+        source,
+        public_key,
+        _parse_manifest,
+        host=host,
+        installed_release=installed_release,
+        expected_sha256=expected_sha256,
+        max_model_bytes=max_model_bytes,
+    )
+
+
+def open_device_package(
+    source: Path | bytes,
+    public_key: Ed25519PublicKey,
+    *,
+    host: HostInfo | None = None,
+    installed_release: int | None = None,
+    expected_sha256: str | None = None,
+    max_model_bytes: int = MAX_MODEL_BYTES,
+) -> Package[device_manifest.Manifest]:
+    """:func:`open_package`'s checks, in the same order, with the device's manifest reader."""
+    return _open(
+        source,
+        public_key,
+        _parse_device_manifest,
+        host=host,
+        installed_release=installed_release,
+        expected_sha256=expected_sha256,
+        max_model_bytes=max_model_bytes,
+    )
+
+
+def _open(
+    source: Path | bytes,
+    public_key: Ed25519PublicKey,
+    parse: Callable[[bytes], M],
+    *,
+    host: HostInfo | None,
+    installed_release: int | None,
+    expected_sha256: str | None,
+    max_model_bytes: int,
+) -> Package[M]:
     try:
         handle, digest, size = _source(source)
     except OSError as exc:
@@ -176,7 +270,7 @@ def open_package(
                 raise PackageError(
                     "signature", f"manifest signature does not verify with key {key_id(public_key)}"
                 ) from exc
-            manifest = _parse_manifest(manifest_bytes)
+            manifest = parse(manifest_bytes)
             model_bytes, model_digest = _model_bytes(archive, manifest, max_model_bytes)
     if model_digest != manifest.model_file.sha256:
         raise PackageError(

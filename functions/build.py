@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from edge_agent.package import load_public_key, open_package
 
+logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
 PYTHON_VERSION = "3.11"
@@ -32,8 +34,8 @@ CONTAINER_TARGETS = ("gcf", "knative", "openfaas")
 TARGETS = (*LAMBDA_PLATFORMS, *CONTAINER_TARGETS)
 # onnxruntime goes in with --no-deps: its tool dependencies (sympy, coloredlogs)
 # are ~40 MB the runtime never imports
+# no pydantic: the handler reads the manifest with edge_agent.core.device_manifest
 RUNTIME_REQUIREMENTS = (
-    "pydantic>=2.6",
     "cryptography>=42",
     "datasketches>=5.0",
     "grpcio>=1.66",
@@ -51,6 +53,15 @@ CONTAINER_REQUIREMENTS = (
     "protobuf",
     "functions-framework",
     "cloudevents",
+)
+# imported on first use (a window closing, the first upload), so the entry's import
+# does not pull them in: the bundle needs them all the same
+LAZY_MODULES = (
+    "edge_agent.runtime.onnx",
+    "edge_agent.outbox",
+    "edge_agent.reporting",
+    "edge_agent.transport.factory",
+    "edge_agent.transport.grpc",
 )
 ENTRY = {
     "aws-lambda-x86_64": "functions.aws_lambda",
@@ -74,11 +85,11 @@ class BuildResult:
 
 
 def library_files(entry: str) -> list[Path]:
-    """The source files of our own modules that ``entry`` (and the gRPC uploader) imports."""
+    """The source files of our own modules that ``entry`` imports, at once or lazily."""
     code = (
         "import importlib, json, sys\n"
         f"importlib.import_module({entry!r})\n"
-        "import edge_agent.transport.grpc, edge_agent.transport.factory, edge_agent.runtime.onnx\n"
+        f"for name in {LAZY_MODULES!r}: importlib.import_module(name)\n"
         "print(json.dumps([m.__file__ for n, m in sys.modules.items() if n.split('.')[0] in "
         "('functions', 'edge_agent', 'protos') and getattr(m, '__file__', None)]))\n"
     )
@@ -194,7 +205,11 @@ def smoke_test(staging: Path, model: bytes) -> str | None:
     done = subprocess.run(
         [sys.executable, "-S", "-s", "-c", _SMOKE],
         cwd=staging,
-        env={"PYTHONPATH": str(staging), "FLEETCAST_TELEMETRY": "off"},
+        env={
+            "PYTHONPATH": str(staging),
+            "FLEETCAST_TELEMETRY": "off",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        },
         capture_output=True,
         text=True,
         timeout=300,
@@ -208,9 +223,9 @@ def smoke_test(staging: Path, model: bytes) -> str | None:
         f"The model is ONNX IR version {ir}. The onnxruntime pip resolved for this target "
         "may be older than the one the package was compiled for: Lambda's python3.11 "
         "runtime (Amazon Linux 2) takes manylinux2014 wheels, which stop at onnxruntime "
-        "1.16 (ONNX IR <= 9, ai.onnx opset <= 19, ai.onnx.ml opset <= 3). Build for "
-        "--python-version 3.12 (Amazon Linux 2023, manylinux_2_28), or compile the "
-        "package for those versions."
+        "1.16 (ONNX IR <= 9, ai.onnx opset <= 19, ai.onnx.ml opset <= 3). Compile the "
+        "package for an aws-lambda-* profile (those cap the model to what onnxruntime 1.16 "
+        "loads), or build for --python-version 3.12 (Amazon Linux 2023, manylinux_2_28)."
     )
 
 
@@ -236,11 +251,31 @@ def _check_lambda_size(staging: Path, limit: int = LAMBDA_UNZIPPED_LIMIT) -> int
     return total
 
 
+def _same_python(python_version: str) -> bool:
+    return f"{sys.version_info.major}.{sys.version_info.minor}" == python_version
+
+
+def compile_bytecode(staging: Path) -> None:
+    """Ship bytecode: Lambda's task root is read-only, so Python cannot cache what it
+    compiles and every cold start would compile each module it imports from source.
+    Unchecked-hash pycs stay valid whatever timestamps the zip gives the sources."""
+    import compileall
+    import py_compile
+
+    ok = compileall.compile_dir(
+        staging,
+        quiet=2,
+        force=True,
+        workers=0,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
+    if not ok:
+        logger.warning("some modules of the bundle did not compile to bytecode")
+
+
 def _zip(staging: Path, path: Path) -> None:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
         for file in sorted(p for p in staging.rglob("*") if p.is_file()):
-            if "__pycache__" in file.parts:
-                continue
             archive.write(file, file.relative_to(staging).as_posix())
 
 
@@ -276,11 +311,13 @@ def build(
     _copy_library(ENTRY[target], staging)
     if target in LAMBDA_PLATFORMS:
         _lambda_dependencies(lambda_platforms(target, python_version), python_version, staging)
+        for cache in staging.rglob("__pycache__"):  # pip's, for this host's Python
+            shutil.rmtree(cache, ignore_errors=True)
+        if _same_python(python_version):
+            compile_bytecode(staging)
         total = _check_lambda_size(staging, limit_bytes)
         if _runs_here(target, python_version):
             smoke_test(staging, checked.model_bytes)
-        for cache in staging.rglob("__pycache__"):
-            shutil.rmtree(cache, ignore_errors=True)
         path = output / f"{checked.manifest.model_name}-{target}.zip"
         _zip(staging, path)
         shutil.rmtree(staging)

@@ -6,7 +6,9 @@ SQLite outbox in ``/tmp`` and sent to the control plane only when it is due:
 ``FLEETCAST_WINDOW_SECONDS`` (default 60) since it opened, or
 ``FLEETCAST_WINDOW_MAX_REQUESTS`` (default 1000) requests in it. In the common
 case an invocation adds no I/O at all. A container started on a ``/tmp`` that
-still holds undelivered windows (a recycled process) drains them at init.
+still holds an outbox (a recycled process) drains it at init; on a fresh
+``/tmp`` the outbox is created when the first window closes, so a cold start
+pays no SQLite file creation (and imports no outbox code).
 
 With ``FLEETCAST_TELEMETRY_DURABILITY=invocation`` every invocation's window
 is closed into the outbox before the handler returns (a local SQLite write;
@@ -23,18 +25,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from edge_agent.outbox import Outbox, OutboxMessage
-from edge_agent.reporting import Reporter
-from edge_agent.runtime import Model
-from edge_agent.transport.base import Command, Transport, TransportError
+if TYPE_CHECKING:
+    from edge_agent.outbox import Outbox, OutboxMessage
+    from edge_agent.reporting import Reporter
+    from edge_agent.runtime import Model
+    from edge_agent.transport.base import Command, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class GrpcUploader:
     """
 
     def __init__(self, server: str, device_token: str) -> None:
+        from edge_agent.transport.base import TransportError
         from edge_agent.transport.factory import check_plaintext, parse_server
 
         scheme, host, port = parse_server(server)
@@ -109,9 +112,13 @@ class GrpcUploader:
     def ack(
         self, command: Command, ok: bool, error: str = "", detail: dict[str, Any] | None = None
     ) -> None:
+        from edge_agent.transport.base import TransportError
+
         raise TransportError("functions take no commands")
 
     def fetch_package(self, ref: str) -> bytes:
+        from edge_agent.transport.base import TransportError
+
         raise TransportError("functions download no packages: the package ships with them")
 
     def close(self) -> None:
@@ -126,6 +133,8 @@ def _instance(directory: Path) -> int:
         return int(json.loads(path.read_text())["instance"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    import secrets
+
     number = secrets.randbits(40) or 1
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"instance": number}))
@@ -140,8 +149,17 @@ def instance_sequence(outbox: Outbox, directory: Path) -> Callable[[], int]:
     return lambda: base + outbox.next_sequence()
 
 
+OUTBOX_NAME = "outbox.sqlite"
+OUTBOX_QUOTA = 16 * 1024 * 1024
+
+
 class FunctionTelemetry:
-    """The container's reporter: close windows on their bounds, flush before returning."""
+    """The container's reporter: close windows on their bounds, flush before returning.
+
+    The outbox is opened at init only when ``outbox_dir`` already holds one (a
+    recycled container: what it left is sent now); otherwise when the first
+    window closes. Until then nothing is on disk, as nothing is to be kept.
+    """
 
     def __init__(
         self,
@@ -154,22 +172,38 @@ class FunctionTelemetry:
         self.model = model
         self.models = [model, *others]  # a traffic split: one window per version
         self.settings = settings
-        settings.outbox_dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(settings.outbox_dir / "outbox.sqlite", quota_bytes=16 * 1024 * 1024)
         if transport is None and settings.server:
             transport = GrpcUploader(settings.server, settings.device_token)
-        self.reporter = Reporter(
-            self.outbox,
-            transport,
-            settings.device_id,
-            sequence=instance_sequence(self.outbox, settings.outbox_dir),
-        )
+        self.transport = transport
+        self._reporter: Reporter | None = None
         self._lock = threading.Lock()
         self._opened = time.monotonic()
         self._invocations = 0  # since the last send
-        if self.reporter.pending():  # a recycled container: deliver what the last one left
-            sent = self.flush()
+        if (settings.outbox_dir / OUTBOX_NAME).exists() and self.reporter.pending():
+            sent = self.flush()  # a recycled container: deliver what the last one left
             logger.info("fleetcast: drained %d windows a previous process left", sent)
+
+    @property
+    def outbox_open(self) -> bool:
+        return self._reporter is not None
+
+    @property
+    def reporter(self) -> Reporter:
+        """The outbox's reporter, the outbox created on first use."""
+        if self._reporter is None:
+            from edge_agent.outbox import Outbox
+            from edge_agent.reporting import Reporter
+
+            directory = self.settings.outbox_dir
+            directory.mkdir(parents=True, exist_ok=True)
+            outbox = Outbox(directory / OUTBOX_NAME, quota_bytes=OUTBOX_QUOTA)
+            self._reporter = Reporter(
+                outbox,
+                self.transport,
+                self.settings.device_id,
+                sequence=instance_sequence(outbox, directory),
+            )
+        return self._reporter
 
     def due(self) -> bool:
         """A bound is reached: requests since the last send, or time since it."""
@@ -207,9 +241,11 @@ class FunctionTelemetry:
     def close(self) -> None:
         """Close the open window into the outbox and try to send (a graceful shutdown)."""
         with self._lock:
-            for model in self.models:
-                self.reporter.record(model.telemetry)
-            self.flush()
-            if self.reporter.transport is not None:
-                self.reporter.transport.close()
-            self.outbox.close()
+            pending = any(m.telemetry and m.telemetry.pending_requests() for m in self.models)
+            if self._reporter is not None or pending:
+                for model in self.models:
+                    self.reporter.record(model.telemetry)
+                self.flush()
+                self.reporter.outbox.close()
+            if self.transport is not None:
+                self.transport.close()

@@ -31,6 +31,7 @@ import numpy as np
 
 from control_plane.compiler.bench import measure_latency
 from control_plane.compiler.mixed import attention_node
+from control_plane.compiler.onnx_compat import fit_runtime, opsets_of
 from control_plane.compiler.package import build_package, package_filename, write_atomic
 from control_plane.compiler.quantize import build_onnx
 from control_plane.compiler.record import make_manifest
@@ -348,6 +349,22 @@ class Compiler:
             profile.id, rows, decision, chosen=chosen[0], fidelity=chosen[1], benchmark=chosen[2]
         )
 
+    def _for_runtime(self, cand: Candidate, profile: HardwareProfile) -> Candidate:
+        """The chosen model as the profile's oldest runtime loads it (onnx_compat.py)."""
+        signature = cand.signature
+        assert signature is not None
+        fitted = fit_runtime(
+            cand,
+            profile.runtime,
+            lambda data: score_rows(
+                load_model_bytes("onnxruntime", data, signature), self.validation
+            ),
+        )
+        if fitted is not cand:
+            ir, opsets = opsets_of(fitted.model_bytes)
+            self.progress(f"  {profile.id}: {cand.key} written as ONNX IR {ir}, opsets {opsets}")
+        return fitted
+
     def run(self) -> list[ProfileOutcome]:
         req = self.request
         if not req.profiles:
@@ -386,8 +403,9 @@ class Compiler:
         packages = []
         by_id = {p.id: p for p in req.profiles}
         for outcome in outcomes:
-            manifest = make_manifest(self, by_id[outcome.profile], outcome)
             assert outcome.chosen is not None
+            outcome.chosen = self._for_runtime(outcome.chosen, by_id[outcome.profile])
+            manifest = make_manifest(self, by_id[outcome.profile], outcome)
             data = build_package(manifest, outcome.chosen.model_bytes, self.key)
             outcome.manifest = manifest
             outcome.path = req.out_dir / package_filename(manifest)

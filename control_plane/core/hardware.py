@@ -50,9 +50,15 @@ class Target(_Strict):
 
 
 class RuntimeSpec(_Strict):
+    """``onnx_max_ir_version`` / ``onnx_max_opsets`` (domain -> opset, ``""`` is ai.onnx):
+    what the oldest onnxruntime the target runs loads; the compiler caps the chosen
+    model to them (control_plane/compiler/onnx_compat.py)."""
+
     name: RuntimeName
     execution_providers: tuple[str, ...] = ()
     threads: int = Field(default=0, ge=0, le=256)
+    onnx_max_ir_version: int | None = Field(default=None, ge=7)
+    onnx_max_opsets: dict[str, int] = Field(default_factory=dict)
 
 
 class Candidate(_Strict):

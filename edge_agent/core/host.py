@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from edge_agent.core.manifest import ProfileRef
+if TYPE_CHECKING:
+    from edge_agent.core.device_manifest import AnyProfileRef
 
 _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
 
@@ -31,7 +33,7 @@ class HostInfo:
     accelerators: frozenset[str] = field(default_factory=lambda: frozenset({"none"}))
 
 
-def profile_mismatches(profile: ProfileRef, host: HostInfo, runtime: str) -> list[str]:
+def profile_mismatches(profile: AnyProfileRef, host: HostInfo, runtime: str) -> list[str]:
     """Every reason the package built for ``profile`` cannot run on ``host``; empty if it can."""
     problems: list[str] = []
     if profile.os != host.os:

@@ -2,31 +2,25 @@
 
 The manifest is signed as canonical JSON (sorted keys, no whitespace, UTF-8), so
 the control plane that writes it and the agent that checks it agree on bytes.
-This module is pure: no file or network I/O.
+This module is pure: no file or network I/O. It is the validation of record;
+:mod:`edge_agent.core.device_manifest` reads the same bytes without pydantic for
+the device's runtime path (see there).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = 1
-
-Format = Literal["onnx", "tflite"]
-Recipe = Literal[
-    "fp32",
-    "fp16",
-    "dynamic_int8",
-    "dynamic_int8_per_channel",
-    "weight_only_int8",
-    "mixed_int8",
-    "static_int8",
-]
-RuntimeName = Literal["onnxruntime", "litert"]
-Task = Literal["classification", "regression", "embedding"]
-DType = Literal["float32", "float16", "int8", "uint8", "int32", "int64", "bool"]
+# one definition of the literals and of the signed form, shared with the device reader
+from edge_agent.core.device_manifest import SCHEMA_VERSION as SCHEMA_VERSION
+from edge_agent.core.device_manifest import DType as DType
+from edge_agent.core.device_manifest import Format as Format
+from edge_agent.core.device_manifest import Recipe as Recipe
+from edge_agent.core.device_manifest import RuntimeName as RuntimeName
+from edge_agent.core.device_manifest import Task as Task
+from edge_agent.core.device_manifest import canonical_json as canonical_json
 
 
 class _Strict(BaseModel):
@@ -253,13 +247,6 @@ class Manifest(_Strict):
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
         return cls.model_validate_json(data)
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Serialise ``obj`` the one way that is signed: sorted keys, no spaces, UTF-8."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
 
 
 def make_package_id(model_name: str, model_version: str, profile_id: str, release: int) -> str:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from edge_agent.core.manifest import Signature, TensorSpec
 from edge_agent.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from edge_agent.core.device_manifest import AnySignature, AnyTensorSpec
 
 NanPolicy = Literal["reject", "allow"]
 
 
-def _check_tensor(spec: TensorSpec, value: object, nan_policy: NanPolicy) -> np.ndarray:
+def _check_tensor(spec: AnyTensorSpec, value: object, nan_policy: NanPolicy) -> np.ndarray:
     array = np.asarray(value)
     if array.dtype.kind not in "fiub":
         raise InvalidInput(f"input {spec.name!r}: dtype {array.dtype} is not numeric")
@@ -47,7 +49,7 @@ def _check_tensor(spec: TensorSpec, value: object, nan_policy: NanPolicy) -> np.
 _INTEGER = frozenset({"int8", "uint8", "int32", "int64"})
 
 
-def _check_integer(spec: TensorSpec, array: np.ndarray) -> None:
+def _check_integer(spec: AnyTensorSpec, array: np.ndarray) -> None:
     """Integer and boolean inputs (token ids, masks, codes) take integers in range only."""
     if array.dtype.kind == "f":
         raise InvalidInput(
@@ -101,7 +103,7 @@ def check_finite(
 
 
 def validate_inputs(
-    signature: Signature, inputs: Mapping[str, object], nan_policy: NanPolicy = "reject"
+    signature: AnySignature, inputs: Mapping[str, object], nan_policy: NanPolicy = "reject"
 ) -> dict[str, np.ndarray]:
     """Return the inputs as contiguous arrays of the declared dtype, or raise InvalidInput.
 
@@ -135,7 +137,7 @@ class InputValidator:
     anything else goes through ``validate_inputs``, which converts or explains.
     """
 
-    def __init__(self, signature: Signature, nan_policy: NanPolicy = "reject") -> None:
+    def __init__(self, signature: AnySignature, nan_policy: NanPolicy = "reject") -> None:
         self.signature = signature
         self.nan_policy: NanPolicy = nan_policy
         self._specs = tuple(

@@ -25,10 +25,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from datasketches import kll_floats_sketch
 
 from edge_agent.core.bins import (
     channel_sums,
@@ -37,7 +36,11 @@ from edge_agent.core.bins import (
     mask_features,
     token_features,
 )
-from edge_agent.core.manifest import FeatureStats, Manifest, TensorStats
+
+if TYPE_CHECKING:
+    from datasketches import kll_floats_sketch
+
+    from edge_agent.core.device_manifest import AnyFeatureStats, AnyManifest, AnyTensorStats
 
 FailureKind = Literal["invalid", "error"]
 QUANTILES = (0.5, 0.95, 0.99)
@@ -59,7 +62,7 @@ class TelemetryConfig:
     kll_k: int = 200
 
 
-def _inner_edges(feature: FeatureStats) -> np.ndarray:
+def _inner_edges(feature: AnyFeatureStats) -> np.ndarray:
     if feature.kind == "categorical":
         cats = np.asarray(feature.categories or (0,), dtype=np.float64)
         return (cats[:-1] + cats[1:]) / 2.0
@@ -70,7 +73,7 @@ def _inner_edges(feature: FeatureStats) -> np.ndarray:
 class TensorBinner:
     """Counts one tensor's features on their reference bins (stateless, vectorised)."""
 
-    def __init__(self, stats: TensorStats) -> None:
+    def __init__(self, stats: AnyTensorStats) -> None:
         self.stats = stats
         # :meth:`partial_rows` without the method call, for the per-call loops
         self.partial_rows_of: Callable[[np.ndarray], np.ndarray] = (
@@ -136,9 +139,10 @@ class TensorBinner:
         return np.bincount(index.ravel(), minlength=self.total)
 
     def split(self, counts: np.ndarray) -> list[dict[str, Any]]:
+        features: tuple[AnyFeatureStats, ...] = self.stats.features
         return [
             {"name": f.name, "kind": f.kind, "counts": counts[o : o + n].tolist()}
-            for f, o, n in zip(self.stats.features, self.offsets, self.nbins, strict=True)
+            for f, o, n in zip(features, self.offsets, self.nbins, strict=True)
         ]
 
 
@@ -246,6 +250,14 @@ class TensorCounter:
         return counts
 
 
+def new_sketch(k: int) -> kll_floats_sketch:
+    """A KLL latency sketch; datasketches is imported on first use, not on a cold start's path
+    (latencies wait in a list until LATENCY_BATCH calls or the window's close)."""
+    from datasketches import kll_floats_sketch
+
+    return kll_floats_sketch(k)
+
+
 @dataclass
 class _Window:
     started_at: float
@@ -254,7 +266,7 @@ class _Window:
     rows: int = 0
     errors: int = 0
     invalid: int = 0
-    latency: kll_floats_sketch = field(init=False)
+    latency: kll_floats_sketch | None = None
     captures: list[dict[str, Any]] = field(default_factory=list)
     captures_dropped: int = 0
     capture_bytes: int = 0
@@ -262,11 +274,10 @@ class _Window:
     # LATENCY_BATCH calls instead of one extension call per call
     pending_ms: list[float] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.latency = kll_floats_sketch(self.k)
-
     def flush_latency(self) -> kll_floats_sketch:
         """The sketch with every latency so far (same values, same order as one by one)."""
+        if self.latency is None:
+            self.latency = new_sketch(self.k)
         if self.pending_ms:
             self.latency.update(np.array(self.pending_ms, dtype=np.float32))
             self.pending_ms = []
@@ -337,7 +348,7 @@ class ModelTelemetry:
 
     def __init__(
         self,
-        manifest: Manifest,
+        manifest: AnyManifest,
         config: TelemetryConfig | None = None,
         clock: Callable[[], float] = time.time,
         seed: int | None = None,
@@ -361,7 +372,7 @@ class ModelTelemetry:
         self._window = self._new_window()
         self._life_requests = 0
         self._life_failures = 0
-        self._life_latency = kll_floats_sketch(self.config.kll_k)
+        self._life_latency: kll_floats_sketch | None = None  # closed windows' latencies
 
     def _new_window(self) -> _Window:
         return _Window(started_at=self._clock(), k=self.config.kll_k)
@@ -470,8 +481,9 @@ class ModelTelemetry:
 
     def health(self) -> HealthStats:
         with self._lock:
-            sketch = kll_floats_sketch(self.config.kll_k)  # closed windows + the open one
-            sketch.merge(self._life_latency)
+            sketch = new_sketch(self.config.kll_k)  # closed windows + the open one
+            if self._life_latency is not None:
+                sketch.merge(self._life_latency)
             sketch.merge(self._window.flush_latency())
             p95 = None if sketch.is_empty() else float(sketch.get_quantile(0.95))
             return HealthStats(self._life_requests, self._life_failures, p95)
@@ -489,6 +501,8 @@ class ModelTelemetry:
         """Close the current window and return it as a JSON-able dict; a new one starts."""
         with self._lock:
             window, self._window = self._window, self._new_window()
+            if self._life_latency is None:
+                self._life_latency = new_sketch(self.config.kll_k)
             self._life_latency.merge(window.flush_latency())
             inputs = {n: c.take() for n, c in self._inputs.items()}
             outputs = {n: c.take() for n, c in self._outputs.items()}
@@ -508,7 +522,7 @@ class ModelTelemetry:
             "rows": window.rows,
             "errors": window.errors,
             "invalid": window.invalid,
-            "latency_ms": _latency_summary(window.latency),
+            "latency_ms": _latency_summary(window.flush_latency()),
             "inputs": [_histograms(c.binner, inputs[n]) for n, c in self._inputs.items()],
             "outputs": [_histograms(c.binner, outputs[n]) for n, c in self._outputs.items()],
             "captures": window.captures,

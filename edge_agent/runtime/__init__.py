@@ -15,16 +15,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from time import perf_counter
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_agent.core.host import HostInfo
-from edge_agent.core.manifest import Manifest, Signature
 from edge_agent.core.signature import InputValidator, NanPolicy, check_finite
 from edge_agent.core.telemetry import ModelTelemetry, TelemetryConfig
 from edge_agent.errors import EdgeError, InvalidInput, RuntimeUnavailable, ScoringError
-from edge_agent.package import Package, load_public_key, open_package
+from edge_agent.package import Package, load_public_key, open_device_package
 from edge_agent.runtime.base import LoadedModel, Runtime
+
+if TYPE_CHECKING:
+    from edge_agent.core.device_manifest import AnyManifest, AnySignature
 
 __all__ = ["FixedBatch", "Model", "load_model_bytes", "make_runtime", "open_model"]
 
@@ -44,7 +47,7 @@ def make_runtime(name: str, threads: int = 0, providers: tuple[str, ...] = ()) -
 def load_model_bytes(
     runtime: str,
     model_bytes: bytes,
-    signature: Signature,
+    signature: AnySignature,
     threads: int = 0,
     providers: tuple[str, ...] = (),
 ) -> LoadedModel:
@@ -94,13 +97,13 @@ class Model:
 
     def __init__(
         self,
-        package: Package,
+        package: Package[Any],
         loaded: LoadedModel,
         nan_policy: NanPolicy = "reject",
         telemetry: ModelTelemetry | None = None,
     ) -> None:
         self.package = package
-        self.manifest: Manifest = package.manifest
+        self.manifest: AnyManifest = package.manifest
         self.loaded = loaded
         self.telemetry = telemetry
         self._nan_policy: NanPolicy = nan_policy
@@ -157,10 +160,11 @@ def open_model(
 ) -> Model:
     """Verify a package (hash, signature, profile, release) and load it for scoring.
 
-    Raises PackageError naming the check that failed, RuntimeUnavailable when
-    the package's runtime is not installed here.
+    The manifest is read with the device's reader (:func:`open_device_package`:
+    the same checks, no pydantic import). Raises PackageError naming the check
+    that failed, RuntimeUnavailable when the package's runtime is not installed here.
     """
-    checked = open_package(
+    checked = open_device_package(
         package,
         load_public_key(public_key),
         host=host,

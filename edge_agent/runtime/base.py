@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from edge_agent.core.manifest import Signature
+if TYPE_CHECKING:
+    from edge_agent.core.device_manifest import AnySignature
 
 
 class LoadedModel(Protocol):
-    signature: Signature
+    signature: AnySignature
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Score already-validated inputs (public names, declared dtypes)."""
@@ -21,7 +22,7 @@ class LoadedModel(Protocol):
 class Runtime(Protocol):
     name: str
 
-    def load(self, model_bytes: bytes, signature: Signature) -> LoadedModel: ...
+    def load(self, model_bytes: bytes, signature: AnySignature) -> LoadedModel: ...
 
 
 def quantize(array: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_agent.core.manifest import Signature
 from edge_agent.errors import PackageError, RuntimeUnavailable
+
+if TYPE_CHECKING:
+    from edge_agent.core.device_manifest import AnySignature
 
 _FLOAT32 = np.dtype(np.float32)
 
 
 class OnnxModel:
-    def __init__(self, session: Any, signature: Signature) -> None:
+    def __init__(self, session: Any, signature: AnySignature) -> None:
         self.signature = signature
         self._session = session
         self._input_names = [(s.name, s.runtime_name) for s in signature.inputs]
@@ -42,7 +44,7 @@ class OnnxRuntime:
         self.threads = threads
         self.providers = tuple(providers)
 
-    def load(self, model_bytes: bytes, signature: Signature) -> OnnxModel:
+    def load(self, model_bytes: bytes, signature: AnySignature) -> OnnxModel:
         try:
             import onnxruntime as ort
         except ImportError as exc:

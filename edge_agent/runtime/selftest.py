@@ -6,14 +6,18 @@ outputs on its own test vectors miss the expected ones.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from edge_agent.core.manifest import Manifest
 from edge_agent.core.signature import validate_inputs
-from edge_agent.runtime.base import LoadedModel
+
+if TYPE_CHECKING:
+    from edge_agent.core.device_manifest import AnyManifest
+    from edge_agent.runtime.base import LoadedModel
 
 
-def self_test(loaded: LoadedModel, manifest: Manifest) -> list[str]:
+def self_test(loaded: LoadedModel, manifest: AnyManifest) -> list[str]:
     """Every way the model's outputs on its test vectors miss the expected ones."""
     vectors = manifest.test_vectors
     specs = {s.name: s for s in manifest.signature.inputs}

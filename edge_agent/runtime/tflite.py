@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_agent.core.manifest import Signature, TensorSpec
 from edge_agent.errors import PackageError, RuntimeUnavailable
 from edge_agent.runtime.base import dequantize, quantize
 
+if TYPE_CHECKING:
+    from edge_agent.core.device_manifest import AnySignature, AnyTensorSpec
+
 
 class TfliteModel:
-    def __init__(self, interpreter: Any, signature: Signature) -> None:
+    def __init__(self, interpreter: Any, signature: AnySignature) -> None:
         self.signature = signature
         self._interp = interpreter
         by_name = {d["name"]: d for d in interpreter.get_input_details()}
@@ -98,7 +100,7 @@ class TfliteModel:
         return results
 
 
-def _to_float(spec: TensorSpec, value: np.ndarray) -> np.ndarray:
+def _to_float(spec: AnyTensorSpec, value: np.ndarray) -> np.ndarray:
     if spec.quantization is not None:
         return dequantize(value, spec.quantization.scale, spec.quantization.zero_point)
     if type(value) is np.ndarray and value.dtype is _FLOAT32:
@@ -115,7 +117,7 @@ class TfliteRuntime:
     def __init__(self, threads: int = 0) -> None:
         self.threads = threads
 
-    def load(self, model_bytes: bytes, signature: Signature) -> TfliteModel:
+    def load(self, model_bytes: bytes, signature: AnySignature) -> TfliteModel:
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as exc:

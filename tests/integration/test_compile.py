@@ -17,6 +17,7 @@ from control_plane.cli import cli
 from control_plane.compiler.package import build_package
 from control_plane.core.hardware import load_profiles
 from control_plane.signing import load_private_key
+from edge_agent.core.device_manifest import to_builtins
 from edge_agent.errors import PackageError
 from edge_agent.host import detect_host
 from edge_agent.package import load_public_key, open_package, read_package
@@ -69,6 +70,8 @@ def test_mlp_packages_for_every_profile_score_like_fp32(
         assert accuracy >= digits_mlp.fp32_accuracy - profile.budgets.max_metric_drop
         # the compiler's own report says the same
         manifest = outcome.manifest
+        # and the device's manifest reader (open_model's) read what the record wrote
+        assert to_builtins(model.manifest) == manifest.model_dump(mode="json")
         assert manifest.fidelity.passed
         assert manifest.fidelity.top1_agreement == pytest.approx(agreement, abs=1e-9)
         assert manifest.fidelity.metric.name == "accuracy"
