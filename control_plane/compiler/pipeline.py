@@ -171,6 +171,8 @@ class Compiler:
                 f"model {req.model}: unknown kind; expected .onnx, a torch.export .pt2, "
                 "or a state_dict with --factory module:function"
             )
+        if self.source.note:
+            self.progress(f"model {req.model.name}: {self.source.note}")
         specs = self.source.inputs
         self.calibration = check_data(calibration_raw, specs, "calibration", req.calibration)
         self.validation = check_data(
