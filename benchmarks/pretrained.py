@@ -12,6 +12,7 @@ the mask, then L2 normalisation) as one module taking ``input_ids`` and
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -84,16 +85,18 @@ def export_onnx(module: Any, path: Path) -> Path:
     import torch
 
     dynamic = {name: {0: "batch"} for name in (*INPUTS, "embedding")}
-    torch.onnx.export(
-        module,
-        _sample(module),
-        str(path),
-        input_names=list(INPUTS),
-        output_names=["embedding"],
-        opset_version=17,
-        dynamo=False,
-        dynamic_axes=dynamic,
-    )
+    with warnings.catch_warnings():  # the tracer's notes on transformers' Python branches
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            _sample(module),
+            str(path),
+            input_names=list(INPUTS),
+            output_names=["embedding"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes=dynamic,
+        )
     return path
 
 
