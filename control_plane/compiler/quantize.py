@@ -22,6 +22,7 @@ import logging
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,6 +97,7 @@ def _fp16(fp32: bytes) -> bytes:
 
 
 def _dynamic(src: Path, out: Path, per_channel: bool, exclude: Sequence[str] = ()) -> None:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
@@ -104,7 +106,93 @@ def _dynamic(src: Path, out: Path, per_channel: bool, exclude: Sequence[str] = (
         weight_type=QuantType.QInt8,
         per_channel=per_channel,
         nodes_to_exclude=list(exclude) or None,
+        # the fused graph's contrib ops (Attention, SkipLayerNormalization) have no
+        # ONNX type inference: their float outputs are declared float
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+
+
+FUSED_OPS = ("Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu")
+
+
+def fuse_transformer(fp32: bytes) -> tuple[bytes, dict[str, int]] | None:
+    """The graph with onnxruntime's transformer fusions (Attention, SkipLayerNormalization,
+    BiasGelu, EmbedLayerNormalization), or None when no attention block was recognised.
+
+    Quantizing the fused graph turns each attention block into one QAttention and keeps
+    the bias/GELU and residual/LayerNorm arithmetic in fused float kernels; the heads
+    and hidden size are read from the graph.
+    """
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    shape = attention_shape(onnx.load_model_from_string(fp32))
+    if shape is None:
+        return None
+    heads, hidden = shape
+    with tempfile.TemporaryDirectory() as tmp, quiet_stdout():
+        src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "fused.onnx"
+        src.write_bytes(fp32)
+        try:
+            optimized = optimize_model(
+                str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=1
+            )
+        except Exception as exc:  # a graph the optimizer's patterns do not take
+            logger.info("transformer fusion not applied: %s", exc)
+            return None
+        stats = {
+            op: int(count)
+            for op, count in optimized.get_fused_operator_statistics().items()
+            if op in FUSED_OPS and count
+        }
+        if not stats.get("Attention"):
+            return None
+        optimized.save_model_to_file(str(out))
+        return out.read_bytes(), stats
+
+
+def _constants(model: Any) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    found = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            found[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return found
+
+
+def attention_shape(model: Any) -> tuple[int, int] | None:
+    """(heads, hidden size) of a BERT-style graph: the hidden size is the first
+    LayerNormalization's width, the heads that width over the head size of a 4-d
+    Reshape target [batch, tokens, heads or -1, head size]."""
+    constants = _constants(model)
+    widths = [
+        int(constants[n.input[1]].size)
+        for n in model.graph.node
+        if n.op_type == "LayerNormalization" and len(n.input) > 1 and n.input[1] in constants
+    ]
+    if not widths:
+        return None
+    hidden = widths[0]
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        target: list[int | None] = []
+        if node.input[1] in constants:
+            target = [int(v) for v in constants[node.input[1]].reshape(-1)]
+        elif node.input[1] in producers and producers[node.input[1]].op_type == "Concat":
+            for name in producers[node.input[1]].input:
+                value = constants.get(name)
+                target.extend(
+                    [None] if value is None or value.size != 1 else [int(value.reshape(-1)[0])]
+                )
+        if len(target) != 4 or not target[3] or target[3] <= 1 or hidden % target[3]:
+            continue
+        heads = hidden // target[3]
+        if heads > 1 and target[2] in (heads, -1):  # [b, t, heads, d] or [b, t, -1, d]
+            return heads, hidden
+    return None
 
 
 WEIGHT_ONLY_OPS = {"MatMul": 1, "Gemm": 1, "Gather": 0}  # op -> input whose weight is int8

@@ -48,6 +48,7 @@ class SourceModel:
     output_names: list[str]
     torch_module: Any | None = None  # torch.nn.Module, for the TFLite path
     batch: int | None = None  # the fixed batch of the model file, None when any batch scores
+    note: str | None = None  # what loading changed (a .pt2 re-exported with a dynamic batch)
     _converted: Any | None = field(default=None, repr=False)
 
 
@@ -322,9 +323,15 @@ def load_torch(
                 f"calibration data {data_path}: input {name!r} has dtype {array.dtype}, "
                 "expected floating point, integers (ids, codes) or bool (a mask)"
             )
-    # a program traced with a static batch scores that batch only: the compiler feeds it
-    # chunks of that many rows and the package declares it (the runtime splits requests)
+    # a program traced with a static batch scores that batch only: it is re-exported with
+    # a dynamic batch where its graph allows, else the compiler feeds it chunks of that
+    # many rows and the package declares it (the runtime splits requests)
     batch = _program_batch(program) if program is not None else None
+    note = None
+    if program is not None and batch is not None:
+        rebatched, note = dynamic_batch(program, arrays, dtypes, batch)
+        if rebatched is not None:
+            program, module, batch = rebatched, rebatched.module(), None
     rows = batch or 2
     sample = tuple(
         torch.from_numpy(np.ascontiguousarray(a[:rows], dtype=np.dtype(d)))
@@ -366,7 +373,54 @@ def load_torch(
         output_names=outputs,
         torch_module=module,
         batch=batch,
+        note=note,
     )
+
+
+def dynamic_batch(
+    program: Any, arrays: list[np.ndarray], dtypes: list[str], batch: int
+) -> tuple[Any | None, str]:
+    """``program`` (traced at a static ``batch``) re-exported with a dynamic batch, or None,
+    with a line saying which and why.
+
+    The saved program's guards pin the traced batch; its module without them
+    (``module(check_guards=False)``) is exported again with ``torch.export.Dim`` on every
+    input's first dimension. That fails where the graph baked the batch into constants
+    (a transformer's Reshape to [1, tokens, heads, d]), and a graph that exports but mixes
+    rows (a constant broadcast over the batch) is caught by the check: 2 x batch rows
+    scored at once must give what the original gives in two calls of ``batch`` rows.
+    """
+    import torch
+
+    rows = 2 * batch
+    if arrays[0].shape[0] < rows:
+        return None, f"fixed batch {batch}: fewer than {rows} calibration rows to check a re-export"
+    sample = tuple(
+        torch.from_numpy(np.ascontiguousarray(a[:rows], dtype=np.dtype(d)))
+        for a, d in zip(arrays, dtypes, strict=True)
+    )
+    dim = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        with quiet_stdout():
+            rebatched = torch.export.export(
+                program.module(check_guards=False),
+                sample,
+                dynamic_shapes=tuple({0: dim} for _ in sample),
+            )
+            with torch.no_grad():
+                new = rebatched.module()(*sample)
+                old = [program.module()(*(t[i : i + batch] for t in sample)) for i in (0, batch)]
+    except Exception as exc:  # torch.export: the graph fixes the batch
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, f"fixed batch {batch}: cannot re-export with a dynamic batch ({first[:200]})"
+    new_out = new if isinstance(new, torch.Tensor) else new[0]
+    old_out = torch.cat([o if isinstance(o, torch.Tensor) else o[0] for o in old])
+    scale = float(old_out.abs().max()) or 1.0
+    if new_out.shape != old_out.shape or not torch.allclose(
+        new_out, old_out, atol=1e-5 * scale, rtol=1e-4
+    ):
+        return None, f"fixed batch {batch}: a dynamic-batch re-export scores rows differently"
+    return rebatched, f"re-exported with a dynamic batch (the program was traced at batch {batch})"
 
 
 def _torch_dtype(array: np.ndarray) -> str:

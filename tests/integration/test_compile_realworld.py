@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import realworld_models as rw
 from click.testing import CliRunner
 
+from benchmarks import realworld_models as rw
 from control_plane.cli import cli
 from control_plane.compiler.pipeline import CompileRequest, compile_model
 from control_plane.core.fidelity import cosines, nn_agreement
@@ -60,6 +60,7 @@ def compile_trained(keys: Any, tmp_path_factory: pytest.TempPathFactory) -> Call
         factory: str | None,
         profiles: list[str],
         profiles_dir: Path = PROFILES_DIR,
+        progress: Callable[[str], None] | None = None,
         **overrides: Any,
     ) -> list[Any]:
         request = CompileRequest(
@@ -75,7 +76,7 @@ def compile_trained(keys: Any, tmp_path_factory: pytest.TempPathFactory) -> Call
             model_version="1",
             **overrides,
         )
-        return list(compile_model(request))
+        return list(compile_model(request, progress))
 
     return run
 
@@ -101,7 +102,7 @@ def _score(outcome: Any, trained: rw.Trained, keys: Any) -> np.ndarray:
 def encoder_outcomes(encoder: rw.Trained, compile_trained: Callable[..., Any]) -> list[Any]:
     return compile_trained(
         encoder,
-        "realworld_models:build_encoder",
+        "benchmarks.realworld_models:build_encoder",
         TARGETS,
         unknown_id=rw.UNKNOWN_ID,
     )
@@ -191,7 +192,7 @@ def test_mixed_precision_lifts_int8_over_a_tight_budget(
     text = text.replace("min_mean_cosine = 0.99\n", f"min_mean_cosine = {min_cosine}\n")
     (tmp_path / "tight.toml").write_text(text)
     (outcome,) = compile_trained(
-        encoder, "realworld_models:build_encoder", ["tight"], profiles_dir=tmp_path
+        encoder, "benchmarks.realworld_models:build_encoder", ["tight"], profiles_dir=tmp_path
     )
     rows = {r["candidate"]: r for r in outcome.rows}
     missed = rows[f"{fmt}/{plain}"]
@@ -237,7 +238,7 @@ def test_onnx_transformer_with_mask_arithmetic_converts_to_tflite(
 def test_embedding_bag_classifier_with_int64_ids(
     bag: rw.Trained, compile_trained: Callable[..., Any], keys: Any
 ) -> None:
-    outcomes = compile_trained(bag, "realworld_models:build_bag", TARGETS)
+    outcomes = compile_trained(bag, "benchmarks.realworld_models:build_bag", TARGETS)
     fp32 = _fp32(bag)
     fp32_accuracy = float((fp32.argmax(1) == bag.labels).mean())
     assert fp32_accuracy > 0.8  # the model learned the topics
@@ -261,7 +262,7 @@ def test_embedding_bag_classifier_with_int64_ids(
 def test_regression_on_diabetes_is_judged_on_relative_error(
     regressor: rw.Trained, compile_trained: Callable[..., Any], keys: Any
 ) -> None:
-    outcomes = compile_trained(regressor, "realworld_models:build_regressor", TARGETS)
+    outcomes = compile_trained(regressor, "benchmarks.realworld_models:build_regressor", TARGETS)
     fp32 = _fp32(regressor)
     for outcome in outcomes:
         budget = PROFILES[outcome.profile].budgets.regression
@@ -276,22 +277,49 @@ def test_regression_on_diabetes_is_judged_on_relative_error(
         assert mae == pytest.approx(fid.metric.candidate, rel=1e-4)
 
 
-def test_fixed_batch_pt2_compiles_and_the_runtime_splits_requests(
+def test_static_batch_pt2_is_re_exported_with_a_dynamic_batch(
     regressor: rw.Trained, compile_trained: Callable[..., Any], keys: Any, tmp_path: Path
 ) -> None:
+    """A row-wise model saved at torch.export's default static batch of 1: its guards pin
+    the batch, the compiler re-exports it with a dynamic one (checked row for row)."""
     import torch
 
     x = regressor.validation["input"]
     program = torch.export.export(regressor.module, (torch.from_numpy(x[:1]),))  # batch 1
-    pt2 = tmp_path / "fixed.pt2"
+    pt2 = tmp_path / "static.pt2"
     torch.export.save(program, str(pt2))
     with pytest.raises(Exception, match="Guard failed|Expected input"):
         program.module()(torch.from_numpy(x[:3]))
-    outcomes = compile_trained(regressor, None, TARGETS, model=pt2)
+    steps: list[str] = []
+    outcomes = compile_trained(regressor, None, TARGETS, model=pt2, progress=steps.append)
+    assert any("re-exported with a dynamic batch" in s for s in steps), steps
+    fp32 = _fp32(regressor)
+    for outcome in outcomes:
+        assert outcome.manifest.signature.batch is None
+        assert outcome.manifest.lineage.source_format == "torch-export"
+        got = _score(outcome, regressor, keys)
+        relative = float(np.abs(got - fp32).mean() / fp32.std())
+        assert relative <= PROFILES[outcome.profile].budgets.regression.max_relative_error
+
+
+def test_fixed_batch_pt2_compiles_and_the_runtime_splits_requests(
+    regressor: rw.Trained, compile_trained: Callable[..., Any], keys: Any, tmp_path: Path
+) -> None:
+    """A graph that bakes its traced batch into a Reshape cannot be re-exported: it stays a
+    batch-1 model, and the runtime splits requests."""
+    import torch
+
+    x = regressor.validation["input"]
+    module = rw.BatchBaked(regressor.module).eval()
+    program = torch.export.export(module, (torch.from_numpy(x[:1]),))
+    pt2 = tmp_path / "fixed.pt2"
+    torch.export.save(program, str(pt2))
+    steps: list[str] = []
+    outcomes = compile_trained(regressor, None, TARGETS, model=pt2, progress=steps.append)
+    assert any("cannot re-export with a dynamic batch" in s for s in steps), steps
     fp32 = _fp32(regressor)
     for outcome in outcomes:
         assert outcome.manifest.signature.batch == 1
-        assert outcome.manifest.lineage.source_format == "torch-export"
         got = _score(outcome, regressor, keys)  # 133 rows through a batch-1 model
         assert got.shape == fp32.shape
         relative = float(np.abs(got - fp32).mean() / fp32.std())
@@ -306,7 +334,7 @@ def test_cli_prints_the_inferred_task_and_its_measure(
         "compile",
         str(regressor.files["model"]),
         "--factory",
-        "realworld_models:build_regressor",
+        "benchmarks.realworld_models:build_regressor",
         "--calibration",
         str(regressor.files["calibration"]),
         "--validation",

@@ -1,4 +1,6 @@
-"""Real-world-shaped models trained inside the tests (nothing is downloaded).
+"""Real-world-shaped models trained in a few seconds (nothing is downloaded), shared by
+the compiler's tests (tests/integration/test_compile_realworld.py) and its benchmark
+(benchmarks/realworld.py):
 
 - a token-pattern task: sequences of ids drawn from one of ``TOPICS`` topics
   (each topic favours its own slice of the vocabulary), padded to ``SEQ`` with
@@ -119,6 +121,23 @@ def build_regressor() -> Any:
     return nn.Sequential(
         nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1)
     )
+
+
+def BatchBaked(inner: Any) -> Any:  # noqa: N802 - a module class, built lazily (torch)
+    """``inner`` behind a reshape to the traced batch: ``torch.export`` at batch 1 bakes
+    [1, 2, 5] into the graph, which no dynamic-batch re-export can take."""
+    from torch import nn
+
+    class Baked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: Any) -> Any:
+            rows = x.shape[0]
+            return self.inner(x.reshape(rows, 2, 5).reshape(rows, 10))
+
+    return Baked()
 
 
 @dataclass(frozen=True)
