@@ -72,6 +72,9 @@ def test_slots_fold_the_latest_report_per_model() -> None:
     assert slots is not None and running_package(slots, "m") == "o"
     assert self_rollback(slots, "m", "a") == "p95 9 ms"
     assert self_rollback(slots, "m", "b") is None  # another package
+    stamped = fold_status(slots, [{**back, "at": 100.0, "sequence": 5}])
+    assert stamped is not None and self_rollback(stamped, "m", "a", since=100.0) == "p95 9 ms"
+    assert self_rollback(stamped, "m", "a", since=101.0) is None  # before this deploy
     commanded = fold_status(slots, [{**back, "cause": "command", "sequence": 4}])
     assert commanded is not None and self_rollback(commanded, "m", "a") is None
     assert running_package({}, "m") is None
