@@ -20,6 +20,7 @@ from typing import Any
 SLOT_EVENTS = frozenset({"installed", "rolled_back"})
 _KEPT = (
     "package_id",
+    "model_version",
     "sha256",
     "release",
     "event",
