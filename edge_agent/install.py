@@ -147,7 +147,11 @@ class Installer:
         store = self.store(manifest.model_name)
         slot = store.inactive_slot()
         journal = Journal(install_id, slot, "verify", source, expected_sha256, attempt=attempt)
-        extra.update(model_name=manifest.model_name, package_id=manifest.package_id)
+        extra.update(
+            model_name=manifest.model_name,
+            model_version=manifest.model_version,
+            package_id=manifest.package_id,
+        )
         step = "verify"
         try:
             store.write_journal(journal)
@@ -377,6 +381,7 @@ class Installer:
                 "event": "rolled_back",
                 "model_name": store.model_name,
                 "package_id": previous.package_id,
+                "model_version": model.manifest.model_version,
                 "sha256": previous.sha256,
                 "release": previous.release,
                 "from_package_id": pointer.active.package_id,

@@ -20,6 +20,7 @@ from typing import Any
 SLOT_EVENTS = frozenset({"installed", "rolled_back"})
 _KEPT = (
     "package_id",
+    "model_version",
     "sha256",
     "release",
     "event",
@@ -60,12 +61,19 @@ def running_package(slots: Mapping[str, Any], model: str) -> str | None:
     return sha if isinstance(sha, str) and sha else None
 
 
-def self_rollback(slots: Mapping[str, Any], model: str, package: str) -> str | None:
+def self_rollback(
+    slots: Mapping[str, Any], model: str, package: str, since: float | None = None
+) -> str | None:
     """The reason, when the device's last report says its own health watch rolled ``package``
-    back (a rollback the control plane commanded is not one)."""
+    back (a rollback the control plane commanded is not one), at or after ``since`` (the
+    deploy: an older report of the same package, from an earlier rollout, is not this one;
+    the device's clock stamps the report)."""
     entry = slots.get(model)
     if not isinstance(entry, Mapping) or entry.get("event") != "rolled_back":
         return None
     if entry.get("cause") != "health" or entry.get("from_sha256") != package:
+        return None
+    at = entry.get("at")
+    if since is not None and isinstance(at, int | float) and at < since:
         return None
     return str(entry.get("reason") or "health watch breached")

@@ -531,7 +531,9 @@ class RolloutService:
                 events.append(DeviceJoined(_target_device(device, spec.model)))
             if not state.touched:
                 continue
-            reverted = state.package and self_rollback(device.slots, spec.model, state.package)
+            reverted = state.package and self_rollback(
+                device.slots, spec.model, state.package, state.deployed_at
+            )
             if reverted and not state.reverted and not state.rolled_back:
                 events.append(DeviceReverted(device_id, reverted))
             seen = device.last_seen or device.enrolled_at

@@ -378,6 +378,10 @@ def test_a_bad_version_trips_the_error_rate_gate_in_wave_0_and_only_the_canaries
     assert (counts["rolled_back"], counts["rollback_done"]) == (2, 2)
     # every device runs version 2 again, by its own report
     assert wait_until(lambda: all(fleet.running(d) == v2 for d in view["devices"]), 30)
+    slots = [fleet.services.repos.devices.get(d).slots[MODEL] for d in canaries]
+    assert [(s["event"], s["cause"], s["model_version"]) for s in slots] == [
+        ("rolled_back", "command", "2")
+    ] * 2
     actions = {
         e.action
         for e in fleet.services.repos.audit.list(subject=f"rollout:{rollout_id}", limit=1000).items

@@ -60,11 +60,14 @@ def test_an_untouched_device_cannot_revert() -> None:
 
 
 def test_slots_fold_the_latest_report_per_model() -> None:
-    first = {"event": "installed", "model_name": "m", "sha256": "a", "sequence": 2}
+    first = {"event": "installed", "model_name": "m", "sha256": "a", "sequence": 2,
+             "model_version": "7", "step": "not kept"}  # fmt: skip
     older = {"event": "installed", "model_name": "m", "sha256": "z", "sequence": 1}
     other = {"event": "health", "model_name": "m", "sha256": "q", "sequence": 9}
     slots = fold_status({}, [first, older, other])
-    assert slots == {"m": {"event": "installed", "sha256": "a", "sequence": 2}}
+    assert slots == {
+        "m": {"event": "installed", "sha256": "a", "sequence": 2, "model_version": "7"}
+    }
     assert fold_status(slots, [first, older]) is None  # nothing new
     back = {"event": "rolled_back", "model_name": "m", "sha256": "o", "from_sha256": "a",
             "cause": "health", "reason": "p95 9 ms", "sequence": 3}  # fmt: skip
@@ -72,6 +75,9 @@ def test_slots_fold_the_latest_report_per_model() -> None:
     assert slots is not None and running_package(slots, "m") == "o"
     assert self_rollback(slots, "m", "a") == "p95 9 ms"
     assert self_rollback(slots, "m", "b") is None  # another package
+    stamped = fold_status(slots, [{**back, "at": 100.0, "sequence": 5}])
+    assert stamped is not None and self_rollback(stamped, "m", "a", since=100.0) == "p95 9 ms"
+    assert self_rollback(stamped, "m", "a", since=101.0) is None  # before this deploy
     commanded = fold_status(slots, [{**back, "cause": "command", "sequence": 4}])
     assert commanded is not None and self_rollback(commanded, "m", "a") is None
     assert running_package({}, "m") is None

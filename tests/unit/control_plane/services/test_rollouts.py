@@ -240,6 +240,7 @@ def test_gate_readings_sum_windows_per_version_and_merge_p95(
 def _status(repos: SqlRepositories, device: str, seq: int, **fields: Any) -> None:
     """A status report as the agent sends it, through ingest (which keeps the device's slots)."""
     body = {"kind": "status", "device_id": device, "sequence": seq, "at": 5.0, **fields}
+    # (``at`` is the device's clock; 5.0 is long before any deploy of these tests)
     ingest = IngestService(repos, DeviceService(repos))
     assert ingest.ingest(device, [(seq, "status", json.dumps(body))], "grpc").acked == [seq]
 
@@ -286,7 +287,7 @@ def test_a_health_watch_rollback_on_the_device_fails_it_and_is_owed_no_rollback(
     # the first device's health watch breaches: it rolls itself back and says so
     _status(repos, first, 7, event="rolled_back", model_name="digits", package_id="digits-6",
             sha256="c" * 64, from_package_id="digits-7-x86", from_sha256=package,
-            cause="health", reason="error rate 0.31 > 0.05")  # fmt: skip
+            cause="health", reason="error rate 0.31 > 0.05", at=clock())  # fmt: skip
     assert repos.devices.get(first).slots["digits"]["cause"] == "health"
     after = service.tick(rollout.id)
     d = after.devices[first]
@@ -325,3 +326,17 @@ def test_devices_report_what_they_run_and_a_device_already_on_the_package_is_not
     assert rollout.devices["cam-1"].previous_package == "a" * 64  # what a rollback returns to
     sent = sorted(c.device_id for c in repos.commands.pending())
     assert sent == ["cam-1", "cam-2", "cam-3"]
+
+
+def test_a_health_rollback_reported_before_this_deploy_is_not_this_rollouts(
+    repos: SqlRepositories, clock: Clock
+) -> None:
+    sha = hashlib.sha256(b"digits 7 x86").hexdigest()
+    # an earlier rollout of the same package was rolled back by the device's health watch
+    _status(repos, "cam-0", 3, event="rolled_back", model_name="digits", sha256="c" * 64,
+            from_sha256=sha, cause="health", reason="old breach")  # fmt: skip
+    service = _service(repos, clock)
+    rollout = service.create(_spec(waves=[{"percent": 100}]), OPERATOR)
+    assert rollout.devices["cam-0"].previous_package == "c" * 64
+    after = service.tick(rollout.id)  # deployed now, not answered yet: not a revert
+    assert (after.devices["cam-0"].status, after.devices["cam-0"].reverted) == ("installing", False)
