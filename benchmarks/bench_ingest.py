@@ -135,6 +135,58 @@ def _ingest(
     return time.perf_counter() - started, time.process_time() - cpu
 
 
+def _ingest_previous(
+    repos: Any, uploads: dict[str, list[tuple[int, str, str]]], batch: int
+) -> tuple[float, float]:
+    """The ingest path as it was before this benchmark (side by side): ``json.loads`` twice
+    (checks, then decoding), ``model_validate`` on the dict, ``model_dump`` + ``json.dumps``,
+    then per window: an INSERT of the upload, a SELECT of its package, an INSERT of the
+    window, one transaction per upload."""
+    from control_plane.services.ingest import BUCKET_S, check_upload
+    from control_plane.store.sql.base import dumps
+    from edge_agent.core.windows import TelemetryWindow
+
+    calls = []
+    per_device = WINDOWS // DEVICES
+    for offset in range(0, per_device, batch):
+        for device, items in uploads.items():
+            calls.append((device, items[offset : offset + batch]))
+    started, cpu = time.perf_counter(), time.process_time()
+    for device, items in calls:
+        decoded = []
+        for seq, kind, body_json in items:
+            if check_upload(device, seq, kind, body_json) is not None:
+                raise RuntimeError(f"{device} {seq}: malformed")
+            w = TelemetryWindow.model_validate(json.loads(body_json))
+            decoded.append((seq, kind, body_json, w, dumps(w.histograms()),
+                            dumps(w.latency_ms.model_dump(mode="json"))))  # fmt: skip
+        with repos.db.transaction() as tx:
+            for seq, kind, body_json, w, hist, lat in decoded:
+                if not tx.execute(
+                    "INSERT INTO uploads (device_id, seq, kind, body_json, received_at, transport)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING",
+                    [device, seq, kind, body_json, 1.0, "grpc"],
+                ):
+                    continue
+                package = tx.row(
+                    "SELECT sha256, profile_id FROM packages WHERE package_id = ?"
+                    " ORDER BY created_at DESC LIMIT 1",
+                    [w.package_id],
+                )
+                tx.execute(
+                    "INSERT INTO telemetry_windows (device_id, seq, model_name, model_version,"
+                    " package_id, package_sha256, profile_id, started_at, ended_at, bucket_start,"
+                    " requests, rows_scored, errors, invalid, histograms_json, latency_json,"
+                    " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (device_id, seq) DO NOTHING",
+                    [device, seq, w.model_name, w.model_version, w.package_id,
+                     package and package["sha256"], package and package["profile_id"],
+                     w.started_at, w.ended_at, w.started_at // BUCKET_S * BUCKET_S, w.requests,
+                     w.rows, w.errors, w.invalid, hist, lat, 1.0],
+                )  # fmt: skip
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
 def _measure(
     backend: str, url: Callable[[], str], manifest: Any, template: dict[str, Any]
 ) -> list[dict[str, Any]]:
@@ -164,6 +216,16 @@ def _measure(
                 "resend_windows_per_s": round(WINDOWS / again),
                 "stored_after_resend": stored,
             }
+            if batch == BATCHES[-1]:  # the previous path, side by side, on a fresh database
+                before = _open(url(), manifest)
+                try:
+                    wall, cpu = _ingest_previous(before, uploads, batch)
+                    if before.monitoring.window_counts()[("digits", "1")][0] != WINDOWS:
+                        raise RuntimeError(f"{backend}: the previous path lost windows")
+                finally:
+                    before.close()
+                row["previous_windows_per_s"] = round(WINDOWS / wall)
+                row["previous_windows_per_cpu_s"] = round(WINDOWS / cpu)
             if batch == BATCHES[-1]:  # drift over the fleet's stored windows
                 monitoring = MonitoringService(repos, AuditService(repos.audit))
                 times = []
@@ -217,6 +279,16 @@ def run(results_dir: Path) -> str:
         [[r["backend"], r["batch"], r["windows"], r["windows_per_s"], r["windows_per_cpu_s"],
           r["resend_windows_per_s"], r["stored_after_resend"]] for r in rows],
     )  # fmt: skip
+    previous = markdown_table(
+        ["backend (100 windows per upload)", "path", "windows/s (wall)",
+         "windows per CPU-second"],
+        [row for r in rows if "previous_windows_per_s" in r for row in (
+            [r["backend"], "previous: parse twice, a statement per row",
+             r["previous_windows_per_s"], r["previous_windows_per_cpu_s"]],
+            [r["backend"], "now: pydantic from JSON once, batched statements",
+             r["windows_per_s"], r["windows_per_cpu_s"]],
+        )],
+    )  # fmt: skip
     drift = markdown_table(
         ["backend", "1,000 windows (1 per device)", f"{WINDOWS:,} windows (20 per device)"],
         [[r["backend"], f"{r['drift_1000_windows_s']} s", f"{r['drift_all_s']} s"]
@@ -241,6 +313,10 @@ def run(results_dir: Path) -> str:
             table,
             "",
             f"Best: {verdict}.",
+            "",
+            "Before and after the ingest changes of this benchmark's branch, same run:",
+            "",
+            previous,
             "",
             f"### Drift over the store ({FEATURES + 2} features, `MonitoringService.drift`,"
             f" median of {DRIFT_RUNS}: read, merge per package, evaluate)",
