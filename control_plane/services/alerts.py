@@ -448,9 +448,12 @@ class WaveDrift:
     """The rollout drift gate's source (``core/rollout_gates.DriftSource``): the drift of the
     wave's devices' windows of the new version since the wave started, and the alerts.
 
-    Score: the largest drifted-feature share over the version's packages (rows scored as
-    samples); a firing alert of a rule that gates rollouts on this version (``blocks_rollout``)
-    makes it 1.0, so an enabled drift gate fails while the alert fires.
+    Score, on the PSI scale the spec's ``gates.drift.max_score`` uses (0.1 moderate, 0.2
+    significant): the largest PSI among the features that *drift* by the decision rule
+    (significant after Holm and PSI >= 0.1), 0.0 when none does — PSI alone is not
+    evidence at small counts. Rows scored are the samples. A firing alert of a rule that
+    gates rollouts on this version (``blocks_rollout``) makes it at least 1.0 (a major
+    shift), so an enabled drift gate fails while the alert fires.
     """
 
     def __init__(self, alerts: AlertService) -> None:
@@ -461,8 +464,9 @@ class WaveDrift:
     ) -> tuple[float, int] | None:
         answer = self.alerts.monitoring.drift(model, version, since=since, devices=subjects)
         scored = [r for r in answer["reports"] if r["status"] != "insufficient"]
-        score = max((float(r["drifted_share"]) for r in scored), default=None)
+        psi = [float(f["psi"]) for r in scored for f in r["features"] if f["status"] == "drift"]
+        score = None if not scored else max(psi, default=0.0)
         samples = sum(int(r["rows"]) for r in answer["reports"])
         if self.alerts.blocks_rollout(model, version):
-            return 1.0, samples
+            return max(score or 0.0, 1.0), samples
         return None if score is None else (score, samples)

@@ -231,9 +231,16 @@ def test_alerts_outlive_the_process_and_are_acknowledged_through_the_api(
     assert [(t.previous, t.alert.state) for t in resolved.transitions] == [("firing", "resolved")]
     assert resolved.transitions[0].alert.acknowledged_by == "ops"  # kept to the end
     assert later.blocks_rollout("digits", "1") == []
-    score, rows = wave.drift("digits", "1", ["cam-1"], since=1500.0) or (None, 0)
-    assert rows == 600 and score is not None and score < 0.2  # the clean window alone
-    assert _drift_gate((score, rows)) == "pass"
+    assert wave.drift("digits", "1", ["cam-1"], since=1500.0) == (0.0, 600)  # clean: none drift
+    assert _drift_gate((0.0, 600)) == "pass"
+    shifted = wave.drift(
+        "digits",
+        "1",
+        ["cam-1"],
+        since=0.0,
+    ) or (0.0, 0)
+    assert shifted[1] == 1200 and shifted[0] > 0.2  # both windows: feature 0 drifts, PSI major
+    assert _drift_gate(shifted) == "fail"
     assert wave.drift("digits", "1", ["cam-9"], since=0.0) is None  # not a device of the wave
     assert [m["state"] for m in hook.received if m["kind"] == "alert"] == ["firing", "resolved"]
     assert client.post(url, headers=ops).status_code == 409  # resolved: nothing to acknowledge
