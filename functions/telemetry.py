@@ -150,9 +150,11 @@ class FunctionTelemetry:
         transport: Transport | None = None,
         *,
         others: Sequence[Model] = (),
+        alias: str | None = None,
     ) -> None:
         self.model = model
         self.models = [model, *others]  # a traffic split: one window per version
+        self.alias = alias  # stamped on every window: the alias rollout's gates read it
         self.settings = settings
         settings.outbox_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(settings.outbox_dir / "outbox.sqlite", quota_bytes=16 * 1024 * 1024)
@@ -190,7 +192,7 @@ class FunctionTelemetry:
             due = self.due()
             if due or durable:
                 for model in self.models:
-                    self.reporter.record(model.telemetry)
+                    self._record(model)
             if due:
                 self._opened = time.monotonic()
                 self._invocations = 0
@@ -200,6 +202,17 @@ class FunctionTelemetry:
         finally:
             self._lock.release()
 
+    def _record(self, model: Model) -> None:
+        """Close the model's window into the outbox, with the alias when there is one."""
+        telemetry = model.telemetry
+        if self.alias is None or telemetry is None:
+            self.reporter.record(telemetry)
+            return
+        if not telemetry.pending_requests():
+            return
+        window = telemetry.close_window(self.reporter.device_id, self.reporter.next_sequence())
+        self.reporter.record_window({**window, "alias": self.alias})
+
     def flush(self) -> int:
         deadline = time.monotonic() + self.settings.flush_timeout
         return self.reporter.flush(deadline=deadline)
@@ -208,7 +221,7 @@ class FunctionTelemetry:
         """Close the open window into the outbox and try to send (a graceful shutdown)."""
         with self._lock:
             for model in self.models:
-                self.reporter.record(model.telemetry)
+                self._record(model)
             self.flush()
             if self.reporter.transport is not None:
                 self.reporter.transport.close()
