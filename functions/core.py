@@ -155,7 +155,9 @@ class FunctionCore:
         self.infos = [_info(model) for model in self.models]
         self.info = self.infos[0]
         self.telemetry = (
-            FunctionTelemetry(self.model, config.telemetry, others=self.models[1:])
+            FunctionTelemetry(
+                self.model, config.telemetry, others=self.models[1:], alias=config.alias
+            )
             if config.telemetry
             else None
         )

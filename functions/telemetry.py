@@ -168,9 +168,11 @@ class FunctionTelemetry:
         transport: Transport | None = None,
         *,
         others: Sequence[Model] = (),
+        alias: str | None = None,
     ) -> None:
         self.model = model
         self.models = [model, *others]  # a traffic split: one window per version
+        self.alias = alias  # stamped on every window: the alias rollout's gates read it
         self.settings = settings
         if transport is None and settings.server:
             transport = GrpcUploader(settings.server, settings.device_token)
@@ -224,7 +226,7 @@ class FunctionTelemetry:
             due = self.due()
             if due or durable:
                 for model in self.models:
-                    self.reporter.record(model.telemetry)
+                    self._record(model)
             if due:
                 self._opened = time.monotonic()
                 self._invocations = 0
@@ -233,6 +235,17 @@ class FunctionTelemetry:
             logger.exception("fleetcast: telemetry flush")
         finally:
             self._lock.release()
+
+    def _record(self, model: Model) -> None:
+        """Close the model's window into the outbox, with the alias when there is one."""
+        telemetry = model.telemetry
+        if self.alias is None or telemetry is None:
+            self.reporter.record(telemetry)
+            return
+        if not telemetry.pending_requests():
+            return
+        window = telemetry.close_window(self.reporter.device_id, self.reporter.next_sequence())
+        self.reporter.record_window({**window, "alias": self.alias})
 
     def flush(self) -> int:
         deadline = time.monotonic() + self.settings.flush_timeout
@@ -244,7 +257,7 @@ class FunctionTelemetry:
             pending = any(m.telemetry and m.telemetry.pending_requests() for m in self.models)
             if self._reporter is not None or pending:
                 for model in self.models:
-                    self.reporter.record(model.telemetry)
+                    self._record(model)
                 self.flush()
                 self.reporter.outbox.close()
             if self.transport is not None:

@@ -201,11 +201,14 @@ class UploadReadings:
         model, version = rollout.spec.model, rollout.spec.version
         lookback = max(rollout.spec.bake_s, BASELINE_LOOKBACK_S)
         baseline: str | None = None  # devices: any other version on the same devices
+        alias_name: str | None = None
         if isinstance(rollout.spec.target, AliasTarget):
             # the function's containers report under its telemetry device; the baseline is
-            # the version the alias served before, sharing the traffic with the new one
+            # the version the alias served before, sharing the traffic with the new one.
+            # Windows stamped with another alias of the same function are not this one's.
             alias = self.repos.function_aliases.get(rollout.spec.target.alias)
             subjects, baseline = [alias.telemetry_device], rollout.previous_version
+            alias_name = alias.name
         new, old = WindowAccumulator(), WindowAccumulator()
         for device_id in subjects:
             offset: int | None = 0
@@ -220,6 +223,8 @@ class UploadReadings:
                 for upload in page.items:
                     window = json.loads(upload.body_json)
                     if not isinstance(window, dict) or window.get("model_name") != model:
+                        continue
+                    if alias_name is not None and window.get("alias", alias_name) != alias_name:
                         continue
                     at = str(window.get("model_version"))
                     if at == version:

@@ -266,6 +266,7 @@ def test_a_new_container_splits_traffic_by_its_alias_and_reports_each_version(
     # every window was sent at a count bound (100 | 2000): counts equal invocations
     expected = {"1": served.count("1"), "2": served.count("2")}
     assert setup.requests_by_version() == expected
+    assert {w["alias"] for w in setup.windows()} == {ALIAS}  # the alias rollout's identity
     cached = sorted(p.name for p in (setup.tmp / "package-cache").iterdir())
     assert len(cached) == 2  # both versions downloaded once, by sha256
 

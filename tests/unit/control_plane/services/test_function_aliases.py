@@ -83,7 +83,9 @@ def _spec(**over: Any) -> dict[str, Any]:
 SEQ = iter(range(1, 10**6))
 
 
-def _window(version: str, requests: int, errors: int, latency_ms: float) -> NewUpload:
+def _window(
+    version: str, requests: int, errors: int, latency_ms: float, alias: str | None = ALIAS
+) -> NewUpload:
     from datasketches import kll_floats_sketch
 
     sketch = kll_floats_sketch(200)
@@ -100,6 +102,8 @@ def _window(version: str, requests: int, errors: int, latency_ms: float) -> NewU
         "rows": requests,
         "latency_ms": {"kll": base64.b64encode(sketch.serialize()).decode("ascii")},
     }
+    if alias is not None:
+        body["alias"] = alias
     return NewUpload(next(SEQ), "telemetry_window", json.dumps(body))
 
 
@@ -170,9 +174,17 @@ def test_a_worse_version_fails_the_gate_and_the_alias_returns_to_the_previous(
     service = _rollouts(repos, clock)
     rollout = service.create(_spec(), OPERATOR)
     clock.now += 1
-    # the new version errs on 10% of its requests (limit: 5%, and previous 1% + 2 points)
+    # the new version errs on 10% of its requests (limit: 5%, and previous 1% + 2 points);
+    # another alias of the same function (its own windows, healthy) does not dilute that
     repos.uploads.add(
-        "scorer", [_window("7", 200, 20, 2.0), _window("6", 1800, 18, 2.0)], "grpc", clock()
+        "scorer",
+        [
+            _window("7", 200, 20, 2.0),
+            _window("6", 1800, 18, 2.0, alias=None),  # a container without an alias counts
+            _window("7", 5000, 0, 2.0, alias="scorer:canary"),
+        ],
+        "grpc",
+        clock(),
     )
     failed = service.tick(rollout.id)
     assert failed.phase == "aborted" and _traffic(repos) == {"6": 100}
