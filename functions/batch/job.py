@@ -88,7 +88,8 @@ def _client(address: str) -> tuple[Any, Any]:
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            host="127.0.0.1",  # a local cluster serves this machine only
+            dashboard_address=":0",  # no fixed port: two local jobs at once must not collide
             env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")},
         )
         return Client(cluster), cluster  # type: ignore[no-untyped-call]
