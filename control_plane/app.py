@@ -20,6 +20,7 @@ from pathlib import Path
 
 from flask import Flask
 
+from control_plane.crypto import SampleKeyring, load_sample_keyring
 from control_plane.files import make_private_dir, private_file
 from control_plane.services import Clock
 from control_plane.services.commands import CommandService
@@ -71,6 +72,11 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///"))
 
 
+def sample_keyring(settings: Settings) -> SampleKeyring:
+    """The keys captured samples are sealed with (``control_plane/crypto.py``)."""
+    return load_sample_keyring(settings.key_dir, key_file=settings.samples_key_file)
+
+
 def open_store(settings: Settings) -> Repositories:
     """The repositories of ``settings.store_url``; a SQLite file and its WAL are private."""
     url = settings.store_url
@@ -86,7 +92,7 @@ def open_store(settings: Settings) -> Repositories:
                 old,
                 old,
             )
-    repos = open_repositories(url)
+    repos = open_repositories(url, sample_keys=sample_keyring(settings))
     if path is not None:
         for suffix in ("-wal", "-shm"):
             sidecar = path.with_name(path.name + suffix)

@@ -98,14 +98,16 @@ def admin_init(
     server: str | None,
     as_json: bool,
 ) -> None:
-    """Make the first admin token and print it (shown once)."""
+    """Make the first admin token and print it (shown once); make the sample key (0600)."""
+    from control_plane.app import sample_keyring
     from control_plane.services.tokens import bootstrap_admin
     from control_plane.store.factory import open_repositories
 
     url = store or settings.store_url
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    repos = open_repositories(url)
+    keys = sample_keyring(settings)  # captured samples are sealed with it (docs/security.md)
+    repos = open_repositories(url, sample_keys=keys)
     try:
         token, secret = bootstrap_admin(repos, name, force=force)
     finally:

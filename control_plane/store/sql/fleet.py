@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from control_plane.crypto import SampleKeyring
 from control_plane.errors import InvalidInput, NotFound
 from control_plane.store.notify import CATALOG, COMMANDS
 from control_plane.store.records import (
@@ -203,8 +204,9 @@ class SqlPackageRepo:
 
 
 class SqlUploadRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keys: SampleKeyring) -> None:
         self.db = db
+        self.keys = keys  # captured samples of the windows are sealed with it
 
     def add(
         self,
@@ -226,7 +228,7 @@ class SqlUploadRepo:
                     stored.append(item.seq)
                     window = windows.get(item.seq)
                     if window is not None:
-                        insert_window(tx, device_id, item.seq, window, at)
+                        insert_window(tx, device_id, item.seq, window, at, self.keys)
         return stored
 
     def list(

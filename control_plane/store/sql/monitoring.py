@@ -1,9 +1,22 @@
-"""Telemetry windows decoded at ingest, their captured predictions, and feedback labels."""
+"""Telemetry windows decoded at ingest, their captured predictions, and feedback labels.
+
+Captured samples are sealed at rest: a capture's inputs and outputs are written
+as one AES-256-GCM envelope (``control_plane/crypto.py``) bound to the row's
+``device_id/prediction_id``, in the ``outputs_json`` column as
+``{"sealed_v1": {"key_id": …, "data": base64}}`` (the key id per row lets the
+sample key rotate); :func:`_capture` opens it, so every reader
+(``captures``, ``version_captures``) gets the clear sample. Rows written before
+sealing (plain outputs JSON) still read.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Sequence
+from typing import Any
 
+from control_plane.crypto import SampleKeyring
 from control_plane.store.records import (
     FeedbackLabel,
     NewWindow,
@@ -15,7 +28,46 @@ from control_plane.store.sql.base import Database, Row, Tx, dumps, loads
 CHUNK = 500  # ids per IN (...) list
 
 
-def insert_window(tx: Tx, device_id: str, seq: int, window: NewWindow, at: float) -> None:
+SEALED = "sealed_v1"
+
+
+def _aad(device_id: str, prediction_id: str) -> bytes:
+    return f"capture/{device_id}/{prediction_id}".encode()
+
+
+def seal_capture(
+    keys: SampleKeyring,
+    device_id: str,
+    prediction_id: str,
+    inputs: Any,
+    outputs: Any,
+) -> str:
+    """The ``outputs_json`` value of a capture: its inputs and outputs, sealed."""
+    plain = json.dumps({"inputs": inputs, "outputs": outputs}, sort_keys=True).encode()
+    key_id, sealed = keys.seal(plain, _aad(device_id, prediction_id))
+    return dumps({SEALED: {"key_id": key_id, "data": base64.b64encode(sealed).decode()}})
+
+
+def open_capture(
+    keys: SampleKeyring, device_id: str, prediction_id: str, stored: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(inputs, outputs) of a stored capture (a row from before sealing: no inputs)."""
+    value = loads(stored)
+    envelope = value.get(SEALED) if isinstance(value, dict) and len(value) == 1 else None
+    if not isinstance(envelope, dict):
+        return {}, value
+    plain = keys.open(
+        str(envelope["key_id"]),
+        base64.b64decode(envelope["data"]),
+        _aad(device_id, prediction_id),
+    )
+    sample = json.loads(plain)
+    return dict(sample["inputs"]), dict(sample["outputs"])
+
+
+def insert_window(
+    tx: Tx, device_id: str, seq: int, window: NewWindow, at: float, keys: SampleKeyring
+) -> None:
     """Index one window (the caller stored its raw upload in the same transaction)."""
     package = None
     if window.package_id is not None:
@@ -64,14 +116,21 @@ def insert_window(tx: Tx, device_id: str, seq: int, window: NewWindow, at: float
                 window.model_version,
                 sha256,
                 capture.at,
-                dumps(dict(capture.outputs)),
+                seal_capture(
+                    keys,
+                    device_id,
+                    capture.prediction_id,
+                    dict(capture.inputs),
+                    dict(capture.outputs),
+                ),
             ],
         )
 
 
 class SqlMonitoringRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keys: SampleKeyring) -> None:
         self.db = db
+        self.keys = keys
 
     def windows(
         self,
@@ -109,7 +168,7 @@ class SqlMonitoringRepo:
         return {(r["model_name"], r["model_version"]): (int(r["n"]), int(r["r"])) for r in rows}
 
     def captures(self, prediction_ids: Sequence[str]) -> list[StoredCapture]:
-        return [_capture(r) for r in self._by_ids("captures", prediction_ids)]
+        return [_capture(r, self.keys) for r in self._by_ids("captures", prediction_ids)]
 
     def version_captures(self, model_name: str, model_version: str) -> list[StoredCapture]:
         with self.db.transaction() as tx:
@@ -117,7 +176,7 @@ class SqlMonitoringRepo:
                 "SELECT * FROM captures WHERE model_name = ? AND model_version = ? ORDER BY at",
                 [model_name, model_version],
             )
-        return [_capture(r) for r in rows]
+        return [_capture(r, self.keys) for r in rows]
 
     def put_feedback(self, labels: Sequence[FeedbackLabel]) -> None:
         with self.db.transaction() as tx:
@@ -173,7 +232,10 @@ def _window(row: Row) -> StoredWindow:
     )
 
 
-def _capture(row: Row) -> StoredCapture:
+def _capture(row: Row, keys: SampleKeyring) -> StoredCapture:
+    inputs, outputs = open_capture(
+        keys, row["device_id"], row["prediction_id"], row["outputs_json"]
+    )
     return StoredCapture(
         prediction_id=row["prediction_id"],
         device_id=row["device_id"],
@@ -182,5 +244,6 @@ def _capture(row: Row) -> StoredCapture:
         model_version=row["model_version"],
         package_sha256=row["package_sha256"],
         at=float(row["at"]),
-        outputs=loads(row["outputs_json"]),
+        outputs=outputs,
+        inputs=inputs,
     )
