@@ -23,10 +23,12 @@ from flask import Flask
 from control_plane.crypto import SampleKeyring, load_sample_keyring
 from control_plane.files import make_private_dir, private_file
 from control_plane.services import Clock
+from control_plane.services.audit import AuditService
 from control_plane.services.commands import CommandService
 from control_plane.services.devices import DeviceService
 from control_plane.services.enrollment import EnrollmentService
 from control_plane.services.ingest import IngestService
+from control_plane.services.keys import KeyService
 from control_plane.services.packages import PackageService
 from control_plane.settings import Settings
 from control_plane.signing import PUBLIC_NAME, load_fleet_public_key
@@ -52,6 +54,7 @@ class Fleetcast:
     commands: CommandService
     packages: PackageService
     ingest: IngestService
+    keys: KeyService
 
     @property
     def notifier(self) -> ChangeNotifier:
@@ -109,15 +112,20 @@ def build_services(
     public_key = load_fleet_public_key(key_path, required=settings.public_key is not None)
     repos = repos if repos is not None else open_store(settings)
     devices = DeviceService(repos, clock)
+    commands = CommandService(repos, clock)
+    keys = KeyService(repos, AuditService(repos.audit, clock), commands, settings.key_dir, clock)
     return Fleetcast(
         settings=settings,
         repos=repos,
         clock=clock,
         devices=devices,
         enrollment=EnrollmentService(repos, clock),
-        commands=CommandService(repos, clock),
-        packages=PackageService(repos, public_key, settings.catalog_dir, clock),
+        commands=commands,
+        packages=PackageService(
+            repos, public_key, settings.catalog_dir, clock, trusted=keys.trusted_public_keys
+        ),
         ingest=IngestService(repos, devices, clock),
+        keys=keys,
     )
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import click
 
 from control_plane import __version__, cli_functions
-from control_plane.cli_api import add_api_commands
+from control_plane.api.client import ApiClient
+from control_plane.cli_api import add_api_commands, api_command, emit
 from control_plane.cli_certs import certs
 from control_plane.errors import ControlPlaneError
 from control_plane.settings import Settings
@@ -57,7 +58,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 @cli.group()
 def keys() -> None:
-    """Package signing keys (ed25519)."""
+    """Package signing keys (ed25519): generate (local), list, rotate, retire (over the API)."""
 
 
 @keys.command("generate")
@@ -72,6 +73,59 @@ def keys_generate(settings: Settings, directory: Path | None, force: bool) -> No
 
     private, public = generate_keypair(directory or settings.key_dir, overwrite=force)
     click.echo(f"private key: {private}\npublic key:  {public}")
+
+
+KEY_COLUMNS = ["key_id", "state", "rotation"]
+
+
+def _key_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keys for a table: the rotation as acked/failed/pending counts."""
+    rows = []
+    for item in items:
+        rotation = item.get("rotation")
+        summary = None
+        if rotation:
+            summary = (
+                f"-> {rotation['key_id']}: {len(rotation['acked'])} acked, "
+                f"{len(rotation['failed'])} failed, {len(rotation['pending'])} pending"
+            )
+        rows.append({**item, "rotation": summary})
+    return rows
+
+
+@keys.command("list")
+@api_command
+def keys_list(client: ApiClient, as_json: bool) -> None:
+    """The signing keys (current, previous, retired) and each rotation's progress (admin)."""
+    items = client.request("GET", "/api/v1/keys")["items"]
+    emit(items if as_json else _key_rows(items), KEY_COLUMNS, as_json)
+
+
+@keys.command("rotate")
+@click.option(
+    "--retire-previous", is_flag=True, help="Stop trusting the old key now, without the acks."
+)
+@api_command
+def keys_rotate(client: ApiClient, as_json: bool, retire_previous: bool) -> None:
+    """Make a new signing key and announce it to every device, signed by the old one (admin)."""
+    done = client.request("POST", "/api/v1/keys/rotate", body={"retire_previous": retire_previous})
+    if as_json:
+        emit([done], [], True)
+        return
+    click.echo(
+        f"signing key {done['previous_key_id']} -> {done['key_id']}: sent to "
+        f"{len(done['pending']) + len(done['acked'])} device(s); follow with `fleetcast keys list`"
+    )
+
+
+@keys.command("retire")
+@click.argument("key_id")
+@click.option("--force", is_flag=True, help="Retire it although devices have not acked.")
+@api_command
+def keys_retire(client: ApiClient, as_json: bool, key_id: str, force: bool) -> None:
+    """Stop trusting a previous key (refused, naming the devices, until all acked) (admin)."""
+    done = client.request("POST", f"/api/v1/keys/{key_id}/retire", body={"force": force})
+    emit(_key_rows([done]) if not as_json else [done], KEY_COLUMNS, as_json)
 
 
 # ------------------------------------------------------------------ profiles

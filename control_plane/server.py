@@ -223,6 +223,12 @@ class ControlPlane:
                 self.services.devices.flush_activity()
             except Exception:  # kept for the next flush
                 logger.exception("writing device activity")
+            try:  # a rotated signing key is retired once every device acked the rotation
+                assert self.services is not None
+                for key in self.services.keys.retire_acked():
+                    logger.info("signing key %s retired: every device trusts its successor", key)
+            except Exception:
+                logger.exception("retiring signing keys")
 
     def _start_mqtt(self) -> None:
         o = self.options

@@ -12,6 +12,7 @@ from control_plane.services.audit import AuditService
 from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker
 from control_plane.services.deployments import DeploymentService
+from control_plane.services.keys import KeyService
 from control_plane.services.monitoring import MonitoringService
 from control_plane.services.rollouts import RolloutService
 from control_plane.services.tokens import TokenService
@@ -34,6 +35,7 @@ class ApiContext:
     max_upload_bytes: int
     monitoring: MonitoringService
     alerts: AlertService
+    keys: KeyService
 
 
 def api_context() -> ApiContext:

@@ -25,6 +25,7 @@ from control_plane.api import (
     catalog,
     deployments,
     devices_read,
+    keys,
     monitoring,
     rollouts,
 )
@@ -40,8 +41,10 @@ from control_plane.services.alerts import AlertService
 from control_plane.services.audit import AuditService
 from control_plane.services.blobs import BlobStore
 from control_plane.services.catalog import CatalogService
+from control_plane.services.commands import CommandService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker, Runner
 from control_plane.services.deployments import DeploymentService
+from control_plane.services.keys import KeyService
 from control_plane.services.monitoring import MonitoringService
 from control_plane.services.rollouts import RolloutService
 from control_plane.services.tokens import TokenService
@@ -85,6 +88,7 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
 
         runner = pipeline_runner(settings)
     monitoring = MonitoringService(repos, audit)
+    commands = CommandService(repos)
     return ApiContext(
         repos=repos,
         audit=audit,
@@ -97,6 +101,7 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
         max_upload_bytes=options.max_upload_bytes,
         monitoring=monitoring,
         alerts=AlertService(monitoring, options.alert_webhooks),
+        keys=KeyService(repos, audit, commands, settings.key_dir),
     )
 
 
@@ -142,6 +147,7 @@ BLUEPRINTS = (
     artifacts.compile_jobs,
     admin.tokens,
     admin.audit,
+    keys.bp,
     devices_read.bp,
     deployments.bp,
     monitoring.bp,

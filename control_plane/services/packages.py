@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -26,21 +27,29 @@ class PackageService:
         public_key: Ed25519PublicKey | None,
         package_dir: Path,
         clock: Clock = time.time,
+        trusted: Callable[[], Sequence[Ed25519PublicKey]] | None = None,
     ) -> None:
         self.repos = repos
         self.public_key = public_key
         self.package_dir = package_dir
         self.clock = clock
+        self.trusted = trusted  # the key directory's current and previous keys (rotation)
+
+    def trusted_keys(self) -> list[Ed25519PublicKey]:
+        """``public_key`` and the keys a rotation keeps trusted (``services/keys.py``)."""
+        keys = [self.public_key] if self.public_key is not None else []
+        return keys + [k for k in (self.trusted() if self.trusted else []) if k not in keys]
 
     def register(self, path: Path, actor: str) -> Package:
         """Verify a package file (open_package's named checks), store it, record it."""
-        if self.public_key is None:
+        keys = self.trusted_keys()
+        if not keys:
             raise InvalidInput(
                 "no package signing public key: run `fleetcast keys generate` "
                 "(or copy the compile host's fleetcast.pub into <data dir>/keys/)"
             )
         try:
-            package = open_package(path, self.public_key)
+            package = open_package(path, keys)
         except PackageError as exc:
             raise InvalidInput(f"package {path}: {exc}") from exc
         m = package.manifest

@@ -127,6 +127,16 @@ ROUTES = [
     ),
     Route("GET", "/api/v1/tokens/<token_id>", "/api/v1/tokens/{token}", "admin", 200),
     Route("DELETE", "/api/v1/tokens/<token_id>", "/api/v1/tokens/{token}", "admin", 200),
+    Route("GET", "/api/v1/keys", "/api/v1/keys", "admin", 200),
+    Route("POST", "/api/v1/keys/rotate", "/api/v1/keys/rotate", "admin", 201, {"json": {}}),
+    Route(
+        "POST",
+        "/api/v1/keys/<key_id>/retire",
+        "/api/v1/keys/{old_key}/retire",
+        "admin",
+        200,
+        {"json": {"force": True}},
+    ),
     Route("GET", "/api/v1/audit", "/api/v1/audit", "viewer", 200),
     Route("GET", "/api/v1/whoami", "/api/v1/whoami", "viewer", 200),
     Route("GET", "/api/v1/devices", "/api/v1/devices?selector=site=lab", "viewer", 200),
@@ -200,7 +210,16 @@ def api(tmp_path: Path) -> Api:
     seed_deployable(api)
     seed_monitored(api)
     seed_rollouts(api)
+    seed_keys(api)
     return api
+
+
+def seed_keys(api: Api) -> None:
+    """A signing key, rotated once: the old one is a previous key (cam-2 has not acked)."""
+    from control_plane.signing import generate_keypair
+
+    generate_keypair(api.context.keys.key_dir)
+    api.seeded["old_key"] = api.context.keys.rotate(Principal("seed", "admin")).previous_key_id
 
 
 def seed_rollouts(api: Api) -> None:
