@@ -31,7 +31,7 @@ from control_plane.services.ingest import IngestService
 from control_plane.services.keys import KeyService
 from control_plane.services.packages import PackageService
 from control_plane.settings import Settings
-from control_plane.signing import PUBLIC_NAME, load_fleet_public_key
+from control_plane.signing import load_fleet_public_key
 from control_plane.store.factory import open_repositories
 from control_plane.store.notify import ChangeNotifier
 from control_plane.store.repos import Repositories
@@ -108,8 +108,11 @@ def build_services(
     settings: Settings, repos: Repositories | None = None, clock: Clock = time.time
 ) -> Fleetcast:
     """The services over ``repos`` (opened from the settings when not given)."""
-    key_path = settings.public_key or settings.key_dir / PUBLIC_NAME
-    public_key = load_fleet_public_key(key_path, required=settings.public_key is not None)
+    # an explicit key is pinned; otherwise the key directory's current and previous keys are
+    # read at each registration, so a rotation (services/keys.py) takes effect at once
+    public_key = (
+        load_fleet_public_key(settings.public_key) if settings.public_key is not None else None
+    )
     repos = repos if repos is not None else open_store(settings)
     devices = DeviceService(repos, clock)
     commands = CommandService(repos, clock)

@@ -154,7 +154,7 @@ class ControlPlane:
         )
         self.app = create_app(settings)
         services = self.services = services_of(self.app)
-        if services.packages.public_key is None:
+        if not services.packages.trusted_keys():
             logger.warning(
                 "no package signing key at %s yet: `fleetcast deploy` needs it "
                 "(run `fleetcast keys generate`)",
