@@ -285,7 +285,6 @@ def compile(  # noqa: A001 - the command's name
 def _progress_bar(console: Any) -> tuple[Callable[[str], None], Any]:
     """A progress bar over the candidates (``candidate i/n: key`` messages); every
     message is also logged, so mixed-precision trials and decisions stay visible."""
-    import re
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -371,20 +370,17 @@ def verify(package: Path, public_key: Path, expected: str | None, this_host: boo
     click.echo(f"ok: {m.package_id} sha256 {checked.sha256} signed by key {m.key_id}")
 
 
-# ------------------------------------------------------------------ serve and fleet admin
+# ------------------------------------------------------------------ serve, store (local)
 
 
-def _services(settings: Settings, store: str | None, need_key: bool = False) -> Any:
-    """The services over the data dir's store (or ``--store``), for commands run beside serve."""
+def _services(settings: Settings, store: str | None) -> Any:
+    """The services over the data dir's store (or ``--store``): bootstrap commands only."""
     import dataclasses
 
     from control_plane.app import build_services
-    from control_plane.signing import PUBLIC_NAME
 
     if store:
         settings = dataclasses.replace(settings, store=store)
-    if need_key and settings.public_key is None:
-        settings = dataclasses.replace(settings, public_key=settings.key_dir / PUBLIC_NAME)
     return build_services(settings)
 
 
@@ -394,14 +390,6 @@ def _store_option(command: Any) -> Any:
         envvar="FLEETCAST_STORE",
         help="postgresql://… or a SQLite path (default: <data dir>/store.db).",
     )(command)
-
-
-def _duration(value: str) -> float:
-    """``90``, ``90s``, ``30m``, ``24h`` or ``7d`` -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
-    if not match:
-        raise click.BadParameter(f"{value!r}: expected a duration such as 90s, 30m, 24h or 7d")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
 @cli.command()
@@ -543,80 +531,6 @@ def serve(
     )
     stop.wait()
     plane.stop()
-
-
-@cli.group()
-def devices() -> None:
-    """Enrollment tokens, devices, revocation."""
-
-
-@devices.command("token")
-@click.option("--device-id", help="bind the token to this device id")
-@click.option(
-    "--ttl", default="24h", show_default=True, help="How long the token is valid (90s, 30m, 7d)."
-)
-@_store_option
-@click.pass_obj
-def devices_token(settings: Settings, device_id: str | None, ttl: str, store: str | None) -> None:
-    """Print a one-time enrollment token."""
-    services = _services(settings, store)
-    try:
-        click.echo(services.enrollment.create_token("cli", device_id, _duration(ttl)))
-    finally:
-        services.close()
-
-
-@devices.command("list")
-@_store_option
-@click.pass_obj
-def devices_list(settings: Settings, store: str | None) -> None:
-    """One JSON object per device (stderr warns if serve runs with --insecure)."""
-    from control_plane.server import insecure_notice
-    from control_plane.services.devices import device_summary
-
-    notice = insecure_notice(settings.data_dir)
-    if notice:
-        click.echo(f"warning: {notice}", err=True)
-    services = _services(settings, store)
-    try:
-        offset: int | None = 0
-        while offset is not None:
-            page = services.devices.list(limit=1000, offset=offset)
-            for device in page.items:
-                click.echo(json.dumps(device_summary(device), sort_keys=True))
-            offset = page.next_offset
-    finally:
-        services.close()
-
-
-@devices.command("revoke")
-@click.argument("device_id")
-@_store_option
-@click.pass_obj
-def devices_revoke(settings: Settings, device_id: str, store: str | None) -> None:
-    """Cut a device off both transports (the running server drops its MQTT login)."""
-    services = _services(settings, store)
-    try:
-        services.devices.revoke(device_id, "cli")
-    finally:
-        services.close()
-    click.echo(f"revoked {device_id}")
-
-
-@cli.command()
-@click.argument("device_id")
-@click.argument("package", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@_store_option
-@click.pass_obj
-def deploy(settings: Settings, device_id: str, package: Path, store: str | None) -> None:
-    """Add PACKAGE to the catalog (verified) and send DEVICE_ID a deploy command."""
-    services = _services(settings, store, need_key=True)
-    try:
-        sha256 = services.packages.register(package, "cli").sha256
-        record = services.commands.send(device_id, "deploy", {"sha256": sha256}, "cli")
-    finally:
-        services.close()
-    click.echo(f"command {record.id} (version {record.execution_version}): deploy {sha256}")
 
 
 @cli.group()

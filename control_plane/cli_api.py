@@ -1,5 +1,7 @@
 """``fleetcast jobs|packages|audit|tokens|whoami|login|admin …``: the CLI as an API client.
 
+The fleet commands (``devices``, ``deploy``) are in ``cli_fleet.py``.
+
 Every command takes ``--server URL`` (or ``FLEETCAST_SERVER``) and ``--json``
 (one JSON object per line instead of a table); the token is ``FLEETCAST_TOKEN``
 or the one ``fleetcast login`` saved. ``fleetcast admin init`` is the only one
@@ -234,6 +236,15 @@ def packages_list(
     emit(client.pages("/api/v1/packages", query), PACKAGE_COLUMNS, as_json)
 
 
+@packages.command("add")
+@click.argument("package", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@api_command
+def packages_add(client: ApiClient, as_json: bool, package: Path) -> None:
+    """Upload a signed .fcpkg to the catalog (verified there; its version must be registered)."""
+    added = client.request("POST", "/api/v1/packages", data=package.read_bytes())
+    emit([added], PACKAGE_COLUMNS, as_json)
+
+
 @packages.command("show")
 @click.argument("sha256")
 @api_command
@@ -319,9 +330,11 @@ def tokens_revoke(client: ApiClient, as_json: bool, token_id: str) -> None:
 def add_api_commands(group: click.Group) -> None:
     """Register the API-client commands on the ``fleetcast`` group."""
     from control_plane.cli_catalog import models, versions
+    from control_plane.cli_fleet import deploy, devices
     from control_plane.cli_rollouts import rollouts
 
     for command in (
-        admin, login, whoami, models, versions, jobs, packages, audit, tokens, rollouts
+        admin, login, whoami, models, versions, jobs, packages, audit, tokens, rollouts,
+        devices, deploy,
     ):  # fmt: skip
         group.add_command(command)

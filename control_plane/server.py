@@ -207,7 +207,7 @@ class ControlPlane:
         from control_plane.api.serve import serve_http
 
         assert self.app is not None and self.services is not None
-        register_api(self.app, self.services.repos, settings)
+        register_api(self.app, self.services.repos, settings, fleet=self.services)
         host, port = split_host_port(address)
         self.http = serve_http(self.app, host, int(port))
 

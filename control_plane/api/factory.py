@@ -35,16 +35,15 @@ from control_plane.api.errors import Problem, problem, register_error_handlers, 
 from control_plane.api.metrics import SCRAPE_HOOKS, install_metrics
 from control_plane.api.openapi import problem_document
 from control_plane.api.schemas import Health
+from control_plane.app import Fleetcast, build_services
 from control_plane.errors import InvalidInput
 from control_plane.monitoring.metrics import MonitoringMetrics
 from control_plane.services.alerts import AlertService
 from control_plane.services.audit import AuditService
 from control_plane.services.blobs import BlobStore
 from control_plane.services.catalog import CatalogService
-from control_plane.services.commands import CommandService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker, Runner
 from control_plane.services.deployments import DeploymentService
-from control_plane.services.keys import KeyService
 from control_plane.services.monitoring import MonitoringService
 from control_plane.services.rollouts import RolloutService
 from control_plane.services.tokens import TokenService
@@ -76,7 +75,14 @@ def _known_profiles(profiles_dir: Sequence[Path]) -> Callable[[], Sequence[str]]
     return known
 
 
-def build_context(repos: Repositories, settings: Settings, options: ApiOptions) -> ApiContext:
+def build_context(
+    repos: Repositories,
+    settings: Settings,
+    options: ApiOptions,
+    fleet: Fleetcast | None = None,
+) -> ApiContext:
+    """The API's services; those the transports share (devices, enrollment, commands,
+    packages, keys) are ``fleet``'s when ``fleetcast serve`` passes its container."""
     audit = AuditService(repos.audit)
     cat = CatalogService(
         repos, audit, BlobStore(settings.data_dir / "uploads"), settings.data_dir / "versions"
@@ -88,20 +94,23 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
 
         runner = pipeline_runner(settings)
     monitoring = MonitoringService(repos, audit)
-    commands = CommandService(repos)
+    fleet = fleet or build_services(settings, repos)
     return ApiContext(
         repos=repos,
         audit=audit,
         tokens=TokenService(repos, audit),
         catalog=cat,
         jobs=jobs,
-        deployments=DeploymentService(repos, audit),
+        deployments=DeploymentService(repos, audit, send=fleet.commands.send),
         rollouts=RolloutService(repos, audit),
         worker=CompileWorker(jobs, runner, options.worker_name),
         max_upload_bytes=options.max_upload_bytes,
         monitoring=monitoring,
         alerts=AlertService(monitoring, options.alert_webhooks),
-        keys=KeyService(repos, audit, commands, settings.key_dir),
+        keys=fleet.keys,
+        devices=fleet.devices,
+        enrollment=fleet.enrollment,
+        packages=fleet.packages,
     )
 
 
@@ -171,7 +180,11 @@ def openapi_document() -> dict[str, Any]:
 
 
 def register_api(
-    app: Flask, repos: Repositories, settings: Settings, options: ApiOptions | None = None
+    app: Flask,
+    repos: Repositories,
+    settings: Settings,
+    options: ApiOptions | None = None,
+    fleet: Fleetcast | None = None,
 ) -> ApiContext:
     """Add ``/api/v1``, ``/healthz``, ``/readyz`` and the error mapping to ``app``.
 
@@ -179,7 +192,7 @@ def register_api(
     that serves starts it (``serve_http`` does).
     """
     options = options or ApiOptions()
-    context = build_context(repos, settings, options)
+    context = build_context(repos, settings, options, fleet)
     app.extensions[EXTENSION] = context
     app.config["MAX_CONTENT_LENGTH"] = options.max_json_bytes
     registry = install_metrics(app)  # first: its timer starts before auth, sees every answer

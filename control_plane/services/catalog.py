@@ -205,27 +205,7 @@ class CatalogService:
         self.repos.models.get(model)
         return self.repos.aliases.list(model)
 
-    # -- packages
-
-    def list_packages(
-        self,
-        *,
-        model_name: str | None = None,
-        model_version: str | None = None,
-        profile_id: str | None = None,
-        limit: int = DEFAULT_LIMIT,
-        offset: int = 0,
-    ) -> Page[Package]:
-        return self.repos.packages.list(
-            model_name=model_name,
-            model_version=model_version,
-            profile_id=profile_id,
-            limit=limit,
-            offset=offset,
-        )
-
-    def get_package(self, sha256: str) -> Package:
-        return self.repos.packages.get(sha256)
+    # -- packages (reading them: PackageService, the one implementation)
 
     def register_package(self, package: Package, actor: str) -> Package:
         stored = self.repos.packages.put(package)

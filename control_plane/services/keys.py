@@ -100,8 +100,10 @@ class KeyService:
 
     # -- reading
 
-    def current_key_id(self) -> str:
-        return key_id(self._public(self.key_dir / PUBLIC_NAME))
+    def current_key_id(self) -> str | None:
+        """The current key's id; None before `fleetcast keys generate`."""
+        path = self.key_dir / PUBLIC_NAME
+        return key_id(self._public(path)) if path.exists() else None
 
     def trusted_public_keys(self) -> builtins.list[Ed25519PublicKey]:
         """The current key and the previous (not retired) ones: packages signed by any register."""
@@ -117,9 +119,9 @@ class KeyService:
     def list(self) -> builtins.list[dict[str, Any]]:
         """Every key: id, state (current / previous / retired) and its rotation's progress."""
         rows: builtins.list[dict[str, Any]] = []
-        current = self.key_dir / PUBLIC_NAME
-        if current.exists():
-            rows.append({"key_id": self.current_key_id(), "state": "current", "rotation": None})
+        current = self.current_key_id()
+        if current is not None:
+            rows.append({"key_id": current, "state": "current", "rotation": None})
         for state in (PREVIOUS, RETIRED):
             folder = self.key_dir / state
             for pub in sorted(folder.glob("*.pub")) if folder.is_dir() else []:

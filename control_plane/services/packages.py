@@ -40,8 +40,12 @@ class PackageService:
         keys = [self.public_key] if self.public_key is not None else []
         return keys + [k for k in (self.trusted() if self.trusted else []) if k not in keys]
 
-    def register(self, path: Path, actor: str) -> Package:
-        """Verify a package file (open_package's named checks), store it, record it."""
+    def register(self, path: Path, actor: str, *, require_version: bool = False) -> Package:
+        """Verify a package file (open_package's named checks), store it, record it.
+
+        With ``require_version`` (the REST API) its model version must be in the
+        catalog already, so that it can be deployed by version.
+        """
         keys = self.trusted_keys()
         if not keys:
             raise InvalidInput(
@@ -53,6 +57,15 @@ class PackageService:
         except PackageError as exc:
             raise InvalidInput(f"package {path}: {exc}") from exc
         m = package.manifest
+        if require_version:
+            try:
+                self.repos.versions.get(m.model_name, m.model_version)
+            except NotFound:
+                raise NotFound(
+                    f"package {m.package_id} is of {m.model_name} {m.model_version}, which the "
+                    "catalog does not hold: register the version first "
+                    "(`fleetcast versions register`)"
+                ) from None
         self.package_dir.mkdir(parents=True, exist_ok=True)
         stored = self.package_dir / f"{package.sha256}.fcpkg"
         if not stored.exists():  # write then rename: a reader never sees half a file
