@@ -161,15 +161,26 @@ def versions_register(
 @click.argument("version")
 @click.argument("stage")
 @click.option("--reason", default="")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="retired: roll back the devices still running it (refused, naming them, without)",
+)
 @api_command
 def versions_stage(
-    client: ApiClient, as_json: bool, model: str, version: str, stage: str, reason: str
+    client: ApiClient,
+    as_json: bool,
+    model: str,
+    version: str,
+    stage: str,
+    reason: str,
+    force: bool,
 ) -> None:
     """Move a version to STAGE (compiled, staged, production, deprecated, retired)."""
     moved = client.request(
         "POST",
         f"/api/v1/models/{model}/versions/{version}/stage",
-        body={"stage": stage, "reason": reason},
+        body={"stage": stage, "reason": reason, "force": force},
     )
     emit([moved], VERSION_COLUMNS, as_json)
 

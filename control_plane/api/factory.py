@@ -45,6 +45,7 @@ from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker, Runner
 from control_plane.services.deployments import DeploymentService
 from control_plane.services.monitoring import MonitoringService
+from control_plane.services.retirement import RetirementRollback
 from control_plane.services.rollouts import RolloutService
 from control_plane.services.tokens import TokenService
 from control_plane.settings import Settings
@@ -95,6 +96,8 @@ def build_context(
         runner = pipeline_runner(settings)
     monitoring = MonitoringService(repos, audit)
     fleet = fleet or build_services(settings, repos)
+    rollouts = RolloutService(repos, audit, fleet.commands)
+    cat.roll_back = RetirementRollback(repos, rollouts, fleet.commands)
     return ApiContext(
         repos=repos,
         audit=audit,
@@ -102,7 +105,7 @@ def build_context(
         catalog=cat,
         jobs=jobs,
         deployments=DeploymentService(repos, audit, send=fleet.commands.send),
-        rollouts=RolloutService(repos, audit),
+        rollouts=rollouts,
         worker=CompileWorker(jobs, runner, options.worker_name),
         max_upload_bytes=options.max_upload_bytes,
         monitoring=monitoring,
