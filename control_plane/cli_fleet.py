@@ -71,7 +71,15 @@ def devices_list(
     profile: str | None,
     selector: str | None,
 ) -> None:
-    """Devices (filter by status, profile, label selector)."""
+    """Devices (filter by status, profile, label selector); warns, on the control plane's host,
+    while `fleetcast serve` runs with --insecure."""
+    from control_plane.server import insecure_notice
+    from control_plane.settings import Settings
+
+    settings = click.get_current_context().find_object(Settings)
+    notice = insecure_notice(settings.data_dir) if settings is not None else None
+    if notice:
+        click.echo(f"warning: {notice}", err=True)
     query = {"status": status, "profile": profile, "selector": selector}
     emit(client.pages("/api/v1/devices", query), DEVICE_COLUMNS, as_json)
 
