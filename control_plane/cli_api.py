@@ -127,6 +127,16 @@ def admin_init(
     )
 
 
+@admin.command("rotate-sample-key")
+@click.pass_obj
+def admin_rotate_sample_key(settings: Settings) -> None:
+    """Retire the captured-sample key to keys/samples.d and make a new one (restart serve)."""
+    from control_plane.crypto import rotate_sample_key
+
+    old, new = rotate_sample_key(settings.key_dir)
+    click.echo(f"sample key {old} -> {new}; restart `fleetcast serve` to seal with the new key")
+
+
 @click.command()
 @click.option("--server", envvar="FLEETCAST_SERVER", default=DEFAULT_SERVER, show_default=True)
 @click.option("--token", prompt=True, hide_input=True, help="An API token (fct_…).")

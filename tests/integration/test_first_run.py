@@ -32,6 +32,7 @@ COMMANDS = [
     (["devices", "revoke", "dev-x", "--server", "http://127.0.0.1:9"], "cannot reach"),
     (["deploy", "digits", "1"], "give exactly one of --device or --selector"),
     (["keys", "rotate", "--server", "http://127.0.0.1:9"], "cannot reach"),
+    (["admin", "rotate-sample-key"], "sample key "),
     (["store", "import-old", "missing.db"], "does not exist"),
     (["store", "import-old", "{tmp}/junk.fcpkg"], "not a fleetcast store"),
     (["certs", "device", "dev-x"], "run `fleetcast certs init"),

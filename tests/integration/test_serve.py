@@ -52,6 +52,7 @@ def test_serve_enroll_deploy_revoke_through_the_clis(
         grpc_port, mqtt_port = server.grpc_port, server.mqtt_port
         # the one local command: the first admin token; every other one is an API client
         admin = json.loads(_ok(server.env, "admin", "init", "--json"))["token"]
+        assert (data_dir / "keys" / "samples.key").stat().st_mode & 0o777 == 0o600
         env = {
             **server.env,
             "FLEETCAST_SERVER": f"http://127.0.0.1:{server.http_port}",
