@@ -20,15 +20,18 @@ from pathlib import Path
 
 from flask import Flask
 
+from control_plane.crypto import SampleKeyring, load_sample_keyring
 from control_plane.files import make_private_dir, private_file
 from control_plane.services import Clock
+from control_plane.services.audit import AuditService
 from control_plane.services.commands import CommandService
 from control_plane.services.devices import DeviceService
 from control_plane.services.enrollment import EnrollmentService
 from control_plane.services.ingest import IngestService
+from control_plane.services.keys import KeyService
 from control_plane.services.packages import PackageService
 from control_plane.settings import Settings
-from control_plane.signing import PUBLIC_NAME, load_fleet_public_key
+from control_plane.signing import load_fleet_public_key
 from control_plane.store.factory import open_repositories
 from control_plane.store.notify import ChangeNotifier
 from control_plane.store.repos import Repositories
@@ -51,6 +54,7 @@ class Fleetcast:
     commands: CommandService
     packages: PackageService
     ingest: IngestService
+    keys: KeyService
 
     @property
     def notifier(self) -> ChangeNotifier:
@@ -71,6 +75,11 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///"))
 
 
+def sample_keyring(settings: Settings) -> SampleKeyring:
+    """The keys captured samples are sealed with (``control_plane/crypto.py``)."""
+    return load_sample_keyring(settings.key_dir, key_file=settings.samples_key_file)
+
+
 def open_store(settings: Settings) -> Repositories:
     """The repositories of ``settings.store_url``; a SQLite file and its WAL are private."""
     url = settings.store_url
@@ -86,7 +95,7 @@ def open_store(settings: Settings) -> Repositories:
                 old,
                 old,
             )
-    repos = open_repositories(url)
+    repos = open_repositories(url, sample_keys=sample_keyring(settings))
     if path is not None:
         for suffix in ("-wal", "-shm"):
             sidecar = path.with_name(path.name + suffix)
@@ -99,19 +108,27 @@ def build_services(
     settings: Settings, repos: Repositories | None = None, clock: Clock = time.time
 ) -> Fleetcast:
     """The services over ``repos`` (opened from the settings when not given)."""
-    key_path = settings.public_key or settings.key_dir / PUBLIC_NAME
-    public_key = load_fleet_public_key(key_path, required=settings.public_key is not None)
+    # an explicit key is pinned; otherwise the key directory's current and previous keys are
+    # read at each registration, so a rotation (services/keys.py) takes effect at once
+    public_key = (
+        load_fleet_public_key(settings.public_key) if settings.public_key is not None else None
+    )
     repos = repos if repos is not None else open_store(settings)
     devices = DeviceService(repos, clock)
+    commands = CommandService(repos, clock)
+    keys = KeyService(repos, AuditService(repos.audit, clock), commands, settings.key_dir, clock)
     return Fleetcast(
         settings=settings,
         repos=repos,
         clock=clock,
         devices=devices,
         enrollment=EnrollmentService(repos, clock),
-        commands=CommandService(repos, clock),
-        packages=PackageService(repos, public_key, settings.catalog_dir, clock),
+        commands=commands,
+        packages=PackageService(
+            repos, public_key, settings.catalog_dir, clock, trusted=keys.trusted_public_keys
+        ),
         ingest=IngestService(repos, devices, clock),
+        keys=keys,
     )
 
 

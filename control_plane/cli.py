@@ -14,8 +14,10 @@ from typing import Any
 import click
 
 from control_plane import __version__, cli_functions
-from control_plane.cli_api import add_api_commands
+from control_plane.api.client import ApiClient
+from control_plane.cli_api import add_api_commands, api_command, emit
 from control_plane.cli_certs import certs
+from control_plane.cli_fleet import duration as _duration
 from control_plane.errors import ControlPlaneError
 from control_plane.settings import Settings
 from edge_agent.errors import EdgeError
@@ -60,7 +62,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 @cli.group()
 def keys() -> None:
-    """Package signing keys (ed25519)."""
+    """Package signing keys (ed25519): generate (local), list, rotate, retire (over the API)."""
 
 
 @keys.command("generate")
@@ -75,6 +77,59 @@ def keys_generate(settings: Settings, directory: Path | None, force: bool) -> No
 
     private, public = generate_keypair(directory or settings.key_dir, overwrite=force)
     click.echo(f"private key: {private}\npublic key:  {public}")
+
+
+KEY_COLUMNS = ["key_id", "state", "rotation"]
+
+
+def _key_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keys for a table: the rotation as acked/failed/pending counts."""
+    rows = []
+    for item in items:
+        rotation = item.get("rotation")
+        summary = None
+        if rotation:
+            summary = (
+                f"-> {rotation['key_id']}: {len(rotation['acked'])} acked, "
+                f"{len(rotation['failed'])} failed, {len(rotation['pending'])} pending"
+            )
+        rows.append({**item, "rotation": summary})
+    return rows
+
+
+@keys.command("list")
+@api_command
+def keys_list(client: ApiClient, as_json: bool) -> None:
+    """The signing keys (current, previous, retired) and each rotation's progress (admin)."""
+    items = client.request("GET", "/api/v1/keys")["items"]
+    emit(items if as_json else _key_rows(items), KEY_COLUMNS, as_json)
+
+
+@keys.command("rotate")
+@click.option(
+    "--retire-previous", is_flag=True, help="Stop trusting the old key now, without the acks."
+)
+@api_command
+def keys_rotate(client: ApiClient, as_json: bool, retire_previous: bool) -> None:
+    """Make a new signing key and announce it to every device, signed by the old one (admin)."""
+    done = client.request("POST", "/api/v1/keys/rotate", body={"retire_previous": retire_previous})
+    if as_json:
+        emit([done], [], True)
+        return
+    click.echo(
+        f"signing key {done['previous_key_id']} -> {done['key_id']}: sent to "
+        f"{len(done['pending']) + len(done['acked'])} device(s); follow with `fleetcast keys list`"
+    )
+
+
+@keys.command("retire")
+@click.argument("key_id")
+@click.option("--force", is_flag=True, help="Retire it although devices have not acked.")
+@api_command
+def keys_retire(client: ApiClient, as_json: bool, key_id: str, force: bool) -> None:
+    """Stop trusting a previous key (refused, naming the devices, until all acked) (admin)."""
+    done = client.request("POST", f"/api/v1/keys/{key_id}/retire", body={"force": force})
+    emit(_key_rows([done]) if not as_json else [done], KEY_COLUMNS, as_json)
 
 
 # ------------------------------------------------------------------ profiles
@@ -234,7 +289,6 @@ def compile(  # noqa: A001 - the command's name
 def _progress_bar(console: Any) -> tuple[Callable[[str], None], Any]:
     """A progress bar over the candidates (``candidate i/n: key`` messages); every
     message is also logged, so mixed-precision trials and decisions stay visible."""
-    import re
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -320,20 +374,17 @@ def verify(package: Path, public_key: Path, expected: str | None, this_host: boo
     click.echo(f"ok: {m.package_id} sha256 {checked.sha256} signed by key {m.key_id}")
 
 
-# ------------------------------------------------------------------ serve and fleet admin
+# ------------------------------------------------------------------ serve, store (local)
 
 
-def _services(settings: Settings, store: str | None, need_key: bool = False) -> Any:
-    """The services over the data dir's store (or ``--store``), for commands run beside serve."""
+def _services(settings: Settings, store: str | None) -> Any:
+    """The services over the data dir's store (or ``--store``): bootstrap commands only."""
     import dataclasses
 
     from control_plane.app import build_services
-    from control_plane.signing import PUBLIC_NAME
 
     if store:
         settings = dataclasses.replace(settings, store=store)
-    if need_key and settings.public_key is None:
-        settings = dataclasses.replace(settings, public_key=settings.key_dir / PUBLIC_NAME)
     return build_services(settings)
 
 
@@ -343,14 +394,6 @@ def _store_option(command: Any) -> Any:
         envvar="FLEETCAST_STORE",
         help="postgresql://… or a SQLite path (default: <data dir>/store.db).",
     )(command)
-
-
-def _duration(value: str) -> float:
-    """``90``, ``90s``, ``30m``, ``24h`` or ``7d`` -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
-    if not match:
-        raise click.BadParameter(f"{value!r}: expected a duration such as 90s, 30m, 24h or 7d")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
 @cli.command()
@@ -577,97 +620,6 @@ def serve(
     )
     stop.wait()
     plane.stop()
-
-
-@cli.group()
-def devices() -> None:
-    """Enrollment tokens, devices, revocation."""
-
-
-@devices.command("token")
-@click.option("--device-id", help="bind the token to this device id")
-@click.option(
-    "--count",
-    type=click.IntRange(min=1, max=100_000),
-    help="Mint COUNT tokens bound to ids PREFIX0000, PREFIX0001, ... (--device-id is the "
-    'prefix); prints one JSON object {"device_id", "token"} per line.',
-)
-@click.option(
-    "--ttl", default="24h", show_default=True, help="How long the token is valid (90s, 30m, 7d)."
-)
-@_store_option
-@click.pass_obj
-def devices_token(
-    settings: Settings, device_id: str | None, count: int | None, ttl: str, store: str | None
-) -> None:
-    """Print a one-time enrollment token (or COUNT of them, for a batch of devices)."""
-    if count is not None and not device_id:
-        raise click.UsageError("--count needs --device-id, the prefix of the ids")
-    services = _services(settings, store)
-    try:
-        if count is None:
-            click.echo(services.enrollment.create_token("cli", device_id, _duration(ttl)))
-            return
-        width = max(4, len(str(count - 1)))
-        ids = [f"{device_id}{i:0{width}d}" for i in range(count)]
-        tokens = services.enrollment.create_tokens("cli", ids, _duration(ttl))
-        for one_id, token in zip(ids, tokens, strict=True):
-            click.echo(json.dumps({"device_id": one_id, "token": token}))
-    finally:
-        services.close()
-
-
-@devices.command("list")
-@_store_option
-@click.pass_obj
-def devices_list(settings: Settings, store: str | None) -> None:
-    """One JSON object per device (stderr warns if serve runs with --insecure)."""
-    from control_plane.server import insecure_notice
-    from control_plane.services.devices import device_summary
-
-    notice = insecure_notice(settings.data_dir)
-    if notice:
-        click.echo(f"warning: {notice}", err=True)
-    services = _services(settings, store)
-    try:
-        offset: int | None = 0
-        while offset is not None:
-            page = services.devices.list(limit=1000, offset=offset)
-            for device in page.items:
-                click.echo(json.dumps(device_summary(device), sort_keys=True))
-            offset = page.next_offset
-    finally:
-        services.close()
-
-
-@devices.command("revoke")
-@click.argument("device_id")
-@_store_option
-@click.pass_obj
-def devices_revoke(settings: Settings, device_id: str, store: str | None) -> None:
-    """Cut a device off both transports (the running server drops its MQTT login)."""
-    services = _services(settings, store)
-    try:
-        services.devices.revoke(device_id, "cli")
-    finally:
-        services.close()
-    click.echo(f"revoked {device_id}")
-
-
-@cli.command()
-@click.argument("device_id")
-@click.argument("package", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@_store_option
-@click.pass_obj
-def deploy(settings: Settings, device_id: str, package: Path, store: str | None) -> None:
-    """Add PACKAGE to the catalog (verified) and send DEVICE_ID a deploy command."""
-    services = _services(settings, store, need_key=True)
-    try:
-        sha256 = services.packages.register(package, "cli").sha256
-        record = services.commands.send(device_id, "deploy", {"sha256": sha256}, "cli")
-    finally:
-        services.close()
-    click.echo(f"command {record.id} (version {record.execution_version}): deploy {sha256}")
 
 
 @cli.group()

@@ -1,5 +1,7 @@
 """``fleetcast jobs|packages|audit|tokens|whoami|login|admin …``: the CLI as an API client.
 
+The fleet commands (``devices``, ``deploy``) are in ``cli_fleet.py``.
+
 Every command takes ``--server URL`` (or ``FLEETCAST_SERVER``) and ``--json``
 (one JSON object per line instead of a table); the token is ``FLEETCAST_TOKEN``
 or the one ``fleetcast login`` saved. ``fleetcast admin init`` is the only one
@@ -98,14 +100,16 @@ def admin_init(
     server: str | None,
     as_json: bool,
 ) -> None:
-    """Make the first admin token and print it (shown once)."""
+    """Make the first admin token and print it (shown once); make the sample key (0600)."""
+    from control_plane.app import sample_keyring
     from control_plane.services.tokens import bootstrap_admin
     from control_plane.store.factory import open_repositories
 
     url = store or settings.store_url
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    repos = open_repositories(url)
+    keys = sample_keyring(settings)  # captured samples are sealed with it (docs/security.md)
+    repos = open_repositories(url, sample_keys=keys)
     try:
         token, secret = bootstrap_admin(repos, name, force=force)
     finally:
@@ -121,6 +125,16 @@ def admin_init(
     click.echo(
         f"admin token {token.name!r} ({token.id}): store it now, it is not shown again", err=True
     )
+
+
+@admin.command("rotate-sample-key")
+@click.pass_obj
+def admin_rotate_sample_key(settings: Settings) -> None:
+    """Retire the captured-sample key to keys/samples.d and make a new one (restart serve)."""
+    from control_plane.crypto import rotate_sample_key
+
+    old, new = rotate_sample_key(settings.key_dir)
+    click.echo(f"sample key {old} -> {new}; restart `fleetcast serve` to seal with the new key")
 
 
 @click.command()
@@ -232,6 +246,15 @@ def packages_list(
     emit(client.pages("/api/v1/packages", query), PACKAGE_COLUMNS, as_json)
 
 
+@packages.command("add")
+@click.argument("package", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@api_command
+def packages_add(client: ApiClient, as_json: bool, package: Path) -> None:
+    """Upload a signed .fcpkg to the catalog (verified there; its version must be registered)."""
+    added = client.request("POST", "/api/v1/packages", data=package.read_bytes())
+    emit([added], PACKAGE_COLUMNS, as_json)
+
+
 @packages.command("show")
 @click.argument("sha256")
 @api_command
@@ -317,10 +340,12 @@ def tokens_revoke(client: ApiClient, as_json: bool, token_id: str) -> None:
 def add_api_commands(group: click.Group) -> None:
     """Register the API-client commands on the ``fleetcast`` group."""
     from control_plane.cli_catalog import models, versions
+    from control_plane.cli_fleet import deploy, devices
     from control_plane.cli_function_aliases import functions
     from control_plane.cli_rollouts import rollouts
 
     for command in (
-        admin, login, whoami, models, versions, jobs, packages, audit, tokens, rollouts, functions
+        admin, login, whoami, models, versions, jobs, packages, audit, tokens, rollouts,
+        functions, devices, deploy,
     ):  # fmt: skip
         group.add_command(command)

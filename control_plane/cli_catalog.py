@@ -161,15 +161,26 @@ def versions_register(
 @click.argument("version")
 @click.argument("stage")
 @click.option("--reason", default="")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="retired: roll back the devices still running it (refused, naming them, without)",
+)
 @api_command
 def versions_stage(
-    client: ApiClient, as_json: bool, model: str, version: str, stage: str, reason: str
+    client: ApiClient,
+    as_json: bool,
+    model: str,
+    version: str,
+    stage: str,
+    reason: str,
+    force: bool,
 ) -> None:
     """Move a version to STAGE (compiled, staged, production, deprecated, retired)."""
     moved = client.request(
         "POST",
         f"/api/v1/models/{model}/versions/{version}/stage",
-        body={"stage": stage, "reason": reason},
+        body={"stage": stage, "reason": reason, "force": force},
     )
     emit([moved], VERSION_COLUMNS, as_json)
 
@@ -211,33 +222,11 @@ def versions_compile(
         raise click.ClickException(f"compile job {job['id']} failed: {job['error']}")
 
 
-@versions.command("deploy")
-@click.argument("model")
-@click.argument("version")
-@click.option("--device", "device_id", help="one device id")
-@click.option("--selector", help="labels every target has: key=value,key2=value2")
-@api_command
-def versions_deploy(
-    client: ApiClient,
-    as_json: bool,
-    model: str,
-    version: str,
-    device_id: str | None,
-    selector: str | None,
-) -> None:
-    """Deploy VERSION (or an alias) to a device or every device matching a label selector."""
-    if (device_id is None) == (selector is None):
-        raise click.UsageError("give exactly one of --device or --selector")
-    body: dict[str, Any] = {"model": model, "version": version}
-    if device_id:
-        body["device_id"] = device_id
-    else:
-        labels = {}
-        for part in (selector or "").split(","):
-            key, eq, value = part.partition("=")
-            if not eq:
-                raise click.BadParameter(f"{part!r}: expected key=value", param_hint="--selector")
-            labels[key.strip()] = value.strip()
-        body["selector"] = labels
-    done = client.request("POST", "/api/v1/deployments", body=body)
-    emit(done["commands"], ["device_id", "command_id", "execution_version", "sha256"], as_json)
+def _register_deploy() -> None:
+    """``fleetcast versions deploy`` is ``fleetcast deploy`` (one implementation)."""
+    from control_plane.cli_fleet import deploy
+
+    versions.add_command(deploy, "deploy")
+
+
+_register_deploy()

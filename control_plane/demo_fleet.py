@@ -2,8 +2,12 @@
 
 The control plane serves gRPC and an embedded mosquitto in this process; two
 `fleetcast-agent` daemons run as their own processes on this machine, one
-talking gRPC and one MQTT. Each enrolls with a one-time token, receives a
-deploy command, downloads, verifies, self-tests and switches to the package,
+talking gRPC and one MQTT. The operator's steps go through the REST API as the
+CLI sends them (an admin token as `fleetcast admin init` makes it; the version
+and its package into the catalog; enrollment tokens; the devices' profile and
+labels; `fleetcast deploy MODEL VERSION --selector`). Each agent enrolls with
+its one-time token, receives a deploy command, downloads, verifies, self-tests
+and switches to the package,
 scores held-out digits sent through its local gRPC API, and reports telemetry
 windows, which the control plane stores once each. The control plane then
 judges drift from those windows against the package's reference statistics
@@ -21,14 +25,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from control_plane.api.client import ApiClient
 from control_plane.server import ControlPlane, ServeOptions
 from control_plane.signing import PUBLIC_NAME
+from edge_agent.package import read_package
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -74,10 +79,10 @@ def _monitoring_step(
     y_val: np.ndarray,
     scored: dict[str, int],
     rows_in: Callable[[str], tuple[int, int]],
+    client: ApiClient,
 ) -> None:
     """Drift on the clean telemetry, then on dimmed digits; the same fleet over REST."""
     from control_plane.demo_monitoring import drift_since, last_seq, print_drift
-    from control_plane.services.tokens import bootstrap_admin
     from edge_agent.package import load_public_key, open_package
 
     assert plane.services is not None
@@ -95,10 +100,9 @@ def _monitoring_step(
                  drift_since(services, device, manifest, mark)))  # fmt: skip
     print_drift(console, rows)
 
-    _, token = bootstrap_admin(services.repos, "demo-admin")
-    base = f"http://127.0.0.1:{plane.http_port}/api/v1"
-    devices = _get_json(f"{base}/devices", token)
-    audit = _get_json(f"{base}/audit?limit=100", token)
+    base = f"{client.server}/api/v1"
+    devices = client.request("GET", "/api/v1/devices")
+    audit = client.request("GET", "/api/v1/audit", query={"limit": 100})
     console.print(
         f"[bold]8. operators[/]: GET {base}/devices with an admin token lists "
         f"{', '.join(d['id'] + ' (' + d['status'] + ')' for d in devices['items'])}; "
@@ -107,13 +111,31 @@ def _monitoring_step(
     )
 
 
-def _get_json(url: str, token: str) -> dict[str, Any]:
-    import urllib.request
+def _operator_client(plane: ControlPlane, package: Path) -> ApiClient:
+    """An admin token (what `fleetcast admin init` makes) and the package's version in the
+    catalog, through the REST API as the CLI calls it: `fleetcast models create`, `versions
+    register`, `packages add`, `versions stage … compiled`."""
+    from control_plane.services.tokens import bootstrap_admin
 
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        body: dict[str, Any] = json.loads(response.read())
-    return body
+    assert plane.services is not None
+    _, token = bootstrap_admin(plane.services.repos, "demo-admin")
+    client = ApiClient(f"http://127.0.0.1:{plane.http_port}", token)
+    manifest = read_package(package.read_bytes())[0]
+    model, version = manifest.model_name, manifest.model_version
+    client.request("POST", "/api/v1/models", body={"name": model, "owner": "demo"})
+    card = {
+        "intended_use": "handwritten digits",
+        "training_data": "sklearn digits",
+        "owner": "demo",
+    }
+    client.request(
+        "POST", f"/api/v1/models/{model}/versions", body={"version": version, "card": card}
+    )
+    client.request("POST", "/api/v1/packages", data=package.read_bytes())
+    client.request(
+        "POST", f"/api/v1/models/{model}/versions/{version}/stage", body={"stage": "compiled"}
+    )
+    return client
 
 
 def run_fleet_demo(
@@ -142,21 +164,22 @@ def run_fleet_demo(
         f"127.0.0.1:{plane.mqtt_port} (per-device logins + ACL), REST API on "
         f"127.0.0.1:{plane.http_port}, SQLite in {fleet_dir}"
     )
-    sha = services.packages.register(package, "demo").sha256
+    client = _operator_client(plane, package)
+    manifest = read_package(package.read_bytes())[0]
     agents: list[tuple[str, subprocess.Popen[str], str]] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         for kind, port in (("grpc", plane.grpc_port), ("mqtt", plane.mqtt_port)):
             device = f"demo-{kind}"
             state = fleet_dir / device
-            token = services.enrollment.create_token("demo", device)
+            token = client.request("POST", "/api/v1/enrollment-tokens", body={"device_id": device})
             subprocess.run(
                 _agent_cmd(
                     "enroll",
                     "--server",
                     f"127.0.0.1:{plane.grpc_port}",
                     "--token",
-                    token,
+                    token["token"],
                     "--device-id",
                     device,
                     "--state-dir",
@@ -166,6 +189,12 @@ def run_fleet_demo(
                 capture_output=True,
                 text=True,
                 env=env,
+            )
+            # `fleetcast devices set DEVICE --profile … --label demo=fleet`
+            client.request(
+                "PATCH",
+                f"/api/v1/devices/{device}",
+                body={"profile_id": manifest.profile.id, "labels": {"demo": "fleet"}},
             )
             proc = subprocess.Popen(
                 _agent_cmd(
@@ -195,9 +224,21 @@ def run_fleet_demo(
             agents.append((device, proc, serving["address"]))
         console.print(f"[bold]6. agents[/]: {', '.join(f'{d} at {a}' for d, _, a in agents)}")
 
+        # `fleetcast deploy MODEL VERSION --selector demo=fleet`: each device gets the package
+        # of the version for its profile
+        deployed = client.request(
+            "POST",
+            "/api/v1/deployments",
+            body={
+                "model": manifest.model_name,
+                "version": manifest.model_version,
+                "selector": {"demo": "fleet"},
+            },
+        )
         records = {
-            d: services.commands.send(d, "deploy", {"sha256": sha}, "demo") for d, _, _ in agents
+            c["device_id"]: services.commands.get(c["command_id"]) for c in deployed["commands"]
         }
+        sha = deployed["commands"][0]["sha256"]
         _wait(
             lambda: all(services.commands.get(r.id).status != "pending" for r in records.values()),
             60,
@@ -240,7 +281,9 @@ def run_fleet_demo(
             "[bold]7. telemetry[/]: every device ran the signed package it was sent "
             f"(sha256 {sha[:16]}...), and every scored row came back once in its telemetry."
         )
-        _monitoring_step(console, plane, agents, package, key_dir, x_val, y_val, scored, rows_in)
+        _monitoring_step(
+            console, plane, agents, package, key_dir, x_val, y_val, scored, rows_in, client
+        )
     finally:
         for _, proc, _ in agents:
             proc.terminate()

@@ -170,7 +170,7 @@ class ControlPlane:
         )
         self.app = create_app(settings)
         services = self.services = services_of(self.app)
-        if services.packages.public_key is None:
+        if not services.packages.trusted_keys():
             logger.warning(
                 "no package signing key at %s yet: `fleetcast deploy` needs it "
                 "(run `fleetcast keys generate`)",
@@ -315,6 +315,7 @@ class ControlPlane:
             self.services.repos,
             settings,
             ApiOptions(alert_notifications=self.options.alert_notifications),
+            fleet=self.services,
         )
         self.alerts = context.alerts  # the timer and POST /alerts/evaluate share one service
         host, port = split_host_port(address)
@@ -332,6 +333,12 @@ class ControlPlane:
                 self.services.devices.flush_activity()
             except Exception:  # kept for the next flush
                 logger.exception("writing device activity")
+            try:  # a rotated signing key is retired once every device acked the rotation
+                assert self.services is not None
+                for key in self.services.keys.retire_acked():
+                    logger.info("signing key %s retired: every device trusts its successor", key)
+            except Exception:
+                logger.exception("retiring signing keys")
 
     def _start_mqtt(self) -> None:
         o = self.options

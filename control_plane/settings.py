@@ -17,6 +17,9 @@ class Settings:
     profiles_dir: Path | None = None
     store: str | None = None  # postgresql://…, sqlite:///path, a path, :memory:; None: the data dir
     public_key: Path | None = None  # None: <data dir>/keys/fleetcast.pub, if it is there
+    # the AES key captured samples are sealed with; None: FLEETCAST_SAMPLES_KEY (hex) if set,
+    # else <data dir>/keys/samples.key (made 0600 by `fleetcast admin init` or on first use)
+    samples_key_file: Path | None = None
 
     @property
     def key_dir(self) -> Path:
@@ -53,4 +56,7 @@ class Settings:
             else defaults.profiles_dir,
             store=environ.get("FLEETCAST_STORE") or None,
             public_key=Path(key) if key else None,
+            samples_key_file=Path(environ["FLEETCAST_SAMPLES_KEY_FILE"])
+            if environ.get("FLEETCAST_SAMPLES_KEY_FILE")
+            else None,
         )

@@ -25,6 +25,7 @@ import numpy as np
 
 from edge_agent.commands import CommandLog, CommandResult
 from edge_agent.core.health import HealthDecision, HealthPolicy, evaluate_health
+from edge_agent.core.keyrotation import COMMAND_KIND as ROTATE_KEY
 from edge_agent.core.limits import MAX_BATCH_MESSAGES
 from edge_agent.core.telemetry import ModelTelemetry, TelemetryConfig
 from edge_agent.errors import EdgeError, InstallError, NotFound, PackageError
@@ -38,6 +39,7 @@ from edge_agent.runtime import Model, load_model_bytes
 from edge_agent.settings import Settings
 from edge_agent.slots import Pointer, model_stores
 from edge_agent.transport.base import Command, Transport, TransportError
+from edge_agent.trust import TrustStore
 from edge_agent.watchlist import Watch, WatchList
 
 if TYPE_CHECKING:
@@ -98,9 +100,10 @@ class Agent:
         )
         self._command_log = CommandLog(state / "commands.sqlite")
         self.watchlist = WatchList(state / "health-watches.json")
+        self.trust = TrustStore(load_public_key(self.settings.public_key), state)
         self.installer = Installer(
             state,
-            load_public_key(self.settings.public_key),
+            self.trust,
             detect_host(),
             self._make_model,
             self._report,
@@ -265,7 +268,8 @@ class Agent:
         had, and not run twice; one a crash interrupted runs again (deploy is
         idempotent). A failure of the device's own storage (disk full) is acked
         as the command's failure reason. Kinds: ``deploy`` (``install``),
-        ``rollback``, ``config``, ``capture``.
+        ``rollback``, ``config``, ``capture``, ``rotate_key`` (trust a new
+        signing key, if a trusted key signed the message: ``edge_agent/trust.py``).
         """
         log = self._command_log
         version = command.execution_version
@@ -315,6 +319,9 @@ class Agent:
                     if model.telemetry is not None:
                         model.telemetry.set_capture_rate(rate)
                 return CommandResult(True, "", {"capture_rate": rate})
+            if kind == ROTATE_KEY:
+                learned = self.trust.accept_rotation(command.body)
+                return CommandResult(True, "", {"key_id": learned, "trusted": self.trust.key_ids})
             if kind == "config":
                 window = float(command.body.get("window_seconds", self.window_seconds))
                 if window <= 0:

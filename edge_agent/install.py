@@ -33,11 +33,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from edge_agent.core.host import HostInfo
 from edge_agent.errors import EdgeError, InstallError, PackageError
-from edge_agent.package import Package, open_package
+from edge_agent.package import Package, TrustedKeys, open_package
 from edge_agent.runtime import Model
 from edge_agent.runtime.selftest import self_test
 from edge_agent.slots import Checkpoint, Journal, Pointer, SlotRef, SlotStore
@@ -100,7 +98,7 @@ class Installer:
     def __init__(
         self,
         state_dir: Path,
-        public_key: Ed25519PublicKey,
+        public_key: TrustedKeys,
         host: HostInfo | None,
         make_model: ModelFactory,
         report: Reporter,

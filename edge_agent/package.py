@@ -22,7 +22,7 @@ import hashlib
 import io
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Generic, TypeVar
@@ -54,6 +54,10 @@ class Package(Generic[M]):
     model_bytes: bytes
     sha256: str
     size_bytes: int
+
+
+TrustedKeys = Ed25519PublicKey | Sequence[Ed25519PublicKey]
+"""One signing public key, or several (a device that learned a rotated key trusts both)."""
 
 
 def model_entry_name(fmt: str) -> str:
@@ -192,9 +196,23 @@ def read_package(
     return manifest, signature, model_bytes
 
 
+def _verify_any(keys: TrustedKeys, signature: bytes, data: bytes) -> None:
+    """Pass when one of ``keys`` verifies ``signature`` over ``data``; else name them all."""
+    candidates = [keys] if isinstance(keys, Ed25519PublicKey) else list(keys)
+    for key in candidates:
+        try:
+            key.verify(signature, data)
+            return
+        except InvalidSignature:
+            continue
+    names = ", ".join(key_id(k) for k in candidates) or "none"
+    plural = "s" if len(candidates) != 1 else ""
+    raise PackageError("signature", f"manifest signature does not verify with key{plural} {names}")
+
+
 def open_package(
     source: Path | bytes,
-    public_key: Ed25519PublicKey,
+    public_key: TrustedKeys,
     *,
     host: HostInfo | None = None,
     installed_release: int | None = None,
@@ -202,6 +220,9 @@ def open_package(
     max_model_bytes: int = MAX_MODEL_BYTES,
 ) -> Package[Manifest]:
     """Read a package and run every check; raise PackageError naming the first that fails.
+
+    ``public_key`` may be several keys (the device's trusted keys after a
+    rotation, ``edge_agent/trust.py``): the signature must verify with one.
 
     Checks, in order: package hash (when ``expected_sha256`` is given), format
     (exactly the three entries, stored or deflated, sizes under the caps), the
@@ -225,7 +246,7 @@ def open_package(
 
 def open_device_package(
     source: Path | bytes,
-    public_key: Ed25519PublicKey,
+    public_key: TrustedKeys,
     *,
     host: HostInfo | None = None,
     installed_release: int | None = None,
@@ -246,7 +267,7 @@ def open_device_package(
 
 def _open(
     source: Path | bytes,
-    public_key: Ed25519PublicKey,
+    public_key: TrustedKeys,
     parse: Callable[[bytes], M],
     *,
     host: HostInfo | None,
@@ -264,12 +285,7 @@ def _open(
         with PackageArchive(handle) as archive:
             manifest_bytes = archive.read(MANIFEST_ENTRY, MAX_MANIFEST_BYTES)
             signature = archive.read(SIGNATURE_ENTRY, SIGNATURE_BYTES)
-            try:
-                public_key.verify(signature, manifest_bytes)
-            except InvalidSignature as exc:
-                raise PackageError(
-                    "signature", f"manifest signature does not verify with key {key_id(public_key)}"
-                ) from exc
+            _verify_any(public_key, signature, manifest_bytes)
             manifest = parse(manifest_bytes)
             model_bytes, model_digest = _model_bytes(archive, manifest, max_model_bytes)
     if model_digest != manifest.model_file.sha256:

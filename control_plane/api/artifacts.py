@@ -25,6 +25,7 @@ from control_plane.api.schemas import (
     PackageQuery,
     UploadOut,
 )
+from control_plane.errors import InvalidInput
 from control_plane.store.records import CompileJob, Package
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -95,7 +96,7 @@ def package_view(package: Package) -> dict[str, Any]:
 @packages.get("/packages", responses={200: PackageList})
 def list_packages(query: PackageQuery) -> dict[str, Any]:
     """Packages in the catalog (filter by model, version, profile)."""
-    page = api_context().catalog.list_packages(
+    page = api_context().packages.list(
         model_name=query.model,
         model_version=query.version,
         profile_id=query.profile,
@@ -108,7 +109,38 @@ def list_packages(query: PackageQuery) -> dict[str, Any]:
 @packages.get("/packages/<sha256>", responses={200: PackageOut})
 def get_package(path: PackagePath) -> dict[str, Any]:
     """One package with its manifest."""
-    return package_view(api_context().catalog.get_package(path.sha256))
+    return package_view(api_context().packages.get(path.sha256))
+
+
+@packages.post(
+    "/packages",
+    responses={201: PackageOut},
+    openapi_extensions={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+def add_package() -> tuple[dict[str, Any], int]:
+    """Add a signed .fcpkg (the raw body) to the catalog: verified (hashes, a trusted key's
+    signature) first; 400 naming the failed check. Its model version must be registered."""
+    import tempfile
+    from pathlib import Path
+
+    context = api_context()
+    request.max_content_length = context.max_upload_bytes
+    with tempfile.TemporaryDirectory(prefix="fcpkg-") as tmp:
+        path = Path(tmp) / "upload.fcpkg"
+        with path.open("wb") as out:
+            for chunk in _body_chunks():
+                out.write(chunk)
+        if path.stat().st_size == 0:
+            raise InvalidInput("the request body is empty: send the .fcpkg file's bytes")
+        added = context.packages.register(path, current_principal().name, require_version=True)
+    return package_view(added), 201
 
 
 def job_view(job: CompileJob) -> dict[str, Any]:
@@ -162,7 +194,7 @@ def download_package(path: PackagePath) -> Response:
     the fleet's public key before use, as the agent does)."""
     from control_plane.errors import NotFound
 
-    package = api_context().catalog.get_package(path.sha256)
+    package = api_context().packages.get(path.sha256)
     stored = Path(package.path)
     if not stored.is_file():
         raise NotFound(f"package {path.sha256}: its file is missing on this replica")

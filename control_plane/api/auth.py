@@ -2,7 +2,7 @@
 
 - ``GET``/``HEAD`` on any blueprint: viewer (and above);
 - any other method: operator (deploys, compiles, catalog changes);
-- every route of an admin blueprint (tokens): admin.
+- every route of an admin blueprint (tokens, signing keys): admin.
 
 A device credential is refused with 403 on every route; no token, an unknown,
 revoked or expired one with 401. Routes outside the blueprints (health,
@@ -17,7 +17,7 @@ from control_plane.errors import PermissionDenied, Unauthenticated
 from control_plane.services.tokens import Principal, role_allows
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-ADMIN_BLUEPRINTS = frozenset({"tokens"})
+ADMIN_BLUEPRINTS = frozenset({"tokens", "keys"})
 PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "openapi_json", "metrics"})
 
 

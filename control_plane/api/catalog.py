@@ -105,10 +105,17 @@ def get_version(path: VersionPath) -> dict[str, Any]:
 def move_stage(path: VersionPath, body: StageIn) -> dict[str, Any]:
     """Move a version along registered → compiled → staged → production → deprecated → retired.
 
-    An illegal move is a 409 problem whose ``transition`` names it.
+    An illegal move is a 409 problem whose ``transition`` names it. Retiring a
+    version devices still run is a 409 whose ``devices`` lists them, unless
+    ``force``: then they are rolled back (the audit entry says how).
     """
     moved = api_context().catalog.move_stage(
-        path.model, path.version, body.stage, current_principal(), reason=body.reason
+        path.model,
+        path.version,
+        body.stage,
+        current_principal(),
+        reason=body.reason,
+        force=body.force,
     )
     return version_view(moved)
 

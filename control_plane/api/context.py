@@ -12,10 +12,14 @@ from control_plane.services.audit import AuditService
 from control_plane.services.catalog import CatalogService
 from control_plane.services.compile_jobs import CompileJobService, CompileWorker
 from control_plane.services.deployments import DeploymentService
+from control_plane.services.devices import DeviceService
+from control_plane.services.enrollment import EnrollmentService
 from control_plane.services.explanations import ExplainService, ExplainWorker
 from control_plane.services.function_aliases import FunctionAliasService
+from control_plane.services.keys import KeyService
 from control_plane.services.lineage import LineageService
 from control_plane.services.monitoring import MonitoringService
+from control_plane.services.packages import PackageService
 from control_plane.services.rollouts import RolloutService
 from control_plane.services.tokens import TokenService
 from control_plane.store.records import Page
@@ -40,6 +44,10 @@ class ApiContext:
     explanations: ExplainService
     lineage: LineageService
     function_aliases: FunctionAliasService
+    keys: KeyService
+    devices: DeviceService
+    enrollment: EnrollmentService
+    packages: PackageService
     explain_worker: ExplainWorker | None = None
 
 

@@ -113,6 +113,9 @@ def _domain(exc: ControlPlaneError) -> Response:
     extra: dict[str, Any] = {}
     if isinstance(exc, LifecycleError):
         extra["transition"] = {"from": exc.current, "to": exc.target}
+    devices = getattr(exc, "devices", None)  # VersionInUse: the devices still running it
+    if isinstance(devices, dict):
+        extra["devices"] = sorted(devices)
     return problem(status, str(exc), **extra)
 
 

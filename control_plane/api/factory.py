@@ -27,6 +27,7 @@ from control_plane.api import (
     devices_read,
     function_aliases,
     insights,
+    keys,
     monitoring,
     rollouts,
 )
@@ -36,6 +37,7 @@ from control_plane.api.errors import Problem, problem, register_error_handlers, 
 from control_plane.api.metrics import SCRAPE_HOOKS, install_metrics
 from control_plane.api.openapi import problem_document
 from control_plane.api.schemas import Health
+from control_plane.app import Fleetcast, build_services
 from control_plane.errors import InvalidInput
 from control_plane.monitoring.metrics import MonitoringMetrics
 from control_plane.services.alerts import AlertService, Notifications, WaveDrift
@@ -48,7 +50,8 @@ from control_plane.services.explanations import ExplainService, ExplainWorker, p
 from control_plane.services.function_aliases import FunctionAliasService
 from control_plane.services.lineage import LineageService
 from control_plane.services.monitoring import MonitoringService
-from control_plane.services.rollouts import RolloutService
+from control_plane.services.retirement import RetirementRollback
+from control_plane.services.rollouts import AlertDrift, RolloutService
 from control_plane.services.tokens import TokenService
 from control_plane.settings import Settings
 from control_plane.store.repos import Repositories
@@ -80,7 +83,14 @@ def _known_profiles(profiles_dir: Sequence[Path]) -> Callable[[], Sequence[str]]
     return known
 
 
-def build_context(repos: Repositories, settings: Settings, options: ApiOptions) -> ApiContext:
+def build_context(
+    repos: Repositories,
+    settings: Settings,
+    options: ApiOptions,
+    fleet: Fleetcast | None = None,
+) -> ApiContext:
+    """The API's services; those the transports share (devices, enrollment, commands,
+    packages, keys) are ``fleet``'s when ``fleetcast serve`` passes its container."""
     audit = AuditService(repos.audit)
     cat = CatalogService(
         repos, audit, BlobStore(settings.data_dir / "uploads"), settings.data_dir / "versions"
@@ -100,14 +110,19 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
     explanations = ExplainService(
         repos, monitoring.manifest, package_loader(_public_key_path(settings))
     )
+    fleet = fleet or build_services(settings, repos)
+    rollouts = RolloutService(
+        repos, audit, fleet.commands, drift=WaveDrift(alerts), drift_alerts=AlertDrift(alerts)
+    )
+    cat.roll_back = RetirementRollback(repos, rollouts, fleet.commands)
     return ApiContext(
         repos=repos,
         audit=audit,
         tokens=TokenService(repos, audit),
         catalog=cat,
         jobs=jobs,
-        deployments=DeploymentService(repos, audit),
-        rollouts=RolloutService(repos, audit, drift=WaveDrift(alerts)),
+        deployments=DeploymentService(repos, audit, send=fleet.commands.send),
+        rollouts=rollouts,
         worker=CompileWorker(jobs, runner, options.worker_name),
         max_upload_bytes=options.max_upload_bytes,
         monitoring=monitoring,
@@ -116,6 +131,10 @@ def build_context(repos: Repositories, settings: Settings, options: ApiOptions) 
         lineage=LineageService(repos, monitoring.manifest, alerts.alerts),
         explain_worker=ExplainWorker(explanations, options.explain_interval),
         function_aliases=FunctionAliasService(repos, audit),
+        keys=fleet.keys,
+        devices=fleet.devices,
+        enrollment=fleet.enrollment,
+        packages=fleet.packages,
     )
 
 
@@ -167,6 +186,7 @@ BLUEPRINTS = (
     artifacts.compile_jobs,
     admin.tokens,
     admin.audit,
+    keys.bp,
     devices_read.bp,
     deployments.bp,
     monitoring.bp,
@@ -192,7 +212,11 @@ def openapi_document() -> dict[str, Any]:
 
 
 def register_api(
-    app: Flask, repos: Repositories, settings: Settings, options: ApiOptions | None = None
+    app: Flask,
+    repos: Repositories,
+    settings: Settings,
+    options: ApiOptions | None = None,
+    fleet: Fleetcast | None = None,
 ) -> ApiContext:
     """Add ``/api/v1``, ``/healthz``, ``/readyz`` and the error mapping to ``app``.
 
@@ -200,7 +224,7 @@ def register_api(
     that serves starts it (``serve_http`` does).
     """
     options = options or ApiOptions()
-    context = build_context(repos, settings, options)
+    context = build_context(repos, settings, options, fleet)
     app.extensions[EXTENSION] = context
     app.config["MAX_CONTENT_LENGTH"] = options.max_json_bytes
     registry = install_metrics(app)  # first: its timer starts before auth, sees every answer

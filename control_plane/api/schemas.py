@@ -138,6 +138,9 @@ class VersionList(PageOut):
 class StageIn(Strict):
     stage: Stage
     reason: str = Field("", max_length=2000)
+    force: bool = Field(
+        False, description="retired: roll back the devices still running it instead of refusing"
+    )
 
 
 # -- aliases

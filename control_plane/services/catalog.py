@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from control_plane.core.lifecycle import check_transition
 from control_plane.errors import Conflict, InvalidInput, NotFound
@@ -59,6 +59,14 @@ class VersionInputs:
     data: Mapping[str, str] = field(default_factory=dict)  # role -> sha256
 
 
+class RollBack(Protocol):
+    """Takes the devices running a version back to what they ran before (retirement)."""
+
+    def __call__(
+        self, model: str, version: str, running: Mapping[str, str], actor: Principal
+    ) -> Any: ...
+
+
 def version_view(version: ModelVersion) -> dict[str, Any]:
     view = asdict(version)
     view["card"]["metrics"] = dict(version.card.metrics)
@@ -79,6 +87,8 @@ class CatalogService:
         self.blobs = blobs
         self.catalog_dir = catalog_dir
         self.clock = clock
+        # set by the API factory: rolls back devices of a version retired with force
+        self.roll_back: RollBack | None = None
 
     # -- models
 
@@ -148,11 +158,25 @@ class CatalogService:
         return VersionInputs(raw.get("source_format"), dict(raw.get("data", {})))
 
     def move_stage(
-        self, model: str, version: str, target: str, actor: Principal, *, reason: str = ""
+        self,
+        model: str,
+        version: str,
+        target: str,
+        actor: Principal,
+        *,
+        reason: str = "",
+        force: bool = False,
     ) -> ModelVersion:
-        """Move a version along the lifecycle; LifecycleError (409) naming an illegal move."""
+        """Move a version along the lifecycle; LifecycleError (409) naming an illegal move.
+
+        Retiring a version devices still run is refused (VersionInUse, naming them)
+        unless ``force``: then ``roll_back`` takes them back (services/retirement.py).
+        """
         before = self.repos.versions.get(model, version)
         check_transition(before.stage, target)
+        rolled_back = (
+            self._before_retire(model, version, actor, force) if target == "retired" else None
+        )
         if (
             target == "compiled"
             and before.stage == "registered"
@@ -166,9 +190,33 @@ class CatalogService:
             f"model:{model}/version:{version}",
             before={"stage": before.stage},
             after={"stage": after.stage},
-            detail={"reason": reason} if reason else None,
+            detail={
+                **({"reason": reason} if reason else {}),
+                **({"rolled_back": rolled_back} if rolled_back else {}),
+            }
+            or None,
         )
         return after
+
+    def _before_retire(
+        self, model: str, version: str, actor: Principal, force: bool
+    ) -> dict[str, Any] | None:
+        from control_plane.services.retirement import VersionInUse, devices_running_version
+
+        running = devices_running_version(self.repos, model, version)
+        if not running:
+            return None
+        listed = ", ".join(sorted(running))
+        if not force:
+            raise VersionInUse(
+                f"{model} {version} is still installed on {len(running)} device(s): {listed}; "
+                "deploy another version to them, or retire with force to roll them back",
+                running,
+            )
+        if self.roll_back is None:
+            raise Conflict(f"{model} {version} runs on {listed} and no rollback path is wired")
+        done = self.roll_back(model, version, running, actor)
+        return {"devices": dict(running), **done.view()}
 
     # -- aliases
 
@@ -205,27 +253,7 @@ class CatalogService:
         self.repos.models.get(model)
         return self.repos.aliases.list(model)
 
-    # -- packages
-
-    def list_packages(
-        self,
-        *,
-        model_name: str | None = None,
-        model_version: str | None = None,
-        profile_id: str | None = None,
-        limit: int = DEFAULT_LIMIT,
-        offset: int = 0,
-    ) -> Page[Package]:
-        return self.repos.packages.list(
-            model_name=model_name,
-            model_version=model_version,
-            profile_id=profile_id,
-            limit=limit,
-            offset=offset,
-        )
-
-    def get_package(self, sha256: str) -> Package:
-        return self.repos.packages.get(sha256)
+    # -- packages (reading them: PackageService, the one implementation)
 
     def register_package(self, package: Package, actor: str) -> Package:
         stored = self.repos.packages.put(package)

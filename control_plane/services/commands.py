@@ -12,7 +12,7 @@ from control_plane.services import Clock
 from control_plane.store.records import DEFAULT_LIMIT, Command, Page
 from control_plane.store.repos import Repositories
 
-COMMAND_KINDS = frozenset({"deploy", "rollback", "config", "capture"})
+COMMAND_KINDS = frozenset({"deploy", "rollback", "config", "capture", "rotate_key"})
 
 
 class CommandService:

@@ -106,6 +106,20 @@ class DeviceService:
         )
         return after
 
+    def set_profile(self, device_id: str, profile_id: str, actor: str) -> Device:
+        """An operator names the device's hardware profile (deployments pick packages by it)."""
+        before = self.repos.devices.get(device_id)
+        after = self.repos.devices.report(device_id, profile_id=profile_id)
+        self.repos.audit.add(
+            actor,
+            "device.profile",
+            device_id,
+            self.clock(),
+            before={"profile_id": before.profile_id},
+            after={"profile_id": after.profile_id},
+        )
+        return after
+
     def report(
         self,
         device_id: str,

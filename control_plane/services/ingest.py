@@ -1,5 +1,10 @@
 """Ingest: telemetry windows and status reports, stored exactly once per (device, seq).
 
+Captured samples (a window's ``captures``: inputs and outputs of sampled
+predictions) are never stored in clear: the captures table seals them
+(``store/sql/monitoring.py``) and the raw upload kept beside the index has them
+taken out (:func:`redact_captures`).
+
 Both transports hand the items of one upload to :meth:`IngestService.ingest`.
 Over the device's quota the whole upload is refused (ResourceExhausted, nothing
 stored, the refusal counted for operators) and the device sends it again later;
@@ -93,7 +98,7 @@ class IngestService:
                 rejected.append(seq)
                 errors.append(f"sequence {seq}: {problem}")
                 continue
-            new.append(NewUpload(seq, kind, body_json))
+            new.append(NewUpload(seq, kind, redact_captures(body_json) if window else body_json))
             if window is not None:
                 windows[seq] = window
             acked.append(seq)
@@ -141,6 +146,21 @@ class IngestService:
             found += page.items
             offset = page.next_offset
         return found
+
+
+def redact_captures(body_json: str) -> str:
+    """The raw window as stored beside its index: captured inputs and outputs taken out (they
+    are sealed in the ``captures`` table), the rest kept as the device sent it."""
+    body: dict[str, Any] = json.loads(body_json)
+    captures = body.get("captures")
+    if not captures:
+        return body_json
+    body["captures"] = [
+        {k: v for k, v in c.items() if k not in ("inputs", "outputs")} | {"sealed": True}
+        for c in captures
+        if isinstance(c, dict)
+    ]
+    return json.dumps(body, sort_keys=True)
 
 
 def check_upload(device_id: str, seq: int, kind: str, body_json: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -26,24 +27,45 @@ class PackageService:
         public_key: Ed25519PublicKey | None,
         package_dir: Path,
         clock: Clock = time.time,
+        trusted: Callable[[], Sequence[Ed25519PublicKey]] | None = None,
     ) -> None:
         self.repos = repos
         self.public_key = public_key
         self.package_dir = package_dir
         self.clock = clock
+        self.trusted = trusted  # the key directory's current and previous keys (rotation)
 
-    def register(self, path: Path, actor: str) -> Package:
-        """Verify a package file (open_package's named checks), store it, record it."""
-        if self.public_key is None:
+    def trusted_keys(self) -> list[Ed25519PublicKey]:
+        """``public_key`` and the keys a rotation keeps trusted (``services/keys.py``)."""
+        keys = [self.public_key] if self.public_key is not None else []
+        return keys + [k for k in (self.trusted() if self.trusted else []) if k not in keys]
+
+    def register(self, path: Path, actor: str, *, require_version: bool = False) -> Package:
+        """Verify a package file (open_package's named checks), store it, record it.
+
+        With ``require_version`` (the REST API) its model version must be in the
+        catalog already, so that it can be deployed by version.
+        """
+        keys = self.trusted_keys()
+        if not keys:
             raise InvalidInput(
                 "no package signing public key: run `fleetcast keys generate` "
                 "(or copy the compile host's fleetcast.pub into <data dir>/keys/)"
             )
         try:
-            package = open_package(path, self.public_key)
+            package = open_package(path, keys)
         except PackageError as exc:
             raise InvalidInput(f"package {path}: {exc}") from exc
         m = package.manifest
+        if require_version:
+            try:
+                self.repos.versions.get(m.model_name, m.model_version)
+            except NotFound:
+                raise NotFound(
+                    f"package {m.package_id} is of {m.model_name} {m.model_version}, which the "
+                    "catalog does not hold: register the version first "
+                    "(`fleetcast versions register`)"
+                ) from None
         self.package_dir.mkdir(parents=True, exist_ok=True)
         stored = self.package_dir / f"{package.sha256}.fcpkg"
         if not stored.exists():  # write then rename: a reader never sees half a file

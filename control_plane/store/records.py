@@ -216,7 +216,7 @@ class NewCapture:
     prediction_id: str
     at: float
     outputs: Mapping[str, Any]
-    inputs: Mapping[str, Any] = field(default_factory=dict)
+    inputs: Mapping[str, Any] = field(default_factory=dict)  # sealed at rest with the outputs
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,7 @@ class StoredCapture:
     package_sha256: str | None
     at: float
     outputs: dict[str, Any]
-    inputs: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)  # opened from the sealed sample
 
 
 @dataclass(frozen=True)

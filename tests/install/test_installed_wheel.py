@@ -173,13 +173,26 @@ def control_plane(
     )  # fmt: skip
     assert proc.stderr is not None
     line = proc.stderr.readline()
-    match = re.search(r"gRPC on port (\d+)", line)
+    match = re.search(r"gRPC on port (\d+).*HTTP on port (\d+)", line)
     try:
         assert match, line + proc.stderr.read()
+        # the operator's CLI is an API client: the first admin token (bootstrap), then --server
+        init = installed_run(installed, env, "fleetcast", "admin", "init", "--json")
+        assert init.returncode == 0, init.stderr
+        env = {
+            **env,
+            "FLEETCAST_SERVER": f"http://127.0.0.1:{match.group(2)}",
+            "FLEETCAST_TOKEN": json.loads(init.stdout)["token"],
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        }
         yield int(match.group(1)), env
     finally:
         proc.terminate()
         assert proc.wait(20) == 0
+
+
+def installed_run(installed: Install, env: dict[str, str], *args: str) -> Any:
+    return Install(installed.venv, installed.home, env).run(*args)
 
 
 def _healthcheck(port: int) -> list[str]:
@@ -230,8 +243,21 @@ def test_enroll_deploy_and_score_from_the_install(
         assert line, (tmp_path / "agent.log").read_text()
         address = json.loads(line)["address"]
 
-        deployed = ops.run("fleetcast", "deploy", "dev-wheel", str(edge_packages.onnx))
-        assert deployed.returncode == 0, deployed.stderr
+        from edge_agent.package import read_package
+
+        manifest = read_package(Path(edge_packages.onnx).read_bytes())[0]
+        model, version = manifest.model_name, manifest.model_version
+        for step in (
+            ["models", "create", model, "--owner", "ml"],
+            ["versions", "register", model, version, "--intended-use", "digits",
+             "--training-data", "sklearn digits", "--owner", "ml"],
+            ["packages", "add", str(edge_packages.onnx)],
+            ["versions", "stage", model, version, "compiled"],
+            ["devices", "set", "dev-wheel", "--profile", manifest.profile.id],
+            ["deploy", model, version, "--device", "dev-wheel"],
+        ):  # fmt: skip
+            done = ops.run("fleetcast", *step)
+            assert done.returncode == 0, (step, done.stderr)
 
         rows = edge_packages.x[:64]
         np.save(tmp_path / "rows.npy", rows)

@@ -1,4 +1,5 @@
-"""A compile job through the served API end to end: the real pipeline, packages in the catalog."""
+"""A compile job through the served API end to end: the real pipeline, packages in the catalog,
+the version deployed over the API to a real agent (gRPC), which installs it and scores."""
 
 from __future__ import annotations
 
@@ -7,18 +8,22 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from control_plane.api import create_api
 from control_plane.api.client import ApiClient
-from control_plane.api.serve import serve_http
 from control_plane.cli import cli
 from control_plane.compiler.sources import load_npz, load_torch
+from control_plane.server import ControlPlane, ServeOptions
 from control_plane.services.tokens import bootstrap_admin
 from control_plane.settings import Settings
-from control_plane.store.factory import open_repositories
+from edge_agent.agent import Agent
 from edge_agent.package import load_public_key, open_package
+from edge_agent.settings import Settings as AgentSettings
+from edge_agent.transport.factory import make_transport, save_credentials
+from edge_agent.transport.grpc import enroll
+from tests.integration.transport_support import HOST, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +44,7 @@ def onnx_of(trained: Any, out: Path) -> Path:
     return out
 
 
-def test_a_compile_job_through_the_api_registers_signed_packages(
+def test_a_compile_job_through_the_api_registers_packages_a_real_agent_installs_and_scores(
     tmp_path: Path, digits_mlp: Any, keys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a relative data directory, as `fleetcast serve` has by default (.fleetcast): the
@@ -48,13 +53,18 @@ def test_a_compile_job_through_the_api_registers_signed_packages(
     settings = Settings(data_dir=Path("data"), profiles_dir=ROOT / "hardware-profiles")
     settings.key_dir.mkdir(parents=True)
     shutil.copy(keys.private, settings.key_dir / "fleetcast.key")
-    repos = open_repositories(Path("data") / "store.db")
-    _, admin = bootstrap_admin(repos)
-    handle = serve_http(create_api(repos, settings), "127.0.0.1", 0)  # the pipeline runner
+    plane = ControlPlane(  # gRPC for the agent, the REST API with the real compile pipeline
+        ServeOptions(data_dir=Path("data"), grpc_address="127.0.0.1:0", http_address="127.0.0.1:0")
+    ).start()
+    agent: Agent | None = None
     try:
-        client = ApiClient(handle.url, admin)
+        assert plane.services is not None
+        repos = plane.services.repos
+        _, admin = bootstrap_admin(repos)
+        url = f"http://127.0.0.1:{plane.http_port}"
+        client = ApiClient(url, admin)
         client.request("POST", "/api/v1/models", body={"name": "digits", "owner": "ml"})
-        env = {"FLEETCAST_SERVER": handle.url, "FLEETCAST_TOKEN": admin,
+        env = {"FLEETCAST_SERVER": url, "FLEETCAST_TOKEN": admin,
                "XDG_CONFIG_HOME": str(tmp_path / "config")}  # fmt: skip
         register = CliRunner().invoke(
             cli,
@@ -97,6 +107,41 @@ def test_a_compile_job_through_the_api_registers_signed_packages(
             "items"
         ]
         assert len(registered) == len(PROFILES)
+
+        # the version, not a file, goes to a real agent: enrolled with an API token, its
+        # profile set and the deploy sent with the CLI, the package picked for its profile
+        def fleetcast(*argv: str) -> Any:
+            done = CliRunner().invoke(cli, [*argv, "--json"], env=env, obj=settings)
+            assert done.exit_code == 0, done.output
+            return json.loads(done.stdout.strip().splitlines()[-1])
+
+        token = fleetcast("devices", "token", "--device-id", "edge-1")["token"]
+        state = tmp_path / "edge-1"
+        save_credentials(state, enroll(f"127.0.0.1:{plane.grpc_port}", token, "edge-1", HOST))
+        fleetcast("devices", "set", "edge-1", "--profile", "x86-64-generic")
+        agent_settings = AgentSettings(
+            state_dir=state,
+            public_key=keys.public,
+            device_id="edge-1",
+            server=f"grpc://127.0.0.1:{plane.grpc_port}",
+        )
+        assert agent_settings.server is not None
+        agent = Agent(agent_settings, make_transport(agent_settings.server, state))
+        agent.start()
+        sent = fleetcast("deploy", "digits", "1", "--device", "edge-1")
+        generic = next(p for p in listed if p["profile_id"] == "x86-64-generic")
+        assert sent["sha256"] == generic["sha256"]
+        commands = plane.services.commands
+        assert wait_until(lambda: commands.get(sent["command_id"]).status != "pending", 60)
+        acked = commands.get(sent["command_id"])
+        assert acked.status == "ok", acked.result
+        assert agent.installed()["digits"].active.sha256 == generic["sha256"]
+        x = np.asarray(digits_mlp.x_validation)
+        y = np.asarray(digits_mlp.y_validation)
+        scores, _ = agent.predict("digits", {"input": x})
+        accuracy = float((next(iter(scores.values())).argmax(axis=1) == y).mean())
+        assert accuracy >= digits_mlp.fp32_accuracy - 0.03, accuracy  # the quantized package
     finally:
-        handle.stop()
-        repos.close()
+        if agent is not None:
+            agent.close()
+        plane.stop()

@@ -48,8 +48,8 @@ class Serve:
         seen = ""
         while line := self.proc.stderr.readline():
             seen += line
-            if match := re.search(r"serving gRPC on port (\d+)", line):
-                self.port = int(match.group(1))
+            if match := re.search(r"serving gRPC on port (\d+).*HTTP on port (\d+)", line):
+                self.port, self.http_port = int(match.group(1)), int(match.group(2))
                 break
         else:
             self.proc.kill()
@@ -175,9 +175,17 @@ def test_a_command_written_through_one_replica_reaches_a_device_on_the_other(
     finally:
         stream.close()
 
-    # the operator's CLI reads the same fleet from the same database
+    # the operator's CLI, through B's API with a token minted through A, reads the same fleet
+    from control_plane.services.audit import AuditService
+    from control_plane.services.tokens import Principal, TokenService
+
+    repos = a.services.repos
+    _, token = TokenService(repos, AuditService(repos.audit)).create(
+        "ops", "viewer", Principal("test", "admin")
+    )
     listed = subprocess.run(
-        [sys.executable, "-m", "control_plane", "devices", "list", "--store", url],
-        capture_output=True, text=True, check=True, env={**os.environ},
+        [sys.executable, "-m", "control_plane", "devices", "list", "--json",
+         "--server", f"http://127.0.0.1:{b.http_port}"],
+        capture_output=True, text=True, check=True, env={**os.environ, "FLEETCAST_TOKEN": token},
     )  # fmt: skip
     assert '"id": "dev-b"' in listed.stdout and '"status": "revoked"' in listed.stdout

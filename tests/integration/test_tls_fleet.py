@@ -27,6 +27,7 @@ from control_plane.transport.grpc_server import TlsConfig
 from control_plane.transport.mqtt import MqttEndpoint
 from edge_agent.outbox import OutboxMessage
 from edge_agent.transport.factory import TransportConfigError, make_transport
+from tests.integration.cli_support import deploy_file, operator_env
 from tests.integration.transport_support import RawMqtt, wait_until
 
 pytestmark = pytest.mark.integration
@@ -84,8 +85,15 @@ def test_insecure_is_warned_of_at_start_and_in_devices_list(tmp_path: Path) -> N
     assert insecure_notice(tmp_path / "data") == (
         "fleetcast serve runs with --insecure: gRPC on 0.0.0.0:50051 without TLS"
     )
-    listed = _run(_env(tmp_path / "data"), "control_plane", "devices", "list")
-    assert listed.returncode == 0, listed.stderr
+    # on the control plane's host the CLI warns, before it asks the API (none answers here)
+    listed = _run(
+        _env(tmp_path / "data"),
+        "control_plane",
+        "devices",
+        "list",
+        "--server",
+        "http://127.0.0.1:9",
+    )
     assert "warning: fleetcast serve runs with --insecure" in listed.stderr
     write_insecure_notice(tmp_path / "data", [])
     assert insecure_notice(tmp_path / "data") is None
@@ -134,6 +142,7 @@ def test_a_fleet_over_tls_with_fleetcast_certs(
     server = ServeProcess(data_dir, "--tls-cert", str(tls / "server.pem"), "--tls-key",
                           str(tls / "server.key"), "--tls-ca", str(tls / "ca.pem"))  # fmt: skip
     try:
+        env = operator_env(env, server.http_port, tmp_path / "config")
         token = _run(env, "control_plane", "devices", "token", "--device-id", "dev-tls")
         assert token.returncode == 0, token.stderr
         state = tmp_path / "device"
@@ -154,8 +163,7 @@ def test_a_fleet_over_tls_with_fleetcast_certs(
         )
         try:
             assert mqtt_device.connected.wait(10)
-            deployed = _run(env, "control_plane", "deploy", "dev-tls", str(outcome.path))
-            assert deployed.returncode == 0, deployed.stderr
+            deploy_file(env, Path(outcome.path), "dev-tls")
             commands: list[Any] = []
             assert wait_until(lambda: commands.extend(mqtt_device.poll_commands(0.2)) or commands)
             sha = hashlib.sha256(Path(outcome.path).read_bytes()).hexdigest()
@@ -168,7 +176,7 @@ def test_a_fleet_over_tls_with_fleetcast_certs(
         plain = RawMqtt(server.mqtt_port, creds["mqtt_username"], creds["mqtt_password"], "p")
         assert not plain.connected.is_set()  # no plaintext session on the TLS listener
         plain.close()
-        listed = _run(env, "control_plane", "devices", "list")
+        listed = _run(env, "control_plane", "devices", "list", "--json")
         assert listed.returncode == 0, listed.stderr
         assert json.loads(listed.stdout)["id"] == "dev-tls"
         assert "insecure" not in listed.stderr

@@ -20,6 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from control_plane.crypto import SampleKeyring
 from control_plane.errors import Conflict, StoreUnavailable
 from control_plane.store import migrations
 from control_plane.store.notify import ANY, Broadcast, Subscription
@@ -188,6 +189,10 @@ def _where(conninfo: str) -> str:
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
-def open_postgres(conninfo: str, *, open_timeout: float = 10.0) -> SqlRepositories:
+def open_postgres(
+    conninfo: str, *, open_timeout: float = 10.0, sample_keys: SampleKeyring | None = None
+) -> SqlRepositories:
     """Repositories on a PostgreSQL database (``postgresql://user@host:port/db``), migrated."""
-    return SqlRepositories(PostgresDatabase(conninfo, open_timeout=open_timeout))
+    return SqlRepositories(
+        PostgresDatabase(conninfo, open_timeout=open_timeout), sample_keys=sample_keys
+    )

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from control_plane.crypto import SampleKeyring
 from control_plane.errors import InvalidInput, NotFound
 from control_plane.store.notify import CATALOG, COMMANDS
 from control_plane.store.records import (
@@ -205,8 +206,9 @@ class SqlPackageRepo:
 
 
 class SqlUploadRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keys: SampleKeyring) -> None:
         self.db = db
+        self.keys = keys  # captured samples of the windows are sealed with it
 
     def add(
         self,
@@ -234,7 +236,7 @@ class SqlUploadRepo:
                 )
                 stored += sorted(int(r["seq"]) for r in rows)
             new = [(seq, windows[seq]) for seq in stored if seq in windows]
-            insert_windows(tx, device_id, new, at)
+            insert_windows(tx, device_id, new, at, self.keys)
         return stored
 
     def list(

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from control_plane.crypto import SampleKeyring
 from control_plane.store.records import AttributionWindow, StoredCapture
 from control_plane.store.sql.base import Database, Row, dumps, loads
 from control_plane.store.sql.monitoring import capture_from_row
 
 
 class SqlInsightRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keys: SampleKeyring) -> None:
         self.db = db
+        self.keys = keys  # captures are sealed at rest
 
     # -- per-prediction explanations (computed once, then read back)
 
@@ -146,7 +148,7 @@ class SqlInsightRepo:
             rows = tx.rows(
                 "SELECT * FROM captures WHERE prediction_id = ? ORDER BY device_id", [prediction_id]
             )
-        return [capture_from_row(r) for r in rows]
+        return [capture_from_row(r, self.keys) for r in rows]
 
     def running_packages(self) -> list[tuple[str, str, str, float]]:
         """(device, model, package sha256, last window end) of each device's latest window

@@ -1,11 +1,24 @@
-"""Telemetry windows decoded at ingest, their captured predictions, and feedback labels."""
+"""Telemetry windows decoded at ingest, their captured predictions, and feedback labels.
+
+Captured samples are sealed at rest: a capture's inputs and outputs are written
+as one AES-256-GCM envelope (``control_plane/crypto.py``) bound to the row's
+``device_id/prediction_id``, in the ``outputs_json`` column as
+``{"sealed_v1": {"key_id": …, "data": base64}}`` (the key id per row lets the
+sample key rotate); :func:`capture_from_row` opens it, so every reader
+(``captures``, ``version_captures``) gets the clear sample. Rows written before
+sealing (plain outputs JSON) still read.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from control_plane.core.sketches import merge_histogram_sections, merge_latency
+from control_plane.crypto import SampleKeyring
 from control_plane.store.records import (
     FeedbackLabel,
     NewWindow,
@@ -17,8 +30,49 @@ from control_plane.store.sql.base import Database, Row, Tx, dumps, loads
 CHUNK = 500  # ids per IN (...) list
 
 
+SEALED = "sealed_v1"
+
+
+def _aad(device_id: str, prediction_id: str) -> bytes:
+    return f"capture/{device_id}/{prediction_id}".encode()
+
+
+def seal_capture(
+    keys: SampleKeyring,
+    device_id: str,
+    prediction_id: str,
+    inputs: Any,
+    outputs: Any,
+) -> str:
+    """The ``outputs_json`` value of a capture: its inputs and outputs, sealed."""
+    plain = json.dumps({"inputs": inputs, "outputs": outputs}, sort_keys=True).encode()
+    key_id, sealed = keys.seal(plain, _aad(device_id, prediction_id))
+    return dumps({SEALED: {"key_id": key_id, "data": base64.b64encode(sealed).decode()}})
+
+
+def open_capture(
+    keys: SampleKeyring, device_id: str, prediction_id: str, stored: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(inputs, outputs) of a stored capture (a row from before sealing: no inputs)."""
+    value = loads(stored)
+    envelope = value.get(SEALED) if isinstance(value, dict) and len(value) == 1 else None
+    if not isinstance(envelope, dict):
+        return {}, value
+    plain = keys.open(
+        str(envelope["key_id"]),
+        base64.b64decode(envelope["data"]),
+        _aad(device_id, prediction_id),
+    )
+    sample = json.loads(plain)
+    return dict(sample["inputs"]), dict(sample["outputs"])
+
+
 def insert_windows(
-    tx: Tx, device_id: str, windows: Sequence[tuple[int, NewWindow]], at: float
+    tx: Tx,
+    device_id: str,
+    windows: Sequence[tuple[int, NewWindow]],
+    at: float,
+    keys: SampleKeyring,
 ) -> None:
     """Index windows new to the store (the caller stored their raw uploads in the same
     transaction): one batched INSERT for the windows, one for their captures."""
@@ -61,7 +115,8 @@ def insert_windows(
         )
         captures += [
             [c.prediction_id, device_id, seq, window.model_name, window.model_version, sha256,
-             c.at, dumps(dict(c.outputs)), dumps(dict(c.inputs))]
+             c.at, seal_capture(keys, device_id, c.prediction_id, dict(c.inputs),
+                                dict(c.outputs)), "{}"]
             for c in window.captures
         ]  # fmt: skip
     tx.execute_many(
@@ -81,8 +136,9 @@ def insert_windows(
 
 
 class SqlMonitoringRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keys: SampleKeyring) -> None:
         self.db = db
+        self.keys = keys
 
     def windows(
         self,
@@ -178,7 +234,7 @@ class SqlMonitoringRepo:
             )
 
     def captures(self, prediction_ids: Sequence[str]) -> list[StoredCapture]:
-        return [capture_from_row(r) for r in self._by_ids("captures", prediction_ids)]
+        return [capture_from_row(r, self.keys) for r in self._by_ids("captures", prediction_ids)]
 
     def version_captures(self, model_name: str, model_version: str) -> list[StoredCapture]:
         with self.db.transaction() as tx:
@@ -186,7 +242,7 @@ class SqlMonitoringRepo:
                 "SELECT * FROM captures WHERE model_name = ? AND model_version = ? ORDER BY at",
                 [model_name, model_version],
             )
-        return [capture_from_row(r) for r in rows]
+        return [capture_from_row(r, self.keys) for r in rows]
 
     def put_feedback(self, labels: Sequence[FeedbackLabel]) -> None:
         with self.db.transaction() as tx:
@@ -310,7 +366,14 @@ def _rollup(row: Row) -> StoredWindow:
     )
 
 
-def capture_from_row(row: Row) -> StoredCapture:
+def capture_from_row(row: Row, keys: SampleKeyring) -> StoredCapture:
+    """A capture as read: sealed inputs and outputs opened (a row from before sealing keeps
+    its plain outputs, and its inputs in ``inputs_json`` when it has them)."""
+    inputs, outputs = open_capture(
+        keys, row["device_id"], row["prediction_id"], row["outputs_json"]
+    )
+    if not inputs:
+        inputs = loads(row["inputs_json"] or "{}")
     return StoredCapture(
         prediction_id=row["prediction_id"],
         device_id=row["device_id"],
@@ -319,6 +382,6 @@ def capture_from_row(row: Row) -> StoredCapture:
         model_version=row["model_version"],
         package_sha256=row["package_sha256"],
         at=float(row["at"]),
-        outputs=loads(row["outputs_json"]),
-        inputs=loads(row["inputs_json"]),
+        outputs=outputs,
+        inputs=inputs,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from control_plane.crypto import SampleKeyring
 from control_plane.store import repos
 from control_plane.store.notify import ChangeNotifier
 from control_plane.store.sql.access import SqlApiTokenRepo, SqlCompileJobRepo
@@ -24,17 +25,22 @@ from control_plane.store.sql.rollouts import SqlRolloutRepo
 class SqlRepositories:
     """Implements :class:`control_plane.store.repos.Repositories` over ``db`` (migrated here)."""
 
-    def __init__(self, db: Database, *, migrate: bool = True) -> None:
+    def __init__(
+        self, db: Database, *, migrate: bool = True, sample_keys: SampleKeyring | None = None
+    ) -> None:
+        """``sample_keys`` seal captured samples at rest; None: a random in-memory key (tests
+        and ``:memory:`` stores; ``fleetcast serve`` passes the data directory's keyring)."""
         self.db = db
+        self.sample_keys = sample_keys or SampleKeyring.ephemeral()
         if migrate:
             db.migrate()
         self.devices: repos.DeviceRepo = SqlDeviceRepo(db)
         self.enrollment_tokens: repos.EnrollmentTokenRepo = SqlEnrollmentTokenRepo(db)
         self.commands: repos.CommandRepo = SqlCommandRepo(db)
         self.packages: repos.PackageRepo = SqlPackageRepo(db)
-        self.uploads: repos.UploadRepo = SqlUploadRepo(db)
-        self.monitoring: repos.MonitoringRepo = SqlMonitoringRepo(db)
-        self.insights: repos.InsightRepo = SqlInsightRepo(db)
+        self.uploads: repos.UploadRepo = SqlUploadRepo(db, self.sample_keys)
+        self.monitoring: repos.MonitoringRepo = SqlMonitoringRepo(db, self.sample_keys)
+        self.insights: repos.InsightRepo = SqlInsightRepo(db, self.sample_keys)
         self.audit: repos.AuditRepo = SqlAuditRepo(db)
         self.models: repos.ModelRepo = SqlModelRepo(db)
         self.versions: repos.VersionRepo = SqlVersionRepo(db)

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from control_plane.crypto import SampleKeyring
 from control_plane.errors import Conflict, StoreUnavailable
 from control_plane.store import migrations
 from control_plane.store.notify import ANY, Broadcast, Subscription
@@ -225,6 +226,6 @@ def _statements(script: str) -> Iterator[str]:
         yield pending.strip()
 
 
-def open_sqlite(path: Path | None) -> SqlRepositories:
+def open_sqlite(path: Path | None, *, sample_keys: SampleKeyring | None = None) -> SqlRepositories:
     """Repositories on a SQLite file (created and migrated), or in memory with ``None``."""
-    return SqlRepositories(SqliteDatabase(path))
+    return SqlRepositories(SqliteDatabase(path), sample_keys=sample_keys)

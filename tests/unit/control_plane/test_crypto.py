@@ -58,3 +58,35 @@ def test_a_key_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
     (tmp_path / KEY_NAME).chmod(0o600)
     with pytest.raises(InvalidInput, match="32-byte"):
         load_or_create_key(tmp_path)
+
+
+def test_the_keyring_seals_with_the_current_key_and_opens_older_ones_by_id(
+    tmp_path: Path,
+) -> None:
+    from control_plane.crypto import load_sample_keyring, rotate_sample_key, sample_key_id
+
+    keys = tmp_path / "keys"
+    first = load_sample_keyring(keys, environ={})
+    old_id, sealed = first.seal(b"sample", b"cam-1/p1")
+    assert old_id == first.current_id == sample_key_id((keys / KEY_NAME).read_bytes())
+    assert rotate_sample_key(keys)[0] == old_id
+    second = load_sample_keyring(keys, environ={})
+    assert second.current_id != old_id and set(second.key_ids) == {old_id, second.current_id}
+    assert second.open(old_id, sealed, b"cam-1/p1") == b"sample"
+    assert second.seal(b"x", b"a")[0] == second.current_id
+    (keys / "samples.d" / f"{old_id}.key").unlink()
+    with pytest.raises(InvalidInput, match=f"sealed with key {old_id}"):
+        load_sample_keyring(keys, environ={}).open(old_id, sealed, b"cam-1/p1")
+
+
+def test_the_key_may_come_from_the_environment_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    from control_plane.crypto import load_sample_keyring, sample_key_id
+
+    key = bytes(range(32))
+    ring = load_sample_keyring(tmp_path, environ={"FLEETCAST_SAMPLES_KEY": key.hex()})
+    assert ring.current_id == sample_key_id(key)
+    assert not (tmp_path / KEY_NAME).exists()  # no file made when the key is given
+    with pytest.raises(InvalidInput, match="FLEETCAST_SAMPLES_KEY: expected 64 hex"):
+        load_sample_keyring(tmp_path, environ={"FLEETCAST_SAMPLES_KEY": "not hex"})
+    with pytest.raises(InvalidInput, match="16 bytes"):
+        load_sample_keyring(tmp_path, environ={"FLEETCAST_SAMPLES_KEY": "ab" * 16})

@@ -100,9 +100,9 @@ def test_call_limiter_one_stream_per_device_and_a_reserve_for_short_calls() -> N
     ("text", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800)]
 )
 def test_token_ttl_durations(text: str, seconds: float) -> None:
-    from control_plane.cli import _duration
+    from control_plane.cli_fleet import duration
 
-    assert _duration(text) == seconds
+    assert duration(text) == seconds
 
 
 def test_token_ttl_is_stored_and_bounded() -> None:

@@ -203,3 +203,19 @@ def test_a_package_file_is_hashed_and_read_in_chunks(tmp_path: Path) -> None:
         path, PUBLIC, expected_sha256=hashlib.sha256(path.read_bytes()).hexdigest()
     )
     assert package.model_bytes == MODEL
+
+
+def test_any_trusted_key_verifies_and_a_refusal_names_every_key_tried() -> None:
+    """After a key rotation a device trusts two keys: a package of either installs."""
+    from edge_agent.package import key_id
+
+    data = build_package(signed_manifest(), MODEL, KEY)
+    rotated = Ed25519PrivateKey.generate().public_key()
+    assert open_package(data, [rotated, PUBLIC]).manifest.package_id  # the second one signed it
+    stranger = Ed25519PrivateKey.generate().public_key()
+    with pytest.raises(PackageError) as info:
+        open_package(data, [rotated, stranger])
+    assert info.value.check == "signature"
+    assert key_id(rotated) in str(info.value) and key_id(stranger) in str(info.value)
+    with pytest.raises(PackageError, match="does not verify with keys none"):
+        open_package(data, [])

@@ -127,6 +127,16 @@ ROUTES = [
     ),
     Route("GET", "/api/v1/tokens/<token_id>", "/api/v1/tokens/{token}", "admin", 200),
     Route("DELETE", "/api/v1/tokens/<token_id>", "/api/v1/tokens/{token}", "admin", 200),
+    Route("GET", "/api/v1/keys", "/api/v1/keys", "admin", 200),
+    Route("POST", "/api/v1/keys/rotate", "/api/v1/keys/rotate", "admin", 201, {"json": {}}),
+    Route(
+        "POST",
+        "/api/v1/keys/<key_id>/retire",
+        "/api/v1/keys/{old_key}/retire",
+        "admin",
+        200,
+        {"json": {"force": True}},
+    ),
     Route("GET", "/api/v1/audit", "/api/v1/audit", "viewer", 200),
     Route("GET", "/api/v1/whoami", "/api/v1/whoami", "viewer", 200),
     Route("GET", "/api/v1/devices", "/api/v1/devices?selector=site=lab", "viewer", 200),
@@ -139,6 +149,45 @@ ROUTES = [
         {"json": {"model": "digits", "version": "9", "selector": {"site": "lab"}}},
     ),
     Route("GET", "/api/v1/devices/<device_id>", "/api/v1/devices/cam-1", "viewer", 200),
+    Route(
+        "PATCH",
+        "/api/v1/devices/<device_id>",
+        "/api/v1/devices/cam-2",
+        "operator",
+        200,
+        {"json": {"labels": {"site": "lab", "floor": "2"}, "profile_id": PROFILE}},
+    ),
+    Route(
+        "POST",
+        "/api/v1/devices/<device_id>/revoke",
+        "/api/v1/devices/cam-2/revoke",
+        "operator",
+        200,
+    ),
+    Route(
+        "POST",
+        "/api/v1/enrollment-tokens",
+        "/api/v1/enrollment-tokens",
+        "operator",
+        201,
+        {"json": {"device_id": "cam-9", "ttl_seconds": 600}},
+    ),
+    Route(
+        "POST",
+        "/api/v1/enrollment-tokens/batch",
+        "/api/v1/enrollment-tokens/batch",
+        "operator",
+        201,
+        {"json": {"device_ids": ["cam-10", "cam-11"], "ttl_seconds": 600}},
+    ),
+    Route(
+        "POST",
+        "/api/v1/packages",
+        "/api/v1/packages",
+        "operator",
+        201,
+        {"data": "@signed_package", "content_type": "application/octet-stream"},
+    ),
     Route("GET", "/api/v1/drift", "/api/v1/drift?model=digits&version=1", "viewer", 200),
     Route(
         "POST",
@@ -244,6 +293,7 @@ def api(tmp_path: Path) -> Api:
     seed_rollouts(api)
     seed_alert(api)
     seed_function_alias(api, tmp_path)
+    seed_keys(api)
     return api
 
 
@@ -274,6 +324,52 @@ def seed_function_alias(api: Api, tmp_path: Path) -> None:
     api.seeded["package_file"] = sha
 
 
+def seed_keys(api: Api) -> None:
+    """A signing key, rotated once: the old one is a previous key (cam-2 has not acked)."""
+    from control_plane.signing import generate_keypair
+
+    generate_keypair(api.context.keys.key_dir)
+    api.seeded["old_key"] = api.context.keys.rotate(Principal("seed", "admin")).previous_key_id
+    api.seeded["signed_package"] = str(signed_package(api))
+
+
+def signed_package(api: Api) -> Path:
+    """A synthetic package of synthetic 1 (registered here), signed with the current key."""
+    import hashlib
+    import sys
+
+    from control_plane.compiler.package import build_package
+    from control_plane.signing import PRIVATE_NAME, load_private_key
+    from edge_agent.package import key_id
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "edge_agent"))
+    from manifests import make_manifest
+
+    key = load_private_key(api.context.keys.key_dir / PRIVATE_NAME)
+    model = b"synthetic model bytes"
+    manifest = make_manifest()
+    manifest = manifest.model_copy(
+        update={
+            "key_id": key_id(key.public_key()),
+            "model_file": manifest.model_file.model_copy(
+                update={"sha256": hashlib.sha256(model).hexdigest(), "size_bytes": len(model)}
+            ),
+        }
+    )
+    card = {"intended_use": "tests", "training_data": "none", "owner": "ml"}
+    assert (
+        api.call("POST", "/api/v1/models", json={"name": "synthetic", "owner": "ml"}).status_code
+        == 201
+    )
+    made = api.call(
+        "POST", "/api/v1/models/synthetic/versions", json={"version": "1", "card": card}
+    )
+    assert made.status_code == 201, made.json
+    path = api.context.keys.key_dir.parent / "synthetic.fcpkg"
+    path.write_bytes(build_package(manifest, model, key))
+    return path
+
+
 def seed_rollouts(api: Api) -> None:
     """A running rollout of digits 9, a paused one, one awaiting approval of its first wave."""
     spec = {"model": "digits", "version": "9", "target": TARGET, "waves": [{"percent": 100}]}
@@ -302,7 +398,10 @@ def test_the_matrix_covers_every_route(tmp_path: Path) -> None:
 def test_rbac(api: Api, route: Route, caller: str | None) -> None:
     url = route.url.format(**api.seeded)
     last_audit = api.context.audit.list(limit=1).items[0].id
-    answer = api.call(route.method, url, caller, **route.kwargs)
+    kwargs = dict(route.kwargs)
+    if isinstance(kwargs.get("data"), str) and kwargs["data"].startswith("@"):
+        kwargs["data"] = Path(api.seeded[kwargs["data"][1:]]).read_bytes()
+    answer = api.call(route.method, url, caller, **kwargs)
     want = expected_status(route, caller)
     assert answer.status_code == want, answer.get_data(as_text=True)
     if want >= 400:
