@@ -213,12 +213,16 @@ def normalise_for_onnx2torch(model: Any) -> None:
                     node.attribute.remove(attr)
 
 
-def _install_torchvision_stub() -> None:
-    """onnx2torch imports torchvision only for NonMaxSuppression and RoiAlign.
+def _import_onnx2torch() -> None:
+    """Import onnx2torch, which imports torchvision only for NonMaxSuppression and RoiAlign.
 
     PyPI's torchvision does not load beside the CPU torch wheel, so when it is
-    missing we register a stub whose use fails with a message naming the op.
+    missing a stub whose use fails with a message naming the op stands in while
+    onnx2torch is imported, and leaves ``sys.modules`` afterwards: other libraries
+    in the process (transformers probes ``find_spec("torchvision")``) must not see it.
     """
+    if "onnx2torch" in sys.modules:
+        return
     try:
         import torchvision  # noqa: F401
     except Exception:
@@ -232,6 +236,12 @@ def _install_torchvision_stub() -> None:
         stub.ops = ops  # type: ignore[attr-defined]
         sys.modules["torchvision"] = stub
         sys.modules["torchvision.ops"] = ops
+        try:
+            import onnx2torch  # noqa: F401
+        finally:
+            for name, module in (("torchvision", stub), ("torchvision.ops", ops)):
+                if sys.modules.get(name) is module:
+                    del sys.modules[name]
 
 
 def simplify_onnx(onnx_bytes: bytes, shapes: Mapping[str, tuple[int, ...]] | None = None) -> bytes:
@@ -285,7 +295,7 @@ def onnx_to_torch(
 
     import onnx
 
-    _install_torchvision_stub()
+    _import_onnx2torch()
     from onnx2torch import convert
 
     model = onnx.load_model_from_string(simplify_onnx(onnx_bytes, shapes))

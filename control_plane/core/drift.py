@@ -204,8 +204,13 @@ def chi_square_two_sample(
     exp_ref = np.divide(row_ref * col, total, out=np.zeros_like(col), where=total > 0)
     exp_cur = np.divide(row_cur * col, total, out=np.zeros_like(col), where=total > 0)
     live = col > 0
-    terms = np.where(live, (table_ref - exp_ref) ** 2 / np.where(live, exp_ref, 1.0), 0.0)
-    terms += np.where(live, (table_cur - exp_cur) ** 2 / np.where(live, exp_cur, 1.0), 0.0)
+    # a cell expected empty (one side has no rows at all) adds nothing, never 0/0
+    terms = np.divide(
+        (table_ref - exp_ref) ** 2, exp_ref, out=np.zeros_like(col), where=exp_ref > 0
+    )
+    terms += np.divide(
+        (table_cur - exp_cur) ** 2, exp_cur, out=np.zeros_like(col), where=exp_cur > 0
+    )
     statistic = terms.sum(axis=-1)
     dof = np.maximum(live.sum(axis=-1) - 1, 1)
     return statistic, stats.chi2.sf(statistic, dof)
