@@ -90,8 +90,14 @@ def _fp32(trained: rw.Trained) -> np.ndarray:
 
 
 def _score(outcome: Any, trained: rw.Trained, keys: Any) -> np.ndarray:
+    """The package opened as a device opens it, scored as the compiler validates: in calls
+    of ``SCORE_ROWS`` rows. Dynamic int8 quantizes activations per call, so its outputs
+    depend on how many rows a call carries; the manifest's fidelity is at that call size
+    (docs/compiler.md)."""
+    from control_plane.compiler.pipeline import score_rows
+
     model = open_model(outcome.path, keys.public.read_bytes())
-    (output,) = model.predict(trained.validation).values()
+    (output,) = score_rows(model, trained.validation).values()
     return output
 
 
