@@ -236,12 +236,16 @@ class SqlMonitoringRepo:
     def captures(self, prediction_ids: Sequence[str]) -> list[StoredCapture]:
         return [capture_from_row(r, self.keys) for r in self._by_ids("captures", prediction_ids)]
 
-    def version_captures(self, model_name: str, model_version: str) -> list[StoredCapture]:
+    def version_captures(
+        self, model_name: str, model_version: str, since: float | None = None
+    ) -> list[StoredCapture]:
+        sql = "SELECT * FROM captures WHERE model_name = ? AND model_version = ?"
+        params: list[object] = [model_name, model_version]
+        if since is not None:
+            sql += " AND at > ?"
+            params.append(since)
         with self.db.transaction() as tx:
-            rows = tx.rows(
-                "SELECT * FROM captures WHERE model_name = ? AND model_version = ? ORDER BY at",
-                [model_name, model_version],
-            )
+            rows = tx.rows(sql + " ORDER BY at", params)
         return [capture_from_row(r, self.keys) for r in rows]
 
     def put_feedback(self, labels: Sequence[FeedbackLabel]) -> None:
