@@ -46,6 +46,7 @@ from control_plane.store.records import (
     StoredCapture,
     StoredWindow,
     Upload,
+    UploadBatch,
 )
 
 
@@ -183,6 +184,9 @@ class UploadRepo(Protocol):
         ``windows`` (by seq) are the decoded telemetry windows, indexed in the same
         transaction as their raw upload (and only when the upload is new).
         """
+
+    def add_group(self, batches: Sequence[UploadBatch], at: float) -> list[list[int]]:
+        """Several devices' uploads in one transaction; per batch what :meth:`add` answers."""
         ...
 
     def list(

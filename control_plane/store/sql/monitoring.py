@@ -69,8 +69,7 @@ def open_capture(
 
 def insert_windows(
     tx: Tx,
-    device_id: str,
-    windows: Sequence[tuple[int, NewWindow]],
+    windows: Sequence[tuple[str, int, NewWindow]],
     at: float,
     keys: SampleKeyring,
 ) -> None:
@@ -79,7 +78,7 @@ def insert_windows(
     if not windows:
         return
     packages: dict[str, Row | None] = {}  # package id -> catalog row, once per call
-    for _, window in windows:
+    for _, _, window in windows:
         pid = window.package_id
         if pid is not None and pid not in packages:
             packages[pid] = tx.row(
@@ -89,7 +88,7 @@ def insert_windows(
             )
     rows: list[list[object]] = []
     captures: list[list[object]] = []
-    for seq, window in windows:
+    for device_id, seq, window in windows:
         package = None if window.package_id is None else packages[window.package_id]
         sha256 = None if package is None else package["sha256"]
         rows.append(
