@@ -56,6 +56,7 @@ class _Job:
         self.stored: builtins.list[int] | None = None
         self.error: BaseException | None = None
         self.done = False
+        self.wake = threading.Event()  # set when stored (or failed), or to become the writer
 
 
 class GroupCommit:
@@ -63,51 +64,95 @@ class GroupCommit:
     only after the transaction holding its upload committed (so an ack still follows the
     commit: exactly-once holds, the device resends whatever was not acked).
 
-    No timer and no extra thread: a caller queues its upload and takes the writer lock;
-    whoever holds it stores everything queued by then (at most ``max_batch`` uploads) in
-    one transaction, so uploads arriving while a commit is in flight share the next one.
-    One caller alone commits by itself, as without the group. When a group's transaction
-    fails, each of its uploads is retried in a transaction of its own, so one bad upload
-    fails only its own caller.
+    No extra thread: a caller announces itself (:meth:`arrive`) before decoding and queues
+    its upload (:meth:`store`). The first caller to queue while nobody writes becomes the
+    writer: it waits at most ``linger_s`` for the callers still decoding to queue theirs
+    (never when it is alone: a single sender pays no delay), stores up to ``max_batch``
+    queued uploads in one transaction, wakes their callers, and hands the writer's role to
+    the oldest upload still queued. When a group's transaction fails, each of its uploads
+    is retried in a transaction of its own, so one bad upload fails only its own caller.
     """
 
     def __init__(
-        self, write: Callable[[Sequence[UploadBatch]], builtins.list[builtins.list[int]]],
+        self,
+        write: Callable[[Sequence[UploadBatch]], builtins.list[builtins.list[int]]],
         max_batch: int = 64,
-    ) -> None:  # fmt: skip
+        linger_s: float = 0.002,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"group commit max_batch {max_batch}: expected >= 1")
         self.write = write
         self.max_batch = max_batch
+        self.linger_s = linger_s
+        self._cv = threading.Condition()  # guards the fields below; the writer waits on it
         self._queue: builtins.list[_Job] = []
-        self._queue_lock = threading.Lock()
-        self._writer = threading.Lock()
+        self._decoding = 0  # callers that arrived and have not queued (or left) yet
+        self._writing = False  # a caller holds the writer's role
         self.commits = 0  # transactions written (for tests and the benchmark)
         self.uploads = 0
 
+    def arrive(self) -> None:
+        """A caller starts decoding an upload: the writer may wait (``linger_s``) for it."""
+        with self._cv:
+            self._decoding += 1
+
+    def leave(self) -> None:
+        """A caller that arrived has nothing to store (every item rejected)."""
+        with self._cv:
+            self._decoding -= 1
+            self._cv.notify()
+
     def queued(self) -> int:
         """Uploads waiting for the next transaction."""
-        with self._queue_lock:
+        with self._cv:
             return len(self._queue)
 
     def store(self, batch: UploadBatch) -> builtins.list[int]:
-        """Store one upload (with whatever else is queued); its new sequence numbers."""
+        """Store one upload of a caller that arrived (with whatever else is queued); its
+        sequence numbers new to the store, once its transaction committed."""
         job = _Job(batch)
-        with self._queue_lock:
+        with self._cv:
+            self._decoding -= 1
             self._queue.append(job)
-        while True:
-            with self._writer:
-                if not job.done:
-                    with self._queue_lock:
-                        group = self._queue[: self.max_batch]
-                        del self._queue[: len(group)]
-                    self._commit(group)
-            if job.done:
-                break
+            writer = not self._writing
+            self._writing = True
+            self._cv.notify()  # the writer may be lingering for this upload
+        if not writer:
+            job.wake.wait()  # stored by a writer, or handed the writer's role
+        if not job.done:
+            try:
+                while not job.done:
+                    self._round()
+            finally:
+                self._hand_off()
         if job.error is not None:
             raise job.error
         assert job.stored is not None
         return job.stored
+
+    def _round(self) -> None:
+        """As the writer: linger for callers still decoding, then commit one group."""
+        with self._cv:
+            deadline = time.monotonic() + self.linger_s
+            while self._decoding > 0 and len(self._queue) < self.max_batch:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cv.wait(left):
+                    break
+            group = self._queue[: self.max_batch]
+            del self._queue[: len(group)]
+        try:
+            self._commit(group)
+        finally:
+            for j in group:
+                j.done = True
+                j.wake.set()
+
+    def _hand_off(self) -> None:
+        with self._cv:
+            if self._queue:
+                self._queue[0].wake.set()  # not done: it becomes the writer
+            else:
+                self._writing = False
 
     def _commit(self, group: Sequence[_Job]) -> None:
         if not group:
@@ -170,6 +215,24 @@ class IngestService:
             self.devices.note_refused(device_id)
             logger.warning("upload from %s over %s refused: %s", device_id, transport, refusal)
             raise ResourceExhausted(refusal)
+        self.group.arrive()
+        try:
+            acked, rejected, errors, new, windows = self._decode(device_id, items)
+        except BaseException:
+            self.group.leave()
+            raise
+        if not new:
+            self.group.leave()
+            return UploadResult(acked, rejected, errors)
+        self.group.store(UploadBatch(device_id, new, transport, windows))
+        self._note_slots(device_id, new)
+        return UploadResult(acked, rejected, errors)
+
+    def _decode(self, device_id: str, items: builtins.list[tuple[int, str, str]]) -> tuple[
+        builtins.list[int], builtins.list[int], builtins.list[str],
+        builtins.list[NewUpload], dict[int, NewWindow],
+    ]:  # fmt: skip
+        """(acked, rejected, errors, uploads to store, windows by seq)."""
         acked: builtins.list[int] = []
         rejected: builtins.list[int] = []
         errors: builtins.list[str] = []
@@ -193,10 +256,7 @@ class IngestService:
             if window is not None:
                 windows[seq] = window
             acked.append(seq)
-        if new:
-            self.group.store(UploadBatch(device_id, new, transport, windows))
-            self._note_slots(device_id, new)
-        return UploadResult(acked, rejected, errors)
+        return acked, rejected, errors, new, windows
 
     def _note_slots(self, device_id: str, uploads: Iterable[NewUpload]) -> None:
         """Fold install / rollback reports into the device's ``slots`` (what it runs now)."""
