@@ -43,7 +43,7 @@ FEATURES = 20
 BINS = 20
 DEVICES = 1000
 WINDOWS = 20_000  # per configuration: 1,000 devices x 20 windows
-SENDERS = 16  # concurrent callers, as the gRPC server's worker threads
+SENDERS = 32  # concurrent callers: the gRPC server keeps 128 of its 512 workers for uploads
 # (windows per upload, concurrent senders, group commit: most uploads per transaction)
 CONFIGS = ((1, 1, 64), (1, SENDERS, 1), (1, SENDERS, 64), (100, 1, 64))
 # SQLite with synchronous=FULL (an fsync per commit: acked windows survive a power loss)

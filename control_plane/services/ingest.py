@@ -88,6 +88,7 @@ class GroupCommit:
         self._queue: builtins.list[_Job] = []
         self._decoding = 0  # callers that arrived and have not queued (or left) yet
         self._writing = False  # a caller holds the writer's role
+        self._lingering = False  # the writer waits on the condition for callers decoding
         self.commits = 0  # transactions written (for tests and the benchmark)
         self.uploads = 0
 
@@ -100,7 +101,8 @@ class GroupCommit:
         """A caller that arrived has nothing to store (every item rejected)."""
         with self._cv:
             self._decoding -= 1
-            self._cv.notify()
+            if self._lingering:
+                self._cv.notify()
 
     def queued(self) -> int:
         """Uploads waiting for the next transaction."""
@@ -116,7 +118,8 @@ class GroupCommit:
             self._queue.append(job)
             writer = not self._writing
             self._writing = True
-            self._cv.notify()  # the writer may be lingering for this upload
+            if self._lingering:
+                self._cv.notify()  # the writer waits for this upload
         if not writer:
             job.wake.wait()  # stored by a writer, or handed the writer's role
         if not job.done:
@@ -134,10 +137,12 @@ class GroupCommit:
         """As the writer: linger for callers still decoding, then commit one group."""
         with self._cv:
             deadline = time.monotonic() + self.linger_s
+            self._lingering = True
             while self._decoding > 0 and len(self._queue) < self.max_batch:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._cv.wait(left):
                     break
+            self._lingering = False
             group = self._queue[: self.max_batch]
             del self._queue[: len(group)]
         try:
