@@ -7,7 +7,13 @@
   ``window_s`` (insufficient data gives no drift reading);
 - ``error_rate`` of the same windows ((errors + invalid) / requests);
 - ``silent_device_share``: of the devices that sent the model a window in the last
-  ``availability_lookback_s``, the share not heard from (``last_seen``) for ``silent_after_s``.
+  ``availability_lookback_s``, the share not heard from (``last_seen``) for ``silent_after_s``;
+- per version of a classifier (``MonitoringService.label_summary``): ``accuracy`` and
+  ``accuracy_drop`` (manifest reference minus measured, from delayed labels) once
+  ``LabelGuards.min_labelled`` predictions are labelled, ``estimated_accuracy`` and
+  ``estimated_accuracy_drop`` (CBPE) once ``min_estimated`` captures fall in ``window_s``;
+- ``attribution_top_k_overlap`` per package from its latest attribution window
+  (``insufficient`` windows give none).
 
 The live alerts are loaded from the store into a :class:`~control_plane.core.alerts.AlertBook`
 per model (``default_rules`` unless configured), the readings evaluated, and the changed
