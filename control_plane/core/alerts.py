@@ -261,6 +261,52 @@ def default_rules(model: str, window_s: float = 900.0) -> tuple[AlertRule, ...]:
     )
 
 
+@dataclass(frozen=True)
+class LabelGuards:
+    """How much data the accuracy and attribution readings need before they exist (thin data
+    gives no reading, so it cannot alert). Defaults and why: docs/monitoring.md."""
+
+    lookback_s: float = 86400.0  # measured accuracy: predictions of the last day with labels
+    min_labelled: int = 200  # labelled predictions for a measured-accuracy reading
+    min_estimated: int = 100  # captures in the rule window for an estimated-accuracy reading
+    attribution_lookback_s: float = 3 * 3600.0  # the latest closed attribution window in this
+
+
+def accuracy_readings(
+    summary: Mapping[str, Any], guards: LabelGuards, labels: Labels, now: float
+) -> list[Reading]:
+    """Readings from ``MonitoringService.label_summary``: ``accuracy`` and ``accuracy_drop``
+    (reference minus measured) once ``min_labelled`` predictions are labelled;
+    ``estimated_accuracy`` and ``estimated_accuracy_drop`` once ``min_estimated`` recent
+    captures are scored. A drop needs the reference accuracy (the manifest's calibration)."""
+    out: list[Reading] = []
+    reference = summary.get("reference_accuracy")
+    measured = summary.get("accuracy")
+    if measured is not None and int(summary.get("labelled", 0)) >= guards.min_labelled:
+        out.append(Reading("accuracy", float(measured), now, labels))
+        if reference is not None:
+            out.append(Reading("accuracy_drop", float(reference) - float(measured), now, labels))
+    estimated = summary.get("estimated_accuracy")
+    if (
+        estimated is not None
+        and summary.get("calibrated")
+        and int(summary.get("recent_captures", 0)) >= guards.min_estimated
+    ):
+        out.append(Reading("estimated_accuracy", float(estimated), now, labels))
+        if reference is not None:
+            drop = float(reference) - float(estimated)
+            out.append(Reading("estimated_accuracy_drop", drop, now, labels))
+    return out
+
+
+def attribution_reading(drift: Mapping[str, Any], labels: Labels, now: float) -> Reading | None:
+    """``attribution_top_k_overlap`` of one attribution window's verdict; None when the
+    window was ``insufficient`` (fewer explained rows than ``min_rows`` on either side)."""
+    if drift.get("status") not in ("drift", "no_drift") or drift.get("top_k_overlap") is None:
+        return None
+    return Reading("attribution_top_k_overlap", float(drift["top_k_overlap"]), now, labels)
+
+
 def retraining_request(
     alert: Alert, evidence: Mapping[str, Any], samples: Mapping[str, Any]
 ) -> dict[str, Any]:

@@ -7,7 +7,13 @@
   ``window_s`` (insufficient data gives no drift reading);
 - ``error_rate`` of the same windows ((errors + invalid) / requests);
 - ``silent_device_share``: of the devices that sent the model a window in the last
-  ``availability_lookback_s``, the share not heard from (``last_seen``) for ``silent_after_s``.
+  ``availability_lookback_s``, the share not heard from (``last_seen``) for ``silent_after_s``;
+- per version of a classifier (``MonitoringService.label_summary``): ``accuracy`` and
+  ``accuracy_drop`` (manifest reference minus measured, from delayed labels) once
+  ``LabelGuards.min_labelled`` predictions are labelled, ``estimated_accuracy`` and
+  ``estimated_accuracy_drop`` (CBPE) once ``min_estimated`` captures fall in ``window_s``;
+- ``attribution_top_k_overlap`` per package from its latest attribution window
+  (``insufficient`` windows give none).
 
 The live alerts are loaded from the store into a :class:`~control_plane.core.alerts.AlertBook`
 per model (``default_rules`` unless configured), the readings evaluated, and the changed
@@ -38,9 +44,12 @@ from control_plane.core.alerts import (
     Alert,
     AlertBook,
     AlertRule,
+    LabelGuards,
     Labels,
     Reading,
     Transition,
+    accuracy_readings,
+    attribution_reading,
     backoff_s,
     default_rules,
     labels_of,
@@ -58,7 +67,17 @@ logger = logging.getLogger(__name__)
 
 ROLLOUT_PHASES = ("running", "paused", "completed", "aborted", "rolled_back")
 ROLLOUTS_IN_METRICS = 100  # the newest: bounded label cardinality
-EVALUATED_METRICS = ("drift_features", "drift_share", "error_rate", "silent_device_share")
+EVALUATED_METRICS = (
+    "drift_features",
+    "drift_share",
+    "error_rate",
+    "silent_device_share",
+    "accuracy",
+    "accuracy_drop",
+    "estimated_accuracy",
+    "estimated_accuracy_drop",
+    "attribution_top_k_overlap",
+)
 
 
 @dataclass(frozen=True)
@@ -208,6 +227,7 @@ class AlertService:
         audit: AuditService | None = None,
         silent_after_s: float = 900.0,
         availability_lookback_s: float = 86400.0,
+        guards: LabelGuards | None = None,
     ) -> None:
         self.notifications = notifications or Notifications(webhooks=tuple(webhooks))
         self.monitoring = monitoring
@@ -218,6 +238,7 @@ class AlertService:
         self.audit = audit or monitoring.audit
         self.silent_after_s = silent_after_s
         self.availability_lookback_s = availability_lookback_s
+        self.guards = guards or LabelGuards()
         self._lock = threading.Lock()  # one evaluation at a time in this process
 
     @property
@@ -283,6 +304,7 @@ class AlertService:
                 evidence[labels] = report
                 out.append(Reading("drift_features", float(len(report["drifted"])), now, labels))
                 out.append(Reading("drift_share", float(report["drifted_share"]), now, labels))
+            self._version_readings(model, version, now, readings, evidence)
         for model, share, silent in self.availability(now):
             labels = labels_of({"model": model, "group": "all"})
             evidence[labels] = {"silent_devices": silent[:100], "silent_share": share}
@@ -290,6 +312,41 @@ class AlertService:
                 Reading("silent_device_share", share, now, labels)
             )
         return readings, evidence
+
+    def _version_readings(
+        self,
+        model: str,
+        version: str,
+        now: float,
+        readings: dict[str, list[Reading]],
+        evidence: dict[Labels, dict[str, Any]],
+    ) -> None:
+        """Measured and estimated accuracy (classifiers with captures) and attribution drift
+        of one version, under the guards: thin data gives no reading."""
+        g = self.guards
+        labels = labels_of({"model": model, "version": version, "group": "all"})
+        out = readings.setdefault(model, [])
+        summary = self.monitoring.label_summary(
+            model, version, since=now - g.lookback_s, recent_since=now - self.window_s
+        )
+        if summary is not None:
+            found = accuracy_readings(summary, g, labels, now)
+            if found:
+                evidence[labels] = summary
+                out += found
+        latest: dict[str, dict[str, Any]] = {}  # per package: the latest attribution window
+        for w in self.repos.insights.windows(
+            model_name=model, model_version=version, since=now - g.attribution_lookback_s
+        ):
+            latest[w.package_sha256] = {**w.drift, "window_start": w.window_start}
+        for sha256, drift in sorted(latest.items()):
+            package_labels = labels_of(
+                {"model": model, "version": version, "group": "all", "package": sha256}
+            )
+            reading = attribution_reading(drift, package_labels, now)
+            if reading is not None:
+                evidence[package_labels] = drift
+                out.append(reading)
 
     def availability(self, now: float) -> list[tuple[str, float, list[str]]]:
         """Per model: the share of its recent devices gone silent, and which ones."""

@@ -17,8 +17,9 @@ import builtins
 import json
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ from control_plane.store.records import (
     NewWindow,
     Page,
     Upload,
+    UploadBatch,
 )
 from control_plane.store.repos import Repositories
 from edge_agent.core.windows import StatusEvent, TelemetryWindow
@@ -44,6 +46,140 @@ logger = logging.getLogger(__name__)
 
 UPLOAD_KINDS = frozenset({"telemetry_window", "status"})
 BUCKET_S = 3600.0  # windows are indexed by the hour they started in
+
+
+class _Job:
+    """One caller's upload waiting in a group commit."""
+
+    def __init__(self, batch: UploadBatch) -> None:
+        self.batch = batch
+        self.stored: builtins.list[int] | None = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.wake = threading.Event()  # set when stored (or failed), or to become the writer
+
+
+class GroupCommit:
+    """Concurrent uploads stored in one transaction (a group commit), each caller answered
+    only after the transaction holding its upload committed (so an ack still follows the
+    commit: exactly-once holds, the device resends whatever was not acked).
+
+    No extra thread: a caller announces itself (:meth:`arrive`) before decoding and queues
+    its upload (:meth:`store`). The first caller to queue while nobody writes becomes the
+    writer: it waits at most ``linger_s`` for the callers still decoding to queue theirs
+    (never when it is alone: a single sender pays no delay), stores up to ``max_batch``
+    queued uploads in one transaction, wakes their callers, and hands the writer's role to
+    the oldest upload still queued. When a group's transaction fails, each of its uploads
+    is retried in a transaction of its own, so one bad upload fails only its own caller.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[UploadBatch]], builtins.list[builtins.list[int]]],
+        max_batch: int = 64,
+        linger_s: float = 0.002,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"group commit max_batch {max_batch}: expected >= 1")
+        self.write = write
+        self.max_batch = max_batch
+        self.linger_s = linger_s
+        self._cv = threading.Condition()  # guards the fields below; the writer waits on it
+        self._queue: builtins.list[_Job] = []
+        self._decoding = 0  # callers that arrived and have not queued (or left) yet
+        self._writing = False  # a caller holds the writer's role
+        self._lingering = False  # the writer waits on the condition for callers decoding
+        self.commits = 0  # transactions written (for tests and the benchmark)
+        self.uploads = 0
+
+    def arrive(self) -> None:
+        """A caller starts decoding an upload: the writer may wait (``linger_s``) for it."""
+        with self._cv:
+            self._decoding += 1
+
+    def leave(self) -> None:
+        """A caller that arrived has nothing to store (every item rejected)."""
+        with self._cv:
+            self._decoding -= 1
+            if self._lingering:
+                self._cv.notify()
+
+    def queued(self) -> int:
+        """Uploads waiting for the next transaction."""
+        with self._cv:
+            return len(self._queue)
+
+    def store(self, batch: UploadBatch) -> builtins.list[int]:
+        """Store one upload of a caller that arrived (with whatever else is queued); its
+        sequence numbers new to the store, once its transaction committed."""
+        job = _Job(batch)
+        with self._cv:
+            self._decoding -= 1
+            self._queue.append(job)
+            writer = not self._writing
+            self._writing = True
+            if self._lingering:
+                self._cv.notify()  # the writer waits for this upload
+        if not writer:
+            job.wake.wait()  # stored by a writer, or handed the writer's role
+        if not job.done:
+            try:
+                while not job.done:
+                    self._round()
+            finally:
+                self._hand_off()
+        if job.error is not None:
+            raise job.error
+        assert job.stored is not None
+        return job.stored
+
+    def _round(self) -> None:
+        """As the writer: linger for callers still decoding, then commit one group."""
+        with self._cv:
+            deadline = time.monotonic() + self.linger_s
+            self._lingering = True
+            while self._decoding > 0 and len(self._queue) < self.max_batch:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cv.wait(left):
+                    break
+            self._lingering = False
+            group = self._queue[: self.max_batch]
+            del self._queue[: len(group)]
+        try:
+            self._commit(group)
+        finally:
+            for j in group:
+                j.done = True
+                j.wake.set()
+
+    def _hand_off(self) -> None:
+        with self._cv:
+            if self._queue:
+                self._queue[0].wake.set()  # not done: it becomes the writer
+            else:
+                self._writing = False
+
+    def _commit(self, group: Sequence[_Job]) -> None:
+        if not group:
+            return
+        try:
+            answers = self.write([j.batch for j in group])
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # interrupted: nobody waits forever
+                for job in group:
+                    job.error, job.done = exc, True
+                raise
+            if len(group) == 1:
+                group[0].error, group[0].done = exc, True
+                return
+            logger.warning("group commit of %d uploads failed (%s); one by one", len(group), exc)
+            for job in group:
+                self._commit([job])
+            return
+        self.commits += 1
+        self.uploads += len(group)
+        for job, stored in zip(group, answers, strict=True):
+            job.stored, job.done = stored, True
 
 
 @dataclass(frozen=True)
@@ -61,11 +197,14 @@ class IngestService:
         clock: Clock = time.time,
         quota: QuotaLimits | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        group_commit: int = 64,
     ) -> None:
         self.repos = repos
         self.devices = devices
         self.clock = clock
         self.quota = IngestQuota(quota or QuotaLimits(), monotonic)
+        # concurrent uploads (transport threads) share a transaction, up to this many
+        self.group = GroupCommit(lambda b: repos.uploads.add_group(b, self.clock()), group_commit)
 
     def ingest(
         self, device_id: str, items: Iterable[tuple[int, str, str]], transport: str
@@ -81,6 +220,24 @@ class IngestService:
             self.devices.note_refused(device_id)
             logger.warning("upload from %s over %s refused: %s", device_id, transport, refusal)
             raise ResourceExhausted(refusal)
+        self.group.arrive()
+        try:
+            acked, rejected, errors, new, windows = self._decode(device_id, items)
+        except BaseException:
+            self.group.leave()
+            raise
+        if not new:
+            self.group.leave()
+            return UploadResult(acked, rejected, errors)
+        self.group.store(UploadBatch(device_id, new, transport, windows))
+        self._note_slots(device_id, new)
+        return UploadResult(acked, rejected, errors)
+
+    def _decode(self, device_id: str, items: builtins.list[tuple[int, str, str]]) -> tuple[
+        builtins.list[int], builtins.list[int], builtins.list[str],
+        builtins.list[NewUpload], dict[int, NewWindow],
+    ]:  # fmt: skip
+        """(acked, rejected, errors, uploads to store, windows by seq)."""
         acked: builtins.list[int] = []
         rejected: builtins.list[int] = []
         errors: builtins.list[str] = []
@@ -98,14 +255,13 @@ class IngestService:
                 rejected.append(seq)
                 errors.append(f"sequence {seq}: {problem}")
                 continue
-            new.append(NewUpload(seq, kind, redact_captures(body_json) if window else body_json))
+            # only a window with captures is re-encoded (their samples taken out)
+            raw = redact_captures(body_json) if window and window.captures else body_json
+            new.append(NewUpload(seq, kind, raw))
             if window is not None:
                 windows[seq] = window
             acked.append(seq)
-        if new:
-            self.repos.uploads.add(device_id, new, transport, self.clock(), windows)
-            self._note_slots(device_id, new)
-        return UploadResult(acked, rejected, errors)
+        return acked, rejected, errors, new, windows
 
     def _note_slots(self, device_id: str, uploads: Iterable[NewUpload]) -> None:
         """Fold install / rollback reports into the device's ``slots`` (what it runs now)."""

@@ -23,6 +23,7 @@ from control_plane.core.accuracy import (
     ConfidenceCalibrator,
     Feedback,
     join_feedback,
+    macro_f1,
     measured_metrics,
     uncalibrated_confidence,
 )
@@ -317,6 +318,51 @@ class MonitoringService:
             }
         )
 
+    def label_summary(
+        self, model: str, version: str, since: float, recent_since: float
+    ) -> dict[str, Any] | None:
+        """What the alert rules read of a classifier version (None for other tasks, or without
+        captures or a manifest): measured accuracy over the labelled captures predicted after
+        ``since``, the CBPE estimate over every capture predicted after ``recent_since``, and
+        the reference accuracy (the manifest calibration's, on the compile's validation rows;
+        None without a calibration). Counts are given so the caller can refuse thin data."""
+        captures = self.repos.monitoring.version_captures(model, version, since=since)
+        if not captures:
+            return None
+        try:
+            manifest = self._version_manifest(model, version, captures)
+        except NotFound:
+            return None
+        if manifest.task != "classification":
+            return None
+        output = manifest.signature.outputs[0].name
+        parsed = [c for c in (_capture(s, output) for s in captures) if c.scores]
+        labels = self.repos.monitoring.feedback([c.prediction_id for c in parsed])
+        joined = join_feedback(
+            parsed, [Feedback(f.prediction_id, f.label, f.received_at) for f in labels]
+        )
+        truth = np.array([f.label for _, f in joined.matched], dtype=np.float64)
+        predicted = np.array([c.predicted_class for c, _ in joined.matched], dtype=np.float64)
+        recent = [c for c in parsed if c.at > recent_since]
+        estimate = _estimate(recent, manifest) if recent else None
+        calibration = manifest.calibration
+        return {
+            "model": model,
+            "version": version,
+            "since": since,
+            "captures": len(parsed),
+            "labelled": int(truth.size),
+            "accuracy": float(np.mean(predicted == truth)) if truth.size else None,
+            "f1_macro": macro_f1(truth, predicted) if truth.size else None,
+            "recent_since": recent_since,
+            "recent_captures": len(recent),
+            "estimated_accuracy": None if estimate is None else estimate[0],
+            "estimated_standard_error": None if estimate is None else estimate[1],
+            "calibrated": calibration is not None,
+            "reference_accuracy": None if calibration is None else calibration.accuracy,
+            "reference_source": None if calibration is None else calibration.source,
+        }
+
     def _version_manifest(
         self, model: str, version: str, captures: Sequence[StoredCapture]
     ) -> Manifest:
@@ -352,15 +398,9 @@ def estimated_accuracy(
     for c in captures:
         cells.setdefault(math.floor(c.at / bucket_s) * bucket_s, []).append(c)
     calibration = manifest.calibration
-    calibrator = None if calibration is None else ConfidenceCalibrator.from_manifest(calibration)
     buckets = []
     for start, items in sorted(cells.items()):
-        scores = np.array([c.scores for c in items], dtype=np.float64)
-        if calibrator is not None:
-            value, error = calibrator.estimate(scores)
-        else:
-            p = uncalibrated_confidence(scores)
-            value, error = float(p.mean()), float(np.sqrt((p * (1 - p)).sum()) / p.size)
+        value, error = _estimate(items, manifest)
         buckets.append(
             {"bucket_start": start, "count": len(items), "accuracy": value, "standard_error": error}
         )
@@ -374,6 +414,16 @@ def estimated_accuracy(
         "reference_accuracy": None if calibration is None else calibration.accuracy,
         "buckets": buckets,
     }
+
+
+def _estimate(captures: Sequence[Capture], manifest: Manifest) -> tuple[float, float]:
+    """(expected accuracy, standard error) of these captures: calibrated by the manifest's
+    calibration when it has one, else the top class probability the model claims."""
+    scores = np.array([c.scores for c in captures], dtype=np.float64)
+    if manifest.calibration is not None:
+        return ConfidenceCalibrator.from_manifest(manifest.calibration).estimate(scores)
+    p = uncalibrated_confidence(scores)
+    return float(p.mean()), float(np.sqrt((p * (1 - p)).sum()) / p.size)
 
 
 def parse_group(group: str) -> tuple[str, str]:

@@ -26,7 +26,19 @@ def open_repositories(
     if text in (":memory:", "sqlite://", "sqlite:///:memory:"):
         return open_sqlite(None, sample_keys=sample_keys)
     if text.startswith("sqlite:///"):
-        return open_sqlite(Path(text.removeprefix("sqlite:///")), sample_keys=sample_keys)
+        path, _, query = text.removeprefix("sqlite:///").partition("?")
+        return open_sqlite(Path(path), sample_keys=sample_keys, synchronous=_synchronous(query))
     if "://" in text:
         raise InvalidInput(f"store {text!r}: expected postgresql://…, sqlite:///path or a path")
     return open_sqlite(Path(text), sample_keys=sample_keys)
+
+
+def _synchronous(query: str) -> str:
+    """``synchronous=full`` (fsync every commit) or ``normal`` (the default) from a
+    ``sqlite:///path?…`` URL's query; anything else is refused by name."""
+    if not query:
+        return "NORMAL"
+    key, sep, value = query.partition("=")
+    if key != "synchronous" or not sep or "&" in value:
+        raise InvalidInput(f"sqlite store option {query!r}: expected synchronous=normal|full")
+    return value.upper()

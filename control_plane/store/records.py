@@ -105,6 +105,16 @@ class NewUpload:
 
 
 @dataclass(frozen=True)
+class UploadBatch:
+    """One device's upload, as a group commit stores it beside other devices' uploads."""
+
+    device_id: str
+    items: Sequence[NewUpload]
+    transport: str
+    windows: Mapping[int, NewWindow] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Upload:
     device_id: str
     seq: int

@@ -46,6 +46,7 @@ from control_plane.store.records import (
     StoredCapture,
     StoredWindow,
     Upload,
+    UploadBatch,
 )
 
 
@@ -183,6 +184,9 @@ class UploadRepo(Protocol):
         ``windows`` (by seq) are the decoded telemetry windows, indexed in the same
         transaction as their raw upload (and only when the upload is new).
         """
+
+    def add_group(self, batches: Sequence[UploadBatch], at: float) -> list[list[int]]:
+        """Several devices' uploads in one transaction; per batch what :meth:`add` answers."""
         ...
 
     def list(
@@ -214,7 +218,9 @@ class MonitoringRepo(Protocol):
         ...
 
     def captures(self, prediction_ids: Sequence[str]) -> list[StoredCapture]: ...
-    def version_captures(self, model_name: str, model_version: str) -> list[StoredCapture]: ...
+    def version_captures(
+        self, model_name: str, model_version: str, since: float | None = None
+    ) -> list[StoredCapture]: ...
     def put_feedback(self, labels: Sequence[FeedbackLabel]) -> None:
         """Store labels by prediction id (a later label for the same id replaces it)."""
         ...

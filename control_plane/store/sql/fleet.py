@@ -19,6 +19,7 @@ from control_plane.store.records import (
     Package,
     Page,
     Upload,
+    UploadBatch,
 )
 from control_plane.store.sql.base import Database, Row, Tx, dumps, loads, page
 from control_plane.store.sql.monitoring import insert_windows
@@ -218,25 +219,48 @@ class SqlUploadRepo:
         at: float,
         windows: Mapping[int, NewWindow] | None = None,
     ) -> list[int]:
-        windows = windows or {}
-        stored: list[int] = []
-        unique = list({item.seq: item for item in reversed(items)}.values())[::-1]
+        (stored,) = self.add_group([UploadBatch(device_id, items, transport, windows or {})], at)
+        return stored
+
+    def add_group(self, batches: Sequence[UploadBatch], at: float) -> list[list[int]]:
+        """Several devices' uploads in one transaction (a group commit): per batch, the
+        sequence numbers new to the store, exactly as :meth:`add` would answer each alone."""
+        rows: list[tuple[str, NewUpload, str]] = []
+        for b in batches:
+            unique = list({item.seq: item for item in reversed(b.items)}.values())[::-1]
+            rows += [(b.device_id, item, b.transport) for item in unique]
+        new: set[tuple[str, int]] = set()
         with self.db.transaction() as tx:
-            for i in range(0, len(unique), UPLOAD_CHUNK):
-                part = unique[i : i + UPLOAD_CHUNK]
+            for i in range(0, len(rows), UPLOAD_CHUNK):
+                part = rows[i : i + UPLOAD_CHUNK]
                 values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in part)
                 params: list[object] = []
-                for item in part:
+                for device_id, item, transport in part:
                     params += [device_id, item.seq, item.kind, item.body_json, at, transport]
                 # one statement a chunk; RETURNING names exactly the rows new to the store
-                rows = tx.rows(
+                returned = tx.rows(
                     "INSERT INTO uploads (device_id, seq, kind, body_json, received_at, transport)"
-                    f" VALUES {values} ON CONFLICT (device_id, seq) DO NOTHING RETURNING seq",
+                    f" VALUES {values} ON CONFLICT (device_id, seq) DO NOTHING"
+                    " RETURNING device_id, seq",
                     params,
                 )
-                stored += sorted(int(r["seq"]) for r in rows)
-            new = [(seq, windows[seq]) for seq in stored if seq in windows]
-            insert_windows(tx, device_id, new, at, self.keys)
+                new.update((str(r["device_id"]), int(r["seq"])) for r in returned)
+            stored: list[list[int]] = []
+            for b in batches:  # a (device, seq) sent twice in one group is new to one batch
+                mine = {(b.device_id, item.seq) for item in b.items} & new
+                new -= mine
+                stored.append(sorted(seq for _, seq in mine))
+            insert_windows(
+                tx,
+                [
+                    (b.device_id, seq, b.windows[seq])
+                    for b, seqs in zip(batches, stored, strict=True)
+                    for seq in seqs
+                    if seq in b.windows
+                ],
+                at,
+                self.keys,
+            )
         return stored
 
     def list(

@@ -69,8 +69,7 @@ def open_capture(
 
 def insert_windows(
     tx: Tx,
-    device_id: str,
-    windows: Sequence[tuple[int, NewWindow]],
+    windows: Sequence[tuple[str, int, NewWindow]],
     at: float,
     keys: SampleKeyring,
 ) -> None:
@@ -79,7 +78,7 @@ def insert_windows(
     if not windows:
         return
     packages: dict[str, Row | None] = {}  # package id -> catalog row, once per call
-    for _, window in windows:
+    for _, _, window in windows:
         pid = window.package_id
         if pid is not None and pid not in packages:
             packages[pid] = tx.row(
@@ -89,7 +88,7 @@ def insert_windows(
             )
     rows: list[list[object]] = []
     captures: list[list[object]] = []
-    for seq, window in windows:
+    for device_id, seq, window in windows:
         package = None if window.package_id is None else packages[window.package_id]
         sha256 = None if package is None else package["sha256"]
         rows.append(
@@ -236,12 +235,16 @@ class SqlMonitoringRepo:
     def captures(self, prediction_ids: Sequence[str]) -> list[StoredCapture]:
         return [capture_from_row(r, self.keys) for r in self._by_ids("captures", prediction_ids)]
 
-    def version_captures(self, model_name: str, model_version: str) -> list[StoredCapture]:
+    def version_captures(
+        self, model_name: str, model_version: str, since: float | None = None
+    ) -> list[StoredCapture]:
+        sql = "SELECT * FROM captures WHERE model_name = ? AND model_version = ?"
+        params: list[object] = [model_name, model_version]
+        if since is not None:
+            sql += " AND at > ?"
+            params.append(since)
         with self.db.transaction() as tx:
-            rows = tx.rows(
-                "SELECT * FROM captures WHERE model_name = ? AND model_version = ? ORDER BY at",
-                [model_name, model_version],
-            )
+            rows = tx.rows(sql + " ORDER BY at", params)
         return [capture_from_row(r, self.keys) for r in rows]
 
     def put_feedback(self, labels: Sequence[FeedbackLabel]) -> None:

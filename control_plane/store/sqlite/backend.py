@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from control_plane.crypto import SampleKeyring
-from control_plane.errors import Conflict, StoreUnavailable
+from control_plane.errors import Conflict, InvalidInput, StoreUnavailable
 from control_plane.store import migrations
 from control_plane.store.notify import ANY, Broadcast, Subscription
 from control_plane.store.sql.base import Params, Row
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 2000  # short: a write transaction here lasts milliseconds
 POLL_SECONDS = 0.05
 WAL_LIMIT = 64 * 1024 * 1024  # bytes the WAL is truncated to after a checkpoint
+SYNCHRONOUS = ("NORMAL", "FULL")  # PRAGMA synchronous levels a store may be opened with
 
 
 def _run(conn: sqlite3.Connection, sql: str, params: Params = ()) -> sqlite3.Cursor:
@@ -133,7 +134,17 @@ class SqliteNotifier:
 class SqliteDatabase:
     """Implements :class:`control_plane.store.sql.base.Database` on one SQLite connection."""
 
-    def __init__(self, path: Path | None, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        if synchronous.upper() not in SYNCHRONOUS:
+            raise InvalidInput(
+                f"sqlite synchronous={synchronous!r}: expected one of {', '.join(SYNCHRONOUS)}"
+            )
         self.path = path
         if path is None:
             self.conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
@@ -146,7 +157,10 @@ class SqliteDatabase:
             # SQLite checkpoints every 1000 pages; this truncates the WAL after each one
             self.conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
         self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
+        # NORMAL under WAL: a commit is not fsynced (the WAL is, at checkpoints): never
+        # corrupt, but a power loss can undo the last commits; FULL fsyncs every commit
+        # (docs/store.md, "Durability of acknowledged uploads")
+        self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.lock = threading.RLock()
         self.notifier = SqliteNotifier(self)
@@ -226,6 +240,8 @@ def _statements(script: str) -> Iterator[str]:
         yield pending.strip()
 
 
-def open_sqlite(path: Path | None, *, sample_keys: SampleKeyring | None = None) -> SqlRepositories:
+def open_sqlite(
+    path: Path | None, *, sample_keys: SampleKeyring | None = None, synchronous: str = "NORMAL"
+) -> SqlRepositories:
     """Repositories on a SQLite file (created and migrated), or in memory with ``None``."""
-    return SqlRepositories(SqliteDatabase(path), sample_keys=sample_keys)
+    return SqlRepositories(SqliteDatabase(path, synchronous=synchronous), sample_keys=sample_keys)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -225,3 +228,75 @@ def test_batched_ingest_stores_each_window_once_under_duplicate_delivery(
     sent = json.loads(items[3][2])
     assert stored[3].histograms == {"inputs": sent["inputs"], "outputs": sent["outputs"]}
     assert stored[3].latency["kll"] == sent["latency_ms"]["kll"]
+
+
+def test_concurrent_uploads_share_one_transaction_and_are_stored_once(
+    repos: SqlRepositories,
+) -> None:
+    """A group commit: uploads arriving while a commit is in flight are stored together in the
+    next transaction; a resend and the same upload twice in one group are stored once, and
+    every caller is answered only after its transaction committed."""
+    x, scores = _data(0, 2000)
+    manifest = monitored_manifest(x, scores)
+    repos.packages.put(
+        Package("d" * 64, manifest.package_id, "digits", "1", manifest.profile.id, 1, 1, "/p",
+                manifest.model_dump(mode="json"), 1.0)
+    )  # fmt: skip
+    devices = ("cam-1", "cam-2", "cam-3")
+    windows: dict[str, list[tuple[int, str, str]]] = {}
+    for device in devices:
+        repos.devices.add(NewDevice(device, "h"), at=1.0)
+        telemetry = ModelTelemetry(manifest, seed=0)
+        windows[device] = []
+        for seq in (1, 2):
+            xs, ss = _data(seq, 50)
+            telemetry.record({"x": xs}, {"probs": ss}, 0.001)
+            body = json.dumps(telemetry.close_window(device, seq))
+            windows[device].append((seq, "telemetry_window", body))
+    ingest = IngestService(repos, DeviceService(repos))
+    real_write = ingest.group.write
+    first_commit, release = threading.Event(), threading.Event()
+    committed: list[tuple[str, ...]] = []
+
+    def write(batches: Any) -> Any:
+        if not first_commit.is_set():  # hold the first commit until the others queued
+            first_commit.set()
+            assert release.wait(10)
+        stored = real_write(batches)
+        committed.append(tuple(b.device_id for b in batches))
+        return stored
+
+    ingest.group.write = write
+    answers: dict[str, Any] = {}
+
+    def send(name: str, device: str, items: list[tuple[int, str, str]]) -> None:
+        answers[name] = ingest.ingest(device, items, "grpc")
+
+    leader = threading.Thread(target=send, args=("first", "cam-1", windows["cam-1"][:1]))
+    leader.start()
+    assert first_commit.wait(10)
+    others = [
+        ("cam-2", "cam-2", windows["cam-2"]),
+        ("cam-3", "cam-3", windows["cam-3"]),
+        ("cam-1 resend", "cam-1", windows["cam-1"]),  # window 1 again, and window 2
+        ("cam-3 twice", "cam-3", windows["cam-3"][1:]),  # the same upload in the same group
+    ]
+    threads = [threading.Thread(target=send, args=o) for o in others]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while ingest.group.queued() < len(others) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ingest.group.queued() == len(others)
+    assert "first" not in answers  # not acked before its commit
+    release.set()
+    for t in [leader, *threads]:
+        t.join(10)
+    assert [sorted(c) for c in committed] == [["cam-1"], ["cam-1", "cam-2", "cam-3", "cam-3"]]
+    assert ingest.group.commits == 2 and ingest.group.uploads == 5
+    assert answers["first"].acked == [1] and answers["cam-1 resend"].acked == [1, 2]
+    assert answers["cam-3"].acked == [1, 2] and answers["cam-3 twice"].acked == [2]
+    stored = repos.monitoring.windows(model_name="digits")
+    assert sorted((w.device_id, w.seq) for w in stored) == [(d, s) for d in devices for s in (1, 2)]
+    for device in devices:
+        assert [u.seq for u in repos.uploads.list(device_id=device).items] == [1, 2]

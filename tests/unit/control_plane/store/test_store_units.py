@@ -37,6 +37,25 @@ def test_sqlite_urls_and_paths_open_a_file(url: str, tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.db"))) == 1
 
 
+@pytest.mark.parametrize(("query", "level"), [("", 1), ("?synchronous=full", 2),
+                                              ("?synchronous=normal", 1)])  # fmt: skip
+def test_sqlite_synchronous_is_normal_unless_the_url_asks_for_full(
+    query: str, level: int, tmp_path: Path
+) -> None:
+    repos = open_repositories(f"sqlite:///{tmp_path}/s.db{query}")
+    try:
+        with repos.db.transaction() as tx:
+            assert tx.rows("PRAGMA synchronous")[0]["synchronous"] == level  # 1 NORMAL, 2 FULL
+    finally:
+        repos.close()
+
+
+@pytest.mark.parametrize("query", ["?synchronous=off", "?journal=delete", "?synchronous"])
+def test_an_unknown_sqlite_option_is_named(query: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="synchronous"):
+        open_repositories(f"sqlite:///{tmp_path}/s.db{query}")
+
+
 def test_unknown_store_scheme_is_named() -> None:
     with pytest.raises(InvalidInput, match="mysql://x"):
         open_repositories("mysql://x")
