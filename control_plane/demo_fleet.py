@@ -12,7 +12,9 @@ scores held-out digits sent through its local gRPC API, and reports telemetry
 windows, which the control plane stores once each. The control plane then
 judges drift from those windows against the package's reference statistics
 (clean digits, then dimmed ones: control_plane/demo_monitoring.py), and an
-admin token reads the same fleet and its audit log over the REST API.
+admin token reads the same fleet and its audit log over the REST API. Last, version 2
+goes out in a staged rollout and the lineage API names the devices running it
+(control_plane/demo_rollout.py).
 """
 
 from __future__ import annotations
