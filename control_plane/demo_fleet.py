@@ -12,7 +12,9 @@ scores held-out digits sent through its local gRPC API, and reports telemetry
 windows, which the control plane stores once each. The control plane then
 judges drift from those windows against the package's reference statistics
 (clean digits, then dimmed ones: control_plane/demo_monitoring.py), and an
-admin token reads the same fleet and its audit log over the REST API.
+admin token reads the same fleet and its audit log over the REST API. Last, version 2
+goes out in a staged rollout and the lineage API names the devices running it
+(control_plane/demo_rollout.py).
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from control_plane.api.client import ApiClient
+from control_plane.demo_rollout import register_version
 from control_plane.server import ControlPlane, ServeOptions
-from control_plane.signing import PUBLIC_NAME
+from control_plane.signing import PRIVATE_NAME, PUBLIC_NAME
 from edge_agent.package import read_package
 
 
@@ -121,21 +125,49 @@ def _operator_client(plane: ControlPlane, package: Path) -> ApiClient:
     _, token = bootstrap_admin(plane.services.repos, "demo-admin")
     client = ApiClient(f"http://127.0.0.1:{plane.http_port}", token)
     manifest = read_package(package.read_bytes())[0]
-    model, version = manifest.model_name, manifest.model_version
-    client.request("POST", "/api/v1/models", body={"name": model, "owner": "demo"})
-    card = {
-        "intended_use": "handwritten digits",
-        "training_data": "sklearn digits",
-        "owner": "demo",
-    }
-    client.request(
-        "POST", f"/api/v1/models/{model}/versions", body={"version": version, "card": card}
-    )
-    client.request("POST", "/api/v1/packages", data=package.read_bytes())
-    client.request(
-        "POST", f"/api/v1/models/{model}/versions/{version}/stage", body={"stage": "compiled"}
-    )
+    client.request("POST", "/api/v1/models", body={"name": manifest.model_name, "owner": "demo"})
+    register_version(client, package)
     return client
+
+
+def _rollout_step(
+    console: Console,
+    client: ApiClient,
+    agents: list[tuple[str, subprocess.Popen[str], str]],
+    package: Path,
+    key_dir: Path,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+) -> dict[str, Any]:
+    """Version 2 in a staged rollout over REST, then the lineage of its package: the
+    rollout's final view, the devices the lineage says run its package, its id."""
+    from control_plane.demo_rollout import (
+        DemoError,
+        confirm_running,
+        devices_running,
+        release_as,
+        staged_rollout,
+    )
+
+    v2 = release_as(package, "2", key_dir / PRIVATE_NAME, package.parent)
+    model, version, package_id = register_version(client, v2)
+    devices = [device for device, _, _ in agents]
+    view = staged_rollout(console, client, model, version, devices)
+    confirm_running(client, model, version, devices)
+    console.print(
+        f"   GET /api/v1/devices/ID: {', '.join(devices)} report running {model} version {version}"
+    )
+    # a few digits on version 2 from each agent: its telemetry names the package it ran
+    for device, _, address in agents:
+        accuracy = _score(address, x_val[:64], y_val[:64])
+        if accuracy < 0.5:
+            raise DemoError(f"{device} scores {accuracy:.3f} on version {version}: not the model")
+    running = devices_running(client, package_id, devices)
+    console.print(
+        f"[bold]10. lineage[/]: GET /api/v1/lineage?package={package_id}&direction=down: "
+        f"runs on {', '.join(running)} (by their telemetry windows)"
+    )
+    return {"rollout": view, "running": running, "package_id": package_id}
 
 
 def run_fleet_demo(
@@ -145,7 +177,8 @@ def run_fleet_demo(
     package: Path,
     x_val: np.ndarray,
     y_val: np.ndarray,
-) -> None:
+) -> dict[str, Any]:
+    """The fleet steps (5-10); what the rollout and lineage steps found (see _rollout_step)."""
     fleet_dir = workdir / "fleet"
     shutil.rmtree(fleet_dir, ignore_errors=True)
     plane = ControlPlane(
@@ -155,6 +188,7 @@ def run_fleet_demo(
             grpc_address="127.0.0.1:0",
             mqtt=True,
             http_address="127.0.0.1:0",
+            rollout_tick_seconds=0.5,
         )
     ).start()
     assert plane.services is not None and plane.mqtt_port is not None
@@ -284,6 +318,7 @@ def run_fleet_demo(
         _monitoring_step(
             console, plane, agents, package, key_dir, x_val, y_val, scored, rows_in, client
         )
+        return _rollout_step(console, client, agents, package, key_dir, x_val, y_val)
     finally:
         for _, proc, _ in agents:
             proc.terminate()
