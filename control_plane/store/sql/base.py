@@ -68,6 +68,33 @@ def check_page(limit: int, offset: int) -> tuple[int, int]:
     return limit, offset
 
 
+def where_clause(
+    where: Mapping[str, object | None], extra: Sequence[tuple[str, Params]] = ()
+) -> tuple[str, list[object]]:
+    """`` WHERE ...`` (or ``""``) and its parameters: equality on the non-None ``where``
+    fields, then the raw ``extra`` conditions (ranges, EXISTS ...) with theirs."""
+    conds: list[str] = []
+    params: list[object] = []
+    for column, value in where.items():
+        if value is not None:
+            conds.append(f"{column} = ?")
+            params.append(value)
+    for cond, cond_params in extra:
+        conds.append(cond)
+        params.extend(cond_params)
+    return (" WHERE " + " AND ".join(conds) if conds else ""), params
+
+
+def time_range(column: str, since: float | None, until: float | None) -> list[tuple[str, Params]]:
+    """``since <= column < until`` as :func:`where_clause` extras (either end may be open)."""
+    out: list[tuple[str, Params]] = []
+    if since is not None:
+        out.append((f"{column} >= ?", [since]))
+    if until is not None:
+        out.append((f"{column} < ?", [until]))
+    return out
+
+
 def page(
     tx: Tx,
     select: str,
@@ -83,17 +110,8 @@ def page(
     One more row than asked tells whether another page follows.
     """
     limit, offset = check_page(limit, offset)
-    conds: list[str] = []
-    params: list[object] = []
-    for column, value in where.items():
-        if value is not None:
-            conds.append(f"{column} = ?")
-            params.append(value)
-    for cond, cond_params in extra:
-        conds.append(cond)
-        params.extend(cond_params)
-    sql = select + (" WHERE " + " AND ".join(conds) if conds else "")
-    sql += f" ORDER BY {order_by} LIMIT ? OFFSET ?"
+    conds, params = where_clause(where, extra)
+    sql = select + conds + f" ORDER BY {order_by} LIMIT ? OFFSET ?"
     rows = tx.rows(sql, [*params, limit + 1, offset])
     more = len(rows) > limit
     return rows[:limit], (offset + limit if more else None)

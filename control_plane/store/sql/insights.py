@@ -7,7 +7,7 @@ from typing import Any
 
 from control_plane.crypto import SampleKeyring
 from control_plane.store.records import AttributionWindow, StoredCapture
-from control_plane.store.sql.base import Database, Row, dumps, loads
+from control_plane.store.sql.base import Database, Row, dumps, loads, time_range, where_clause
 from control_plane.store.sql.monitoring import capture_from_row
 
 
@@ -98,19 +98,17 @@ class SqlInsightRepo:
         since: float | None = None,
         until: float | None = None,
     ) -> list[AttributionWindow]:
-        sql = "SELECT * FROM attribution_windows WHERE model_name = ?"
-        params: list[object] = [model_name]
-        if model_version is not None:
-            sql += " AND model_version = ?"
-            params.append(model_version)
-        if since is not None:
-            sql += " AND window_start >= ?"
-            params.append(since)
-        if until is not None:
-            sql += " AND window_start < ?"
-            params.append(until)
+        conds, params = where_clause(
+            {"model_name": model_name, "model_version": model_version},
+            time_range("window_start", since, until),
+        )
         with self.db.transaction() as tx:
-            rows = tx.rows(sql + " ORDER BY window_start, package_sha256", params)
+            rows = tx.rows(
+                "SELECT * FROM attribution_windows"
+                + conds
+                + " ORDER BY window_start, package_sha256",
+                params,
+            )
         return [_attribution_window(r) for r in rows]
 
     def window_starts(self, sha256: str) -> set[float]:

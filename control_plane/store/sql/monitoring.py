@@ -25,7 +25,15 @@ from control_plane.store.records import (
     StoredCapture,
     StoredWindow,
 )
-from control_plane.store.sql.base import Database, Row, Tx, dumps, loads
+from control_plane.store.sql.base import (
+    Database,
+    Row,
+    Tx,
+    dumps,
+    loads,
+    time_range,
+    where_clause,
+)
 
 CHUNK = 500  # ids per IN (...) list
 
@@ -148,20 +156,11 @@ class SqlMonitoringRepo:
         since: float | None = None,
         until: float | None = None,
     ) -> list[StoredWindow]:
-        sql = "SELECT * FROM telemetry_windows WHERE model_name = ?"
-        params: list[object] = [model_name]
-        if model_version is not None:
-            sql += " AND model_version = ?"
-            params.append(model_version)
-        if device_id is not None:
-            sql += " AND device_id = ?"
-            params.append(device_id)
-        if since is not None:
-            sql += " AND started_at >= ?"
-            params.append(since)
-        if until is not None:
-            sql += " AND started_at < ?"
-            params.append(until)
+        conds, params = where_clause(
+            {"model_name": model_name, "model_version": model_version, "device_id": device_id},
+            time_range("started_at", since, until),
+        )
+        sql = "SELECT * FROM telemetry_windows" + conds
         with self.db.transaction() as tx:
             rows = tx.rows(sql, params)
             rollups = tx.rows(sql.replace("telemetry_windows", "telemetry_rollups", 1), params)
