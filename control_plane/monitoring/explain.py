@@ -138,7 +138,9 @@ class ShapExplainer:
         if values.ndim == 2:  # single output
             values = values[:, :, np.newaxis]
         base = np.asarray(self._explainer.expected_value, dtype=np.float64).reshape(-1)
-        scores = self._predict_2d(kept)
+        # One row per call, as Kernel SHAP evaluates f(x): a dynamically quantized package
+        # scales activations per batch, so the same row scores differently in a batch of 4.
+        scores = np.vstack([self._predict_2d(kept[i : i + 1]) for i in range(len(kept))])
         chosen = scores.argmax(axis=1) if output == "predicted" else np.full(len(kept), output)
         index = np.arange(len(kept))
         return Attributions(

@@ -43,6 +43,31 @@ def test_sklearn_model_attributions_add_up_and_rank_its_feature_first(one_featur
     _check_additivity_and_top_feature(attr)
 
 
+def test_attributions_add_up_when_the_model_scores_a_row_differently_in_a_batch(
+    one_feature_model,
+):
+    """Dynamic int8 scales activations per batch; predictions must be f(x) of the row alone."""
+    model, x = one_feature_model
+
+    def batch_dependent(rows: np.ndarray) -> np.ndarray:
+        scale = 1.0 + 0.05 * np.abs(rows).max()  # like a per-batch activation scale
+        return model.predict_proba(rows) * scale
+
+    attr = ShapExplainer(batch_dependent, x[:500], NAMES, ExplainBudget(max_rows=6)).explain(
+        x[1000:1006]
+    )
+    alone = np.array(
+        [
+            batch_dependent(x[i : i + 1])[0, o]
+            for i, o in zip(range(1000, 1006), attr.outputs, strict=True)
+        ]
+    )
+    np.testing.assert_allclose(attr.predictions, alone)
+    np.testing.assert_allclose(
+        attr.values.sum(axis=1) + attr.base_values, attr.predictions, atol=1e-6
+    )
+
+
 def test_onnx_model_through_the_edge_runtime(one_feature_model):
     """The same classifier as an ONNX graph scored by edge_agent's OnnxRuntime."""
     from onnx import TensorProto, helper, numpy_helper
