@@ -27,6 +27,10 @@ bp = APIBlueprint(
 )
 
 
+GROUP = r"^[A-Za-z0-9._/-]{1,63}=[^\x00-\x1f]{0,128}$"
+GROUP_BY = r"^[A-Za-z0-9._/-]{1,63}$"
+
+
 class DriftQuery(Strict):
     model: str = Field(pattern=NAME)
     version: str | None = Field(None, pattern=NAME)
@@ -35,12 +39,12 @@ class DriftQuery(Strict):
     until: float | None = Field(None, ge=0, le=1e11, description="windows started before")
     group: str | None = Field(
         None,
-        pattern=r"^[A-Za-z0-9._/-]{1,63}=[^\x00-\x1f]{0,128}$",
+        pattern=GROUP,
         description="keep devices carrying this label=value (e.g. site=berlin)",
     )
     group_by: str | None = Field(
         None,
-        pattern=r"^[A-Za-z0-9._/-]{1,63}$",
+        pattern=GROUP_BY,
         description="a report per value of this device label (e.g. site)",
     )
     step_seconds: float | None = Field(
@@ -89,6 +93,13 @@ class AccuracyQuery(Strict):
     model: str = Field(pattern=NAME)
     version: str = Field(pattern=NAME)
     bucket_seconds: float = Field(3600.0, ge=60.0, le=366 * 86400.0)
+    device: str | None = Field(None, min_length=1, max_length=128)
+    group: str | None = Field(
+        None, pattern=GROUP, description="keep devices carrying this label=value (e.g. site=berlin)"
+    )
+    group_by: str | None = Field(
+        None, pattern=GROUP_BY, description="metrics per value of this device label (e.g. site)"
+    )
 
 
 class AccuracyOut(BaseModel):
@@ -97,9 +108,18 @@ class AccuracyOut(BaseModel):
     task: str
     output: str
     bucket_seconds: float
+    device_id: str | None
+    group: str | None
+    group_by: str | None
     captures: int
     labelled: int
-    buckets: list[dict[str, Any]] = Field(description="measured metrics per time bucket")
+    buckets: list[dict[str, Any]] = Field(
+        description="measured metrics per (group, time bucket of the prediction)"
+    )
+    groups: list[dict[str, Any]] = Field(
+        description="per group over the whole range: captures, labelled, measured accuracy and"
+        " macro F1 (or MAE), and the estimated accuracy beside them (classification)"
+    )
     estimated: dict[str, Any] | None = Field(
         description="classification: estimated accuracy per bucket from every capture"
         " (confidence-based, labelled estimated; calibrated or uncalibrated)"
@@ -215,8 +235,12 @@ def feedback(body: FeedbackIn) -> dict[str, Any]:
 
 @bp.get("/accuracy", responses={200: AccuracyOut})
 def accuracy(query: AccuracyQuery) -> dict[str, Any]:
-    """Measured accuracy and macro F1 (classification) or MAE per bucket of prediction time."""
-    return api_context().monitoring.accuracy(query.model, query.version, query.bucket_seconds)
+    """Measured accuracy and macro F1 (classification) or MAE per device group and bucket of
+    prediction time, with the estimated accuracy beside it (classification)."""
+    return api_context().monitoring.accuracy(
+        query.model, query.version, query.bucket_seconds,
+        device_id=query.device, group=query.group, group_by=query.group_by,
+    )  # fmt: skip
 
 
 @bp.get("/alerts", responses={200: AlertList})

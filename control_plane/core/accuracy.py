@@ -129,7 +129,8 @@ class BucketMetrics:
 
 
 def _bucket(at: float, bucket_s: float) -> float:
-    return math.floor(at / bucket_s) * bucket_s
+    """Start of the bucket holding ``at``; an infinite ``bucket_s`` is one bucket from 0."""
+    return 0.0 if math.isinf(bucket_s) else math.floor(at / bucket_s) * bucket_s
 
 
 def measured_metrics(

@@ -286,24 +286,49 @@ class MonitoringService:
         )
         return result
 
-    def accuracy(self, model: str, version: str, bucket_s: float = 3600.0) -> dict[str, Any]:
-        """Measured metrics per time bucket of the prediction, from labelled captures."""
+    def accuracy(
+        self,
+        model: str,
+        version: str,
+        bucket_s: float = 3600.0,
+        *,
+        device_id: str | None = None,
+        group: str | None = None,
+        group_by: str | None = None,
+    ) -> dict[str, Any]:
+        """Measured metrics per (device group, time bucket of the prediction) from labelled
+        captures, the CBPE estimate per (group, bucket) from every capture (classification),
+        and a summary per group. ``device_id`` or ``group`` (``label=value``) keep those
+        devices' captures; ``group_by`` (a label key) splits them by its values."""
+        selector = parse_group(group) if group is not None else None
         captures = self.repos.monitoring.version_captures(model, version)
         manifest = self._version_manifest(model, version, captures)
         if manifest.task == "embedding":
             raise InvalidInput(f"{model} {version} is an embedding model: no accuracy to measure")
         output = manifest.signature.outputs[0].name
-        parsed = [c for c in (_capture(s, output) for s in captures) if c.scores]
-        labels = self.repos.monitoring.feedback([c.prediction_id for c in parsed])
+        labels = self._device_labels() if selector or group_by else {}
+        default = device_id or group or "all"
+
+        def group_of(device: str) -> str | None:
+            if device_id is not None and device != device_id:
+                return None
+            carried = labels.get(device, {})
+            if selector is not None and carried.get(selector[0]) != selector[1]:
+                return None
+            return default if group_by is None else f"{group_by}={carried.get(group_by, '')}"
+
+        parsed = []
+        for stored in captures:
+            label = group_of(stored.device_id)
+            capture = _capture(stored, output, label or "")
+            if label is not None and capture.scores:
+                parsed.append(capture)
+        feedback = self.repos.monitoring.feedback([c.prediction_id for c in parsed])
         joined = join_feedback(
-            parsed, [Feedback(f.prediction_id, f.label, f.received_at) for f in labels]
+            parsed, [Feedback(f.prediction_id, f.label, f.received_at) for f in feedback]
         )
         buckets = measured_metrics(joined.matched, manifest.task, bucket_s)
-        estimated = (
-            estimated_accuracy(parsed, manifest, bucket_s)
-            if manifest.task == "classification"
-            else None
-        )
+        classifier = manifest.task == "classification"
         return finite_dict(
             {
                 "model": model,
@@ -311,10 +336,14 @@ class MonitoringService:
                 "task": manifest.task,
                 "output": output,
                 "bucket_seconds": bucket_s,
+                "device_id": device_id,
+                "group": group,
+                "group_by": group_by,
                 "captures": len(parsed),
                 "labelled": len(joined.matched),
                 "buckets": [asdict(b) for b in buckets],
-                "estimated": estimated,
+                "groups": group_summaries(parsed, joined.matched, manifest),
+                "estimated": estimated_accuracy(parsed, manifest, bucket_s) if classifier else None,
             }
         )
 
@@ -388,21 +417,27 @@ class MonitoringService:
 def estimated_accuracy(
     captures: Sequence[Capture], manifest: Manifest, bucket_s: float
 ) -> dict[str, Any]:
-    """CBPE-style estimated accuracy per bucket from every capture, labelled or not.
+    """CBPE-style estimated accuracy per (group, bucket) from every capture, labelled or not.
 
     With the manifest's calibration (hit rate per top-score bin on the compile's labelled
     validation rows) each prediction counts as its bin's hit rate; without one, the top
     class probability the model claims (softmax of logits), marked ``uncalibrated``.
     """
-    cells: dict[float, list[Capture]] = {}
+    cells: dict[tuple[str, float], list[Capture]] = {}
     for c in captures:
-        cells.setdefault(math.floor(c.at / bucket_s) * bucket_s, []).append(c)
+        cells.setdefault((c.group, math.floor(c.at / bucket_s) * bucket_s), []).append(c)
     calibration = manifest.calibration
     buckets = []
-    for start, items in sorted(cells.items()):
+    for (group, start), items in sorted(cells.items()):
         value, error = _estimate(items, manifest)
         buckets.append(
-            {"bucket_start": start, "count": len(items), "accuracy": value, "standard_error": error}
+            {
+                "group": group,
+                "bucket_start": start,
+                "count": len(items),
+                "accuracy": value,
+                "standard_error": error,
+            }
         )
     return {
         "kind": "estimated",
@@ -414,6 +449,44 @@ def estimated_accuracy(
         "reference_accuracy": None if calibration is None else calibration.accuracy,
         "buckets": buckets,
     }
+
+
+def group_summaries(
+    captures: Sequence[Capture],
+    matched: Sequence[tuple[Capture, Feedback]],
+    manifest: Manifest,
+) -> list[dict[str, Any]]:
+    """One line per group over the whole range: captures, labelled, the measured figures
+    (accuracy and macro F1, or MAE) and, for a classifier, the CBPE estimate beside them."""
+    task = manifest.task
+    if task == "embedding":
+        return []
+    by_group: dict[str, list[Capture]] = {}
+    for c in captures:
+        by_group.setdefault(c.group, []).append(c)
+    pairs: dict[str, list[tuple[Capture, Feedback]]] = {}
+    for capture, fb in matched:
+        pairs.setdefault(capture.group, []).append((capture, fb))
+    out = []
+    for group, items in sorted(by_group.items()):
+        measured = measured_metrics(pairs.get(group, []), task, math.inf)
+        line: dict[str, Any] = {
+            "group": group,
+            "captures": len(items),
+            "labelled": measured[0].count if measured else 0,
+        }
+        if task == "classification":
+            estimate, error = _estimate(items, manifest)
+            line |= {
+                "accuracy": measured[0].accuracy if measured else None,
+                "f1_macro": measured[0].f1_macro if measured else None,
+                "estimated_accuracy": estimate,
+                "estimated_standard_error": error,
+            }
+        else:
+            line["mae"] = measured[0].mae if measured else None
+        out.append(line)
+    return out
 
 
 def _estimate(captures: Sequence[Capture], manifest: Manifest) -> tuple[float, float]:
@@ -459,9 +532,9 @@ def finite_dict(value: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _capture(stored: StoredCapture, output: str | None) -> Capture:
-    """A stored capture as the core's :class:`Capture` (first row of ``output``; with None
-    the first output it holds, for the join by id only)."""
+def _capture(stored: StoredCapture, output: str | None, group: str = "all") -> Capture:
+    """A stored capture as the core's :class:`Capture` of ``group`` (first row of ``output``;
+    with None the first output it holds, for the join by id only)."""
     outputs = stored.outputs
     name = output if output is not None else next(iter(outputs), None)
     rows = outputs.get(name) if name is not None else None
@@ -477,6 +550,6 @@ def _capture(stored: StoredCapture, output: str | None) -> Capture:
         at=stored.at,
         model_name=stored.model_name,
         model_version=stored.model_version,
-        group="all",
+        group=group,
         scores=scores,
     )

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from control_plane.api import ApiOptions, create_api
+from control_plane.core.accuracy import ConfidenceCalibrator
 from control_plane.services.devices import DeviceService
 from control_plane.services.ingest import IngestService
 from control_plane.services.packages import PackageService
@@ -115,4 +116,88 @@ def test_drift_feedback_accuracy_and_metrics_from_real_windows(
     assert share[(("group", "cam-1"), *key)] == merged["reports"][0]["drifted_share"]
     psi = _samples(text, "fleetcast_feature_psi")
     assert len([k for k in psi if ("group", "cam-1") in k]) == len(merged["reports"][0]["features"])
+    repos.close()
+
+
+def test_accuracy_per_device_group_measured_and_estimated(
+    tmp_path: Path, package: Path, keys: Any, digits_mlp: Any
+) -> None:
+    """Two sites score the same labelled digits, one of them shifted: accuracy per site."""
+    repos = open_repositories(str(tmp_path / "store.db"))
+    app = create_api(repos, Settings(data_dir=tmp_path / "cp"), ApiOptions())
+    client = app.test_client()
+    tokens = TokenService(repos, app.extensions["fleetcast.api"].audit)
+    admin = Principal("test", "admin")
+    bearer = {r: tokens.create(f"{r}-token", r, admin)[1] for r in ("viewer", "operator")}
+
+    def call(method: str, url: str, who: str = "viewer", status: int = 200, **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {bearer[who]}"}
+        answer = client.open(url, method=method, headers=headers, **kw)
+        assert answer.status_code == status, answer.get_data(as_text=True)
+        return answer.json
+
+    PackageService(repos, load_fleet_public_key(keys.public), tmp_path / "catalog").register(
+        package, "test"
+    )
+    ingest = IngestService(repos, DeviceService(repos))
+    model = open_model(package, keys.public, telemetry=TelemetryConfig(1.0, max_captures=500))
+    assert model.telemetry is not None
+    name, version = model.manifest.model_name, model.manifest.model_version
+    input_name = model.manifest.signature.inputs[0].name
+    output_name = model.manifest.signature.outputs[0].name
+    x = np.asarray(digits_mlp.x_validation, dtype=np.float32)
+    y = np.asarray(digits_mlp.y_validation)
+    hits: dict[str, list[bool]] = {}
+    scores: dict[str, list[np.ndarray]] = {}
+    labels = []
+    for device, site, noise in (("cam-b", "berlin", 0.0), ("cam-p", "paris", 6.0)):
+        repos.devices.add(NewDevice(device, "h", labels={"site": site}), at=1.0)
+        for i in range(len(x)):  # paris: a noisy sensor
+            grain = np.random.default_rng(i).normal(0, noise, x[i : i + 1].shape)
+            row = np.clip(x[i : i + 1] + grain, 0, 16).astype(np.float32)
+            outputs, pid = model.predict_with_id({input_name: row})
+            hits.setdefault(site, []).append(int(np.argmax(outputs[output_name])) == int(y[i]))
+            scores.setdefault(site, []).append(np.asarray(outputs[output_name][0], np.float64))
+            labels.append({"prediction_id": pid, "label": int(y[i])})
+        window = model.telemetry.close_window(device, 1)
+        sent = ingest.ingest(device, [(1, "telemetry_window", json.dumps(window))], "grpc")
+        assert sent.acked == [1], sent.errors
+    berlin, paris = (float(np.mean(hits[s])) for s in ("berlin", "paris"))
+    assert paris < berlin - 0.1  # the shift costs accuracy: the groups must differ
+    labelled = labels[: len(x)] + labels[len(x) :: 2]  # paris: half its labels came back
+    assert call("POST", "/api/v1/feedback", "operator", json={"labels": labelled})["matched"] == (
+        len(labelled)
+    )
+
+    base = f"/api/v1/accuracy?model={name}&version={version}&bucket_seconds=31536000"
+    split = call("GET", f"{base}&group_by=site")
+    assert split["captures"] == 2 * len(x) and split["labelled"] == len(labelled)
+    summary = {g["group"]: g for g in split["groups"]}
+    assert set(summary) == {"site=berlin", "site=paris"}
+    assert summary["site=berlin"]["labelled"] == len(x)
+    assert summary["site=berlin"]["accuracy"] == pytest.approx(berlin)
+    assert summary["site=paris"]["labelled"] == len(x[::2])
+    assert summary["site=paris"]["accuracy"] == pytest.approx(float(np.mean(hits["paris"][::2])))
+    assert {b["group"] for b in split["buckets"]} == {"site=berlin", "site=paris"}
+    assert sum(b["count"] for b in split["buckets"] if b["group"] == "site=paris") == len(x[::2])
+    estimated = {b["group"]: b for b in split["estimated"]["buckets"]}
+    assert estimated["site=paris"]["count"] == len(x)  # every capture, labelled or not
+    assert model.manifest.calibration is not None
+    calibrator = ConfidenceCalibrator.from_manifest(model.manifest.calibration)
+    for site in ("berlin", "paris"):  # the estimate of each group over its own captures
+        expected, error = calibrator.estimate(np.array(scores[site]))
+        assert estimated[f"site={site}"]["accuracy"] == pytest.approx(expected)
+        assert estimated[f"site={site}"]["standard_error"] == pytest.approx(error)
+    assert summary["site=paris"]["estimated_accuracy"] == estimated["site=paris"]["accuracy"]
+
+    only = call("GET", f"{base}&group=site%3Dparis")
+    assert only["captures"] == len(x) and only["labelled"] == len(x[::2])
+    (line,) = only["groups"]
+    assert line["group"] == "site=paris" and line["accuracy"] == summary["site=paris"]["accuracy"]
+    device = call("GET", f"{base}&device=cam-b")
+    assert [g["group"] for g in device["groups"]] == ["cam-b"] and device["captures"] == len(x)
+    assert call("GET", f"{base}&group=site%3Dlyon")["groups"] == []
+
+    bad = call("GET", f"{base}&group=site", status=422)
+    assert "group" in json.dumps(bad)
     repos.close()
