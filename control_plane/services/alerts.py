@@ -402,7 +402,7 @@ class AlertService:
         """Send every notification due now; record each attempt (retry later or fail)."""
         now = time.time() if now is None else now
         out = []
-        for d in self.repos.alerts.due_deliveries(now):
+        for d in self.repos.alerts.claim_due(now):  # each due delivery sent by one replica
             error = self._send(d)
             retry_at = None
             if error is not None and d.attempts + 1 < d.max_attempts:

@@ -259,8 +259,9 @@ class AlertRepo(Protocol):
         at: float,
     ) -> builtins.list[str]:
         """In one transaction: upsert ``alerts`` (by short id; an acknowledgement is kept),
-        delete the pending alerts ``gone`` (breach over before firing), queue ``deliveries``.
-        Returns the delivery ids."""
+        delete the pending alerts ``gone`` (breach over before firing), queue ``deliveries``
+        of the alerts whose stored state this save changed (a transition another replica
+        saved first is not queued again). Returns the queued delivery ids."""
         ...
 
     def get(self, alert_id: str) -> StoredAlert: ...
@@ -291,6 +292,13 @@ class AlertRepo(Protocol):
         ...
 
     def due_deliveries(self, now: float, limit: int = 100) -> builtins.list[AlertDelivery]: ...
+    def claim_due(
+        self, now: float, lease_s: float = 60.0, limit: int = 100
+    ) -> builtins.list[AlertDelivery]:
+        """The due deliveries this caller wins (each pushed ``lease_s`` ahead, so another
+        replica skips it; due again after the lease if its attempt is never recorded)."""
+        ...
+
     def delivery_attempted(
         self, delivery_id: str, at: float, error: str | None, retry_at: float | None
     ) -> AlertDelivery:

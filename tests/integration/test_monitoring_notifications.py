@@ -461,3 +461,58 @@ def test_an_alert_of_a_rule_no_longer_configured_resolves_instead_of_firing_fore
     ]
     assert repos.alerts.live() == [] and hook.received[-1]["state"] == "resolved"
     repos.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_two_replicas_evaluating_at_once_notify_each_transition_once(
+    tmp_path: Path, hook: Hook, backend: str, request: pytest.FixtureRequest, monkeypatch: Any
+) -> None:
+    """Both replicas read the empty alert book and both see the breach fire; one saves the
+    transition's notifications, and each queued notification is sent by one sender."""
+    if backend == "postgres":
+        url = request.getfixturevalue("postgres_server").create_database()
+    else:
+        url = str(tmp_path / "store.db")
+    replicas = [open_repositories(url), open_repositories(url)]
+    manifest = _fleet(replicas[0])
+    _send_windows(replicas[0], manifest, "cam-1", (1.5, 0.0), start=1000.0)
+    replicas[0].devices.record_activity({"cam-1": 1500.0})
+    read_book, read_outbox = threading.Barrier(2), threading.Barrier(2)
+    for repos in replicas:  # hold each replica after its read until the other has read too
+        live, due = repos.alerts.live, repos.alerts.due_deliveries
+
+        def held_live(live: Any = live) -> Any:
+            rows = live()
+            read_book.wait(timeout=30)
+            return rows
+
+        def held_due(now: float, limit: int = 100, due: Any = due) -> Any:
+            rows = due(now, limit)
+            read_outbox.wait(timeout=30)
+            return rows
+
+        monkeypatch.setattr(repos.alerts, "live", held_live)
+        monkeypatch.setattr(repos.alerts, "due_deliveries", held_due)
+    services = [_service(r, Notifications((hook.url,))) for r in replicas]
+    results: list[Any] = [None, None]
+
+    def evaluate(i: int) -> None:
+        results[i] = services[i].evaluate(1500.0)
+
+    threads = [threading.Thread(target=evaluate, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for result in results:  # the race happened: each replica computed the firing transition
+        assert result is not None and "firing" in [t.alert.state for t in result.transitions]
+    assert sorted(b["kind"] for b in hook.received) == ["alert", "retraining_request"]
+    sent = [d for r in results for d in r.deliveries]
+    assert len(sent) == 2 and all(d.ok for d in sent)
+    deliveries = replicas[1].alerts.deliveries().items
+    assert sorted((d.kind, d.state) for d in deliveries) == [
+        ("alert", "delivered"),
+        ("retraining_request", "delivered"),
+    ]
+    for repos in replicas:
+        repos.close()

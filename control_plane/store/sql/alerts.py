@@ -19,14 +19,20 @@ from control_plane.store.records import (
 )
 from control_plane.store.sql.base import Database, Row, Tx, dumps, loads, page
 
-_UPSERT = (
+_INSERT = (
     "INSERT INTO alerts (id, alert_key, rule, series, model_name, model_version, severity,"
     " state, rule_json, labels_json, since, value, fired_at, resolved_at, acknowledged_by,"
     " acknowledged_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, value = excluded.value,"
-    " fired_at = excluded.fired_at, resolved_at = excluded.resolved_at,"
-    " updated_at = excluded.updated_at"
+    " ON CONFLICT (id) DO NOTHING"
 )
+# compare-and-set on the state: of two replicas saving the same transition, one changes it
+# (PostgreSQL re-checks the WHERE on the row the first committed; SQLite writes one at a time)
+_MOVE = (
+    "UPDATE alerts SET state = ?, value = ?, fired_at = ?, resolved_at = ?, updated_at = ?"
+    " WHERE id = ? AND state <> ?"
+)
+_TOUCH = "UPDATE alerts SET value = ?, updated_at = ? WHERE id = ?"
+CLAIM_S = 60.0  # a claimed delivery is due again after this if its sender never records it
 
 
 class SqlAlertRepo:
@@ -48,33 +54,13 @@ class SqlAlertRepo:
         at: float,
     ) -> builtins.list[str]:
         with self.db.transaction() as tx:
-            for alert in alerts:
-                labels = dict(alert.labels)
-                tx.execute(
-                    _UPSERT,
-                    [
-                        short_id(alert),
-                        alert.id,
-                        alert.rule.name,
-                        dumps(labels),
-                        labels.get("model"),
-                        labels.get("version"),
-                        alert.rule.severity,
-                        alert.state,
-                        dumps(rule_to_dict(alert.rule)),
-                        dumps(labels),
-                        alert.since,
-                        alert.value,
-                        alert.fired_at,
-                        alert.resolved_at,
-                        alert.acknowledged_by,
-                        None,
-                        at,
-                    ],
-                )
+            moved = {short_id(a) for a in alerts if _write_alert(tx, a, at)}
             for alert_id in gone:  # pending alerts whose breach ended before they fired
                 tx.execute("DELETE FROM alerts WHERE id = ? AND state = 'pending'", [alert_id])
-            ids = [_add_delivery(tx, d, i, at) for i, d in enumerate(deliveries)]
+            # a transition another replica already saved is not notified twice
+            ids = [
+                _add_delivery(tx, d, i, at) for i, d in enumerate(deliveries) if d.alert_id in moved
+            ]
             if alerts or gone:
                 tx.changed("alerts")
         return ids
@@ -162,6 +148,24 @@ class SqlAlertRepo:
             )
         return [_delivery(r) for r in rows]
 
+    def claim_due(
+        self, now: float, lease_s: float = CLAIM_S, limit: int = 100
+    ) -> builtins.list[AlertDelivery]:
+        """The deliveries due now that this caller wins: each is pushed ``lease_s`` ahead
+        (compare-and-set on its due time), so another replica's sender skips it; if this one
+        never records the attempt, it is due again after the lease."""
+        claimed = []
+        for d in self.due_deliveries(now, limit):
+            with self.db.transaction() as tx:
+                won = tx.execute(
+                    "UPDATE alert_deliveries SET next_attempt_at = ? WHERE id = ?"
+                    " AND state = 'pending' AND next_attempt_at = ?",
+                    [now + lease_s, d.id, d.next_attempt_at],
+                )
+            if won:
+                claimed.append(d)
+        return claimed
+
     def delivery_attempted(
         self, delivery_id: str, at: float, error: str | None, retry_at: float | None
     ) -> AlertDelivery:
@@ -218,6 +222,25 @@ class SqlAlertRepo:
                 "SELECT channel, state, COUNT(*) AS n FROM alert_deliveries GROUP BY channel, state"
             )
         return {(r["channel"], r["state"]): int(r["n"]) for r in rows}
+
+
+def _write_alert(tx: Tx, alert: Alert, at: float) -> bool:
+    """Insert or update ``alert``; True when this write changed its stored state."""
+    aid, labels = short_id(alert), dict(alert.labels)
+    inserted = tx.execute(
+        _INSERT,
+        [aid, alert.id, alert.rule.name, dumps(labels), labels.get("model"),
+         labels.get("version"), alert.rule.severity, alert.state,
+         dumps(rule_to_dict(alert.rule)), dumps(labels), alert.since, alert.value,
+         alert.fired_at, alert.resolved_at, alert.acknowledged_by, None, at],
+    )  # fmt: skip
+    if inserted:
+        return True
+    params = [alert.state, alert.value, alert.fired_at, alert.resolved_at, at, aid, alert.state]
+    if tx.execute(_MOVE, params):
+        return True
+    tx.execute(_TOUCH, [alert.value, at, aid])
+    return False
 
 
 def _add_delivery(tx: Tx, d: NewDelivery, index: int, at: float) -> str:

@@ -300,3 +300,32 @@ def test_concurrent_uploads_share_one_transaction_and_are_stored_once(
     assert sorted((w.device_id, w.seq) for w in stored) == [(d, s) for d in devices for s in (1, 2)]
     for device in devices:
         assert [u.seq for u in repos.uploads.list(device_id=device).items] == [1, 2]
+
+
+def test_a_saved_transition_is_queued_once_and_a_due_delivery_claimed_once(
+    open_store: OpenStore,
+) -> None:
+    """Two replicas saving the same transition, then claiming the same due delivery."""
+    one, two = open_store(), open_store()
+    pending = _alert(GATE, "1", "pending")
+    firing = replace(pending, state="firing", fired_at=20.0)
+    body = {"kind": "alert"}
+    hook = NewDelivery(short_id(firing), "webhook", "http://a/hook", "alert", body, 3)
+    assert one.alerts.save([pending], [], [], at=10.0) == []
+    first = one.alerts.save([firing], [], [hook], at=20.0)
+    assert len(first) == 1
+    assert two.alerts.save([firing], [], [hook], at=20.5) == []  # the state was already firing
+    assert two.alerts.get(short_id(firing)).updated_at == 20.5  # the value is still refreshed
+    fresh = _alert(PLAIN, "1", since=30.0)  # new and firing at once: the insert decides
+    twice = NewDelivery(short_id(fresh), "webhook", "http://a/hook", "alert", body, 3)
+    assert len(one.alerts.save([fresh], [], [twice], at=30.0)) == 1
+    assert two.alerts.save([fresh], [], [twice], at=30.0) == []
+    assert len(one.alerts.deliveries().items) == 2
+
+    claimed = one.alerts.claim_due(40.0, lease_s=60.0)
+    assert sorted(d.alert_id for d in claimed) == sorted([short_id(firing), short_id(fresh)])
+    assert two.alerts.claim_due(40.0, lease_s=60.0) == []  # the other replica's sender skips
+    assert two.alerts.due_deliveries(99.0) == []
+    one.alerts.delivery_attempted(claimed[0].id, 41.0, None, None)  # sent; the other never is
+    again = two.alerts.claim_due(100.0, lease_s=60.0)  # its lease ran out: due again
+    assert [d.id for d in again] == [claimed[1].id]
