@@ -38,7 +38,7 @@ def alert_rows(items: Iterable[Mapping[str, Any]]) -> Rows:
             str(a["state"]),
             ",".join(f"{k}={v}" for k, v in sorted(a["labels"].items())),
             fmt(a["value"]),
-            f"{a['comparison']} {fmt(a['threshold'])}",
+            f"{a['comparison']} {fmt(float(a['threshold']))}",
             when(a["since"]),
             when(a["fired_at"]),
             fmt(a["acknowledged_by"]),

@@ -179,7 +179,9 @@ def print_table(title: str, table: Rows) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    out = Table(*columns, title=title, title_justify="left")
+    out = Table(title=title, title_justify="left")
+    for column in columns:  # fold: a narrow terminal wraps an id, never cuts it
+        out.add_column(column, overflow="fold")
     for row in rows:
         out.add_row(*(Text(cell) for cell in row))  # Text: a [bracket] is not markup
     Console().print(out)
