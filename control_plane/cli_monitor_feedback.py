@@ -65,7 +65,8 @@ def _csv(text: str, source: str) -> Labels:
         first = False
         try:
             if len(cells) != 2:
-                raise InvalidInput(f"expected prediction_id,label, got {len(cells)} cells")
+                n = len(cells)
+                raise InvalidInput(f"expected prediction_id,label, got {n} cell{'s' * (n != 1)}")
             labels.append((_pid(cells[0]), _label(cells[1])))
         except InvalidInput as exc:
             raise InvalidInput(f"{source} line {reader.line_num}: {exc}") from None
