@@ -1,11 +1,11 @@
-"""``fleetcast monitor drift|accuracy|feedback|alerts|explain|attributions|lineage|openlineage``.
+"""``fleetcast monitor drift|accuracy|feedback|alerts|explain|attributions|lineage|…``.
 
 The monitoring routes (docs/monitoring.md) from the command line, as a client
 of the REST API like every command of ``cli_api.py``: ``--server``
 (``FLEETCAST_SERVER``), the token of ``FLEETCAST_TOKEN`` or ``fleetcast login``,
 and ``--json`` (the route's answer as JSON instead of tables). Drift, accuracy
 and feedback are here; alerts in ``cli_monitor_alerts.py``; explanations,
-attributions and lineage in ``cli_monitor_insights.py``. Tables go through
+attributions, lineage, OpenLineage and /metrics in ``cli_monitor_insights.py``. Tables go through
 ``cli_monitor_render.py`` (pure: view dicts in, rows out).
 """
 
@@ -157,10 +157,10 @@ def monitor_feedback(
     client: ApiClient, as_json: bool, file: Path | None, pairs: tuple[str, ...]
 ) -> None:
     """Send true labels of captured predictions: FILE (CSV prediction_id,label with or
-    without a header, or JSON lines {"prediction_id", "label"}; - reads stdin) and/or
-    --label. Everything is checked before anything is sent, then sent in chunks of
-    10,000; ids no stored capture has are listed (their labels are kept: a capture
-    uploaded later joins them)."""
+    without a header, JSON lines {"prediction_id", "label"}, or a JSON array of them;
+    - reads stdin) and/or --label. Everything is checked before anything is sent,
+    then sent in chunks of 10,000; ids no stored capture has are listed (their labels
+    are kept: a capture uploaded later joins them)."""
     labels: Labels = []
     if file is not None:
         with click.open_file(str(file), encoding="utf-8") as stream:  # "-": stdin
@@ -215,9 +215,15 @@ def send_feedback(client: ApiClient, labels: Labels) -> dict[str, Any]:
 
 def _register() -> None:
     from control_plane.cli_monitor_alerts import alerts
-    from control_plane.cli_monitor_insights import attributions, explain, lineage, openlineage
+    from control_plane.cli_monitor_insights import (
+        attributions,
+        explain,
+        lineage,
+        metrics,
+        openlineage,
+    )
 
-    for command in (alerts, explain, attributions, lineage, openlineage):
+    for command in (alerts, explain, attributions, lineage, openlineage, metrics):
         monitor.add_command(command)
 
 

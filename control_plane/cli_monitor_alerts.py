@@ -8,6 +8,7 @@ The routes ``GET /alerts``, ``GET /alerts/{id}``, ``POST /alerts/{id}/acknowledg
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,6 +26,10 @@ class _Aliased(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
+
+
+def _quoted(alert_id: str) -> str:
+    return urllib.parse.quote(alert_id, safe="")
 
 
 def alert_rows(items: Iterable[Mapping[str, Any]]) -> Rows:
@@ -106,7 +111,7 @@ def alerts_list(
 @api_command
 def alerts_show(client: ApiClient, as_json: bool, alert_id: str) -> None:
     """One alert."""
-    got = client.request("GET", f"/api/v1/alerts/{alert_id}")
+    got = client.request("GET", f"/api/v1/alerts/{_quoted(alert_id)}")
     _show([got], alert_rows([got]), "alert", as_json)
 
 
@@ -115,7 +120,7 @@ def alerts_show(client: ApiClient, as_json: bool, alert_id: str) -> None:
 @api_command
 def alerts_acknowledge(client: ApiClient, as_json: bool, alert_id: str) -> None:
     """Acknowledge a firing alert (operator; it stays firing until it resolves). Short: ack."""
-    got = client.request("POST", f"/api/v1/alerts/{alert_id}/acknowledge")
+    got = client.request("POST", f"/api/v1/alerts/{_quoted(alert_id)}/acknowledge")
     _show([got], alert_rows([got]), "acknowledged", as_json)
 
 

@@ -3,7 +3,8 @@
 named by its line before anything is sent.
 
 - CSV: ``prediction_id,label`` per line, with or without that header line;
-- JSON lines (the first non-blank character is ``{``): ``{"prediction_id": ..., "label": ...}``.
+- JSON lines (the first non-blank character is ``{``): ``{"prediction_id": ..., "label": ...}``;
+- one JSON document: an array of those objects, or the API's body ``{"labels": [...]}``.
 
 Blank lines are skipped; anything else that is not a label is an error (a row
 with a third cell, an unknown JSON field, a label that is not a finite number, an
@@ -31,7 +32,11 @@ Labels = list[tuple[str, float]]
 def parse_feedback(text: str, source: str) -> Labels:
     """Every label of a feedback file; InvalidInput naming ``source``, the line and why."""
     stripped = text.lstrip()
-    labels = _json_lines(text, source) if stripped.startswith("{") else _csv(text, source)
+    if stripped.startswith(("[", "{")):
+        items = _json_document(stripped, source)
+        labels = _json_items(items, source) if items is not None else _json_lines(text, source)
+    else:
+        labels = _csv(text, source)
     if not labels:
         raise InvalidInput(f"{source}: no labels (expected prediction_id,label lines)")
     return labels
@@ -73,23 +78,47 @@ def _csv(text: str, source: str) -> Labels:
     return labels
 
 
+def _json_document(text: str, source: str) -> list[Any] | None:
+    """The items of a whole-file JSON array or API body ``{"labels": [...]}``; None when
+    the file is not one JSON document of those shapes (then it is read as JSON lines)."""
+    try:
+        whole: Any = json.loads(text)
+    except ValueError as exc:
+        if text.startswith("["):
+            raise InvalidInput(f"{source}: not a JSON array of labels ({exc})") from None
+        return None
+    if isinstance(whole, dict) and set(whole) == {"labels"} and isinstance(whole["labels"], list):
+        return list(whole["labels"])
+    return list(whole) if isinstance(whole, list) else None
+
+
+def _json_items(items: list[Any], source: str) -> Labels:
+    labels: Labels = []
+    for number, item in enumerate(items, start=1):
+        try:
+            labels.append(_json_label(item))
+        except InvalidInput as exc:
+            raise InvalidInput(f"{source} item {number}: {exc}") from None
+    return labels
+
+
 def _json_lines(text: str, source: str) -> Labels:
     labels: Labels = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            labels.append(_json_label(line))
+            item: Any = json.loads(line)
+        except ValueError as exc:
+            raise InvalidInput(f"{source} line {number}: not JSON ({exc})") from None
+        try:
+            labels.append(_json_label(item))
         except InvalidInput as exc:
             raise InvalidInput(f"{source} line {number}: {exc}") from None
     return labels
 
 
-def _json_label(line: str) -> tuple[str, float]:
-    try:
-        item: Any = json.loads(line)
-    except ValueError as exc:
-        raise InvalidInput(f"not JSON ({exc})") from None
+def _json_label(item: Any) -> tuple[str, float]:
     if not isinstance(item, dict):
         raise InvalidInput('expected {"prediction_id": ..., "label": ...}')
     missing = [k for k in ("prediction_id", "label") if k not in item]

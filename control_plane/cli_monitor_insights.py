@@ -1,13 +1,15 @@
-"""``fleetcast monitor explain|attributions|lineage|openlineage``.
+"""``fleetcast monitor explain|attributions|lineage|openlineage|metrics``.
 
 The read routes of ``api/insights.py`` (viewer): one prediction's SHAP
 attributions, the background job's attribution drift, the loop's lineage graph
-from one dataset, prediction, package or device, and its OpenLineage run events.
+from one dataset, prediction, package or device, and its OpenLineage run events;
+and the server's Prometheus ``/metrics`` as a table (parsed by prometheus-client).
 """
 
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -83,7 +85,7 @@ def explain(
     client: ApiClient, as_json: bool, prediction_id: str, device: str | None, top: int
 ) -> None:
     """A captured prediction's per-feature SHAP attributions, largest |SHAP| first."""
-    path = f"/api/v1/predictions/{prediction_id}/explanation"
+    path = f"/api/v1/predictions/{urllib.parse.quote(prediction_id, safe='')}/explanation"
     got = client.request("GET", path, query={"device": device})
     if as_json:
         _print_json(got)
@@ -178,3 +180,42 @@ def openlineage(client: ApiClient, as_json: bool, model: str | None) -> None:
     print_table(
         "OpenLineage run events", (["job", "event", "time", "run", "inputs", "outputs"], rows)
     )
+
+
+def metric_rows(text: str, prefixes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The samples of a Prometheus exposition whose name starts with one of ``prefixes``
+    (histogram buckets and ``_created`` stamps left out unless a prefix names them)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = []
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            named = any(s.name.startswith(p) for p in prefixes)
+            noise = s.name.endswith(("_bucket", "_created")) and not any(
+                p.endswith(("_bucket", "_created")) for p in prefixes
+            )
+            if named and not noise:
+                out.append({"name": s.name, "labels": dict(s.labels), "value": s.value})
+    return out
+
+
+@click.command("metrics")
+@click.option(
+    "--name",
+    "prefixes",
+    multiple=True,
+    help="Samples whose name starts with this (repeat; default: every fleetcast_ one).",
+)
+@api_command
+def metrics(client: ApiClient, as_json: bool, prefixes: tuple[str, ...]) -> None:
+    """The server's /metrics (drift share, PSI, ingest counts, alerts, ...) as a table."""
+    samples = metric_rows(client.download("/metrics").decode(), prefixes or ("fleetcast_",))
+    if as_json:
+        for sample in samples:
+            _print_json(sample)
+        return
+    rows = [
+        [s["name"], ",".join(f"{k}={v}" for k, v in sorted(s["labels"].items())), fmt(s["value"])]
+        for s in samples
+    ]
+    print_table("metrics", (["metric", "labels", "value"], rows))

@@ -142,6 +142,11 @@ def test_drift_prints_each_groups_report_and_the_unevaluated_windows(m: Monitore
     psi = {r[0]: r[3] for r in rows(out) if len(r) == 8}
     assert psi == {f["key"]: fmt(f["psi"]) for f in berlin["features"]}
     assert m.json("drift", m.name, "--group-by", "site")["reports"] == api["reports"]
+    shares = m.ok("metrics", "--name", "fleetcast_drift_share", "--json").splitlines()
+    by_group = {s["labels"]["group"]: s["value"] for s in map(json.loads, shares)}
+    assert by_group == {r["group"]: r["drifted_share"] for r in api["reports"]}
+    (windows,) = [r for r in rows(m.ok("metrics")) if r[0] == "fleetcast_ingested_windows_total"]
+    assert windows[2] == "3.0000"  # the ghost window counts: ingested, not evaluated
     assert m.json("drift", m.name, "--since", "2h")["windows"] == 3  # an age: all of them
     assert m.json("drift", m.name, "--until", "2000-01-01T00:00Z")["windows"] == 0
 

@@ -22,6 +22,9 @@ def test_csv_with_or_without_header_and_json_lines_read_the_same_labels() -> Non
     assert parse_feedback('p-1,3\r\n"p,2",0.5', "f.csv") == expected
     lines = '{"prediction_id": "p-1", "label": 3}\n\n{"label": 0.5, "prediction_id": "p,2"}\n'
     assert parse_feedback(lines, "f.jsonl") == expected
+    items = '[{"prediction_id": "p-1", "label": 3},\n {"prediction_id": "p,2", "label": 0.5}]'
+    assert parse_feedback(items, "f.json") == expected
+    assert parse_feedback(f'{{"labels": {items}}}', "body.json") == expected  # the API's body
 
 
 @pytest.mark.parametrize(
@@ -41,6 +44,9 @@ def test_csv_with_or_without_header_and_json_lines_read_the_same_labels() -> Non
         ('{"prediction_id": "p", "label": true}', "f line 1: label True is not a number"),
         ('{"prediction_id": "p", "label": "2"}', "f line 1: label '2' is not a number"),
         ('{"prediction_id": 7, "label": 2}', "f line 1: prediction_id 7 is not a string"),
+        ('[{"prediction_id": "p", "label": 1}, 3]', 'f item 2: expected {"prediction_id"'),
+        ('[{"prediction_id": "p", "label": 1},', "f: not a JSON array of labels"),
+        ("[]", "f: no labels"),
     ],
 )
 def test_a_bad_line_is_named_with_the_problem(text: str, message: str) -> None:
