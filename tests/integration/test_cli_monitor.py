@@ -49,8 +49,9 @@ class Monitored:
     window_end: float
     manifest: Any
 
-    def run(self, *args: str) -> Result:
-        return CliRunner().invoke(cli, ["monitor", *args], env=self.env, obj=self.settings)
+    def run(self, *args: str, token: str | None = None) -> Result:
+        env = {**self.env, "FLEETCAST_TOKEN": token or self.env["FLEETCAST_TOKEN"]}
+        return CliRunner().invoke(cli, ["monitor", *args], env=env, obj=self.settings)
 
     def ok(self, *args: str) -> str:
         result = self.run(*args)
@@ -300,3 +301,9 @@ def test_bad_input_is_one_clear_line_and_a_non_zero_exit(m: Monitored, tmp_path:
     assert "404" in result.output and "never-scored-42" in result.output
     result = m.run("feedback")
     assert result.exit_code == 2 and "give a FILE and/or --label" in result.output
+
+    viewer = m.api.request("POST", "/api/v1/tokens", body={"name": "dash", "role": "viewer"})
+    assert m.run("drift", m.name, token=viewer["token"]).exit_code == 0  # a viewer reads
+    result = m.run("feedback", "--label", f"{m.clean_ids[0]}=1", token=viewer["token"])
+    assert result.exit_code == 1 and result.output.startswith("Error: 403 ")  # labels: operator
+    assert m.api.request("GET", "/api/v1/accuracy", query=query)["labelled"] == 0
