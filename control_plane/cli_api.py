@@ -6,7 +6,8 @@ Every command takes ``--server URL`` (or ``FLEETCAST_SERVER``) and ``--json``
 (one JSON object per line instead of a table); the token is ``FLEETCAST_TOKEN``
 or the one ``fleetcast login`` saved. ``fleetcast admin init`` is the only one
 that opens the store itself: it makes the first admin token. Catalog commands
-(``models``, ``versions``) are in ``cli_catalog.py``.
+(``models``, ``versions``) are in ``cli_catalog.py``; monitoring (``monitor``) in
+``cli_monitor.py``.
 """
 
 from __future__ import annotations
@@ -342,10 +343,11 @@ def add_api_commands(group: click.Group) -> None:
     from control_plane.cli_catalog import models, versions
     from control_plane.cli_fleet import deploy, devices
     from control_plane.cli_function_aliases import functions
+    from control_plane.cli_monitor import monitor
     from control_plane.cli_rollouts import rollouts
 
     for command in (
         admin, login, whoami, models, versions, jobs, packages, audit, tokens, rollouts,
-        functions, devices, deploy,
+        functions, devices, deploy, monitor,
     ):  # fmt: skip
         group.add_command(command)
