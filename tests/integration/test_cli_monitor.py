@@ -188,6 +188,16 @@ def test_feedback_from_a_file_then_accuracy_measured_beside_estimated(
     ]  # fmt: skip
     assert estimate["count"] == api["captures"] > api["labelled"]  # labelled or not
     assert bucket["accuracy"] == pytest.approx(m.manifest.calibration.accuracy, abs=0.01)
+    split = m.api.request("GET", "/api/v1/accuracy", query={**query, "group_by": "site"})
+    assert {g["group"] for g in split["groups"]} == {"site=berlin", "site=munich"}
+    out = m.ok("accuracy", m.name, m.version, "--bucket-seconds", "86400", "--group-by", "site")
+    printed = {r[0]: r for r in rows(out) if len(r) == 6}
+    for g in split["groups"]:
+        assert printed[g["group"]] == [
+            g["group"], fmt(g["captures"]), fmt(g["labelled"]), fmt(g["accuracy"]),
+            fmt(g["f1_macro"]), fmt(g["estimated_accuracy"]),
+        ]  # fmt: skip
+    assert {r[0] for r in rows(out) if len(r) == 8} == {"site=berlin", "site=munich"}
     assert (
         m.json("accuracy", m.name, m.version)["buckets"]
         == m.api.request("GET", "/api/v1/accuracy", query={"model": m.name, "version": m.version})[
