@@ -1,20 +1,20 @@
 """The fleet half of `fleetcast demo`: a control plane, two agents, a rollout, telemetry.
 
 The control plane serves gRPC and an embedded mosquitto in this process; two
-`fleetcast-agent` daemons run as their own processes on this machine, one
-talking gRPC and one MQTT. The operator's steps go through the REST API as the
-CLI sends them (an admin token as `fleetcast admin init` makes it; the version
-and its package into the catalog; enrollment tokens; the devices' profile and
-labels; `fleetcast deploy MODEL VERSION --selector`). Each agent enrolls with
-its one-time token, receives a deploy command, downloads, verifies, self-tests
-and switches to the package,
-scores held-out digits sent through its local gRPC API, and reports telemetry
-windows, which the control plane stores once each. The control plane then
-judges drift from those windows against the package's reference statistics
-(clean digits, then dimmed ones: control_plane/demo_monitoring.py), and an
-admin token reads the same fleet and its audit log over the REST API. Last, version 2
-goes out in a staged rollout and the lineage API names the devices running it
-(control_plane/demo_rollout.py).
+`fleetcast-agent` daemons run as their own processes on this machine, one talking gRPC
+and one MQTT. The operator's steps go through the REST API as the CLI sends them (an
+admin token as `fleetcast admin init` makes it; the version and its package into the
+catalog; enrollment tokens; the devices' profile and labels; `fleetcast deploy MODEL
+VERSION --selector`). Each agent enrolls with its one-time token, receives a deploy
+command, downloads, verifies, self-tests and switches to the package, scores held-out
+digits sent through its local gRPC API, and reports telemetry windows, which the control
+plane stores once each. The control plane then judges drift from those windows against
+the package's reference statistics (clean digits, then dimmed ones:
+control_plane/demo_monitoring.py); the true labels of predictions at two sites (one a
+noisy sensor) come back later and the accuracy API measures each site apart, beside its
+confidence-based estimate; an admin token reads the same fleet and its audit log over the
+REST API. Last, version 2 goes out in a staged rollout and the lineage API names the
+devices running it (control_plane/demo_rollout.py).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from control_plane.demo_rollout import register_version
 from control_plane.server import ControlPlane, ServeOptions
 from control_plane.signing import PRIVATE_NAME, PUBLIC_NAME
 from edge_agent.package import read_package
+
+LABELLED = 150  # digits per site whose true labels come back in step 8
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -73,6 +75,71 @@ def _score(address: str, x: np.ndarray, y: np.ndarray) -> float:
     return correct / len(x)
 
 
+def _score_each(address: str, x: np.ndarray) -> list[tuple[str, int]]:
+    """Score each row of ``x`` in its own call: (prediction id, predicted class) per row."""
+    import grpc
+
+    from edge_agent.local_api import decode_tensor, encode_tensor
+    from edge_agent.proto.fleetcast.v1 import scoring_pb2 as pb
+    from edge_agent.proto.fleetcast.v1 import scoring_pb2_grpc as pb_grpc
+
+    out = []
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.EdgeScoringStub(channel)  # type: ignore[no-untyped-call]
+        for i in range(len(x)):
+            request = pb.PredictRequest(
+                name="digits-mlp", inputs=[encode_tensor("input", x[i : i + 1])]
+            )
+            answer = stub.Predict(request, timeout=10)
+            out.append((answer.prediction_id, int(decode_tensor(answer.outputs[0]).argmax())))
+    return out
+
+
+def _labels_step(
+    console: Console,
+    agents: list[tuple[str, subprocess.Popen[str], str]],
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    scored: dict[str, int],
+    rows_in: Callable[[str], tuple[int, int]],
+    client: ApiClient,
+    model: str,
+    version: str,
+) -> None:
+    """Delayed labels: each site scores digits one call each (the field site through a noisy
+    sensor), the true labels come back later through POST /feedback, and
+    GET /accuracy?group_by=site puts each site's measured accuracy beside its estimate."""
+    labels = []
+    noise = {"demo-grpc": 0.0, "demo-mqtt": 5.0}
+    for device, _, address in agents:
+        grain = np.random.default_rng(0).normal(0.0, noise[device], x_val[:LABELLED].shape)
+        rows = np.clip(x_val[:LABELLED] + grain, 0, 16).astype(x_val.dtype)
+        answers = _score_each(address, rows)
+        scored[device] += len(rows)
+        labels += [{"prediction_id": pid, "label": int(label)}
+                   for (pid, _), label in zip(answers, y_val[:LABELLED], strict=True)]  # fmt: skip
+    _wait(lambda: all(rows_in(d)[0] >= scored[d] for d, _, _ in agents), 30)
+    fed = client.request("POST", "/api/v1/feedback", body={"labels": labels})
+    accuracy = client.request(
+        "GET", "/api/v1/accuracy", query={"model": model, "version": version, "group_by": "site"}
+    )
+    table = Table(title="accuracy per site: measured from the labels, estimated (CBPE) from all")
+    for column in ("site", "captures", "labelled", "measured accuracy", "estimated accuracy"):
+        table.add_column(column)
+    for g in accuracy["groups"]:
+        measured = "-" if g["accuracy"] is None else f"{g['accuracy']:.3f}"
+        estimate = g["estimated_accuracy"]
+        table.add_row(g["group"], str(g["captures"]), str(g["labelled"]), measured,
+                      "-" if estimate is None else f"{estimate:.3f}")  # fmt: skip
+    console.print(table)
+    console.print(
+        f"[bold]8. delayed labels[/]: POST /api/v1/feedback joined {fed['matched']} of "
+        f"{fed['received']} labels with the captured predictions; GET /api/v1/accuracy?"
+        "group_by=site measures each site apart. The noisy sensor of site=field makes the "
+        "model confidently wrong: its estimate stays high, the labels (and its drift) tell."
+    )
+
+
 def _monitoring_step(
     console: Console,
     plane: ControlPlane,
@@ -103,12 +170,14 @@ def _monitoring_step(
     rows.append((device, f"dimmed x0.6 (accuracy {accuracy:.3f})",
                  drift_since(services, device, manifest, mark)))  # fmt: skip
     print_drift(console, rows)
+    _labels_step(console, agents, x_val, y_val, scored, rows_in, client,
+                 manifest.model_name, manifest.model_version)  # fmt: skip
 
     base = f"{client.server}/api/v1"
     devices = client.request("GET", "/api/v1/devices")
     audit = client.request("GET", "/api/v1/audit", query={"limit": 100})
     console.print(
-        f"[bold]8. operators[/]: GET {base}/devices with an admin token lists "
+        f"[bold]9. operators[/]: GET {base}/devices with an admin token lists "
         f"{', '.join(d['id'] + ' (' + d['status'] + ')' for d in devices['items'])}; "
         f"/audit holds {len(audit['items'])} entries (enrollments, deploys, acks, tokens); "
         f"OpenAPI at {base}/openapi.json"
@@ -164,7 +233,7 @@ def _rollout_step(
             raise DemoError(f"{device} scores {accuracy:.3f} on version {version}: not the model")
     running = devices_running(client, package_id, devices)
     console.print(
-        f"[bold]10. lineage[/]: GET /api/v1/lineage?package={package_id}&direction=down: "
+        f"[bold]11. lineage[/]: GET /api/v1/lineage?package={package_id}&direction=down: "
         f"runs on {', '.join(running)} (by their telemetry windows)"
     )
     return {"rollout": view, "running": running, "package_id": package_id}
@@ -178,7 +247,7 @@ def run_fleet_demo(
     x_val: np.ndarray,
     y_val: np.ndarray,
 ) -> dict[str, Any]:
-    """The fleet steps (5-10); what the rollout and lineage steps found (see _rollout_step)."""
+    """The fleet steps (5-11); what the rollout and lineage steps found (see _rollout_step)."""
     fleet_dir = workdir / "fleet"
     shutil.rmtree(fleet_dir, ignore_errors=True)
     plane = ControlPlane(
@@ -203,7 +272,10 @@ def run_fleet_demo(
     agents: list[tuple[str, subprocess.Popen[str], str]] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
-        for kind, port in (("grpc", plane.grpc_port), ("mqtt", plane.mqtt_port)):
+        for kind, port, site in (
+            ("grpc", plane.grpc_port, "lab"),
+            ("mqtt", plane.mqtt_port, "field"),
+        ):
             device = f"demo-{kind}"
             state = fleet_dir / device
             token = client.request("POST", "/api/v1/enrollment-tokens", body={"device_id": device})
@@ -224,11 +296,11 @@ def run_fleet_demo(
                 text=True,
                 env=env,
             )
-            # `fleetcast devices set DEVICE --profile … --label demo=fleet`
+            # `fleetcast devices set DEVICE --profile … --label demo=fleet --label site=…`
             client.request(
                 "PATCH",
                 f"/api/v1/devices/{device}",
-                body={"profile_id": manifest.profile.id, "labels": {"demo": "fleet"}},
+                body={"profile_id": manifest.profile.id, "labels": {"demo": "fleet", "site": site}},
             )
             proc = subprocess.Popen(
                 _agent_cmd(
@@ -251,6 +323,9 @@ def run_fleet_demo(
                     **env,
                     "FLEETCAST_AGENT_WINDOW_SECONDS": "1",
                     "FLEETCAST_AGENT_SEND_INTERVAL_SECONDS": "0.5",
+                    # every prediction captured, so the labels of step 8 join each one
+                    "FLEETCAST_AGENT_CAPTURE_RATE": "1",
+                    "FLEETCAST_AGENT_MAX_CAPTURES": "500",
                 },
             )
             assert proc.stdout is not None

@@ -135,7 +135,7 @@ def staged_rollout(
         table.add_row(f"{wave['index'] + 1} ({share})", ", ".join(names), wave["status"], gates)
     console.print(table)
     console.print(
-        f"[bold]9. staged rollout[/] of version {version} through POST /api/v1/rollouts: "
+        f"[bold]10. staged rollout[/] of version {version} through POST /api/v1/rollouts: "
         f"{len(waves)} waves, 1 s bake each, completed in {time.perf_counter() - start:.1f} s "
         "(error-rate and latency gates off: no traffic runs during it)"
     )

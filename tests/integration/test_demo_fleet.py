@@ -1,5 +1,6 @@
-"""The fleet half of `fleetcast demo` (steps 5-10) on the session's compiled digits MLP:
-a control plane, a gRPC and an MQTT agent, the deploy, telemetry, drift, then version 2 in
+"""The fleet half of `fleetcast demo` (steps 5-11) on the session's compiled digits MLP:
+a control plane, a gRPC and an MQTT agent, the deploy, telemetry, drift, delayed labels and
+accuracy per site, then version 2 in
 a staged rollout of 2 waves over the REST API and the lineage of its package. The training
 and compile half is left out (it takes minutes; `make demo` runs all of it)."""
 
@@ -53,3 +54,12 @@ def test_the_fleet_demo_rolls_out_version_2_in_two_waves_and_traces_it(
     assert "staged rollout" in text and "1 (1 device)" in text and "2 (100%)" in text
     assert "report running digits-mlp version 2" in text
     assert "runs on demo-grpc, demo-mqtt" in text
+    assert "joined 300 of 300 labels" in text  # 150 per site, each prediction captured
+    cells = {
+        row[0]: row
+        for row in ([c.strip() for c in line.split("│") if c.strip()] for line in text.splitlines())
+        if row and row[0] in ("site=lab", "site=field")
+    }
+    lab, field = cells["site=lab"], cells["site=field"]
+    assert lab[2] == field[2] == "150"  # labelled
+    assert float(lab[3]) > 0.9 and float(field[3]) < float(lab[3]) - 0.2  # measured
