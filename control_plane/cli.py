@@ -461,6 +461,18 @@ def _store_option(command: Any) -> Any:
 @click.option("--smtp-user", envvar="FLEETCAST_SMTP_USER")
 @click.option("--smtp-password", envvar="FLEETCAST_SMTP_PASSWORD")
 @click.option(
+    "--openlineage-url",
+    help="OpenLineage HTTP endpoint's base URL (e.g. Marquez, http://host:5000): the run"
+    " events of compiles, rollouts and drift evaluations are POSTed to its /api/v1/lineage.",
+)
+@click.option(
+    "--openlineage-interval",
+    default="5m",
+    show_default=True,
+    callback=lambda c, p, v: _duration(v),
+    help="How often what changed in the lineage is pushed to --openlineage-url.",
+)
+@click.option(
     "--retention-full",
     default="2d",
     show_default=True,
@@ -524,6 +536,8 @@ def serve(
     smtp_starttls: bool,
     smtp_user: str | None,
     smtp_password: str | None,
+    openlineage_url: str | None,
+    openlineage_interval: float,
     retention_full: float,
     retention_bucket: float,
     retention_keep: float,
@@ -589,6 +603,8 @@ def serve(
             alert_interval_s=alert_interval,
             alert_notifications=notifications,
             retention=retention,
+            openlineage_url=openlineage_url,
+            openlineage_interval_s=openlineage_interval,
             data_dir=settings.data_dir,
             grpc_address=grpc_address,
             grpc_tls=tls,

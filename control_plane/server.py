@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from flask import Flask
@@ -34,6 +35,7 @@ from control_plane.app import Fleetcast, create_app, services_of
 from control_plane.errors import ControlPlaneError
 from control_plane.services.alerts import AlertService, Notifications, WaveDrift
 from control_plane.services.audit import AuditService
+from control_plane.services.lineage import LineageService
 from control_plane.services.monitoring import MonitoringService
 from control_plane.services.retention import RetentionPolicy, RetentionService
 from control_plane.services.rollouts import AlertDrift, RolloutService
@@ -51,6 +53,9 @@ from control_plane.transport.mqtt import MqttBridge, MqttEndpoint
 from control_plane.transport.streams import StreamRegistry
 from edge_agent.core.netaddr import is_loopback, split_host_port
 from edge_agent.core.topics import device_login
+
+if TYPE_CHECKING:
+    from control_plane.monitoring.openlineage import OpenLineagePusher
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +91,8 @@ class ServeOptions:
     alert_interval_s: float = ALERT_INTERVAL_SECONDS  # alert rules evaluated (0: never)
     alert_notifications: Notifications | None = None  # webhooks, e-mail (None: nobody told)
     retention: RetentionPolicy = dataclasses.field(default_factory=RetentionPolicy)
+    openlineage_url: str | None = None  # an OpenLineage HTTP endpoint the run events go to
+    openlineage_interval_s: float = 300.0  # how often what changed is pushed there
     rollout_wake_seconds: float = ROLLOUT_WAKE_SECONDS  # an ack wakes the ticker this much later
 
 
@@ -158,6 +165,7 @@ class ControlPlane:
         self._ticker: threading.Thread | None = None
         self.alerts: AlertService | None = None
         self.retention: RetentionService | None = None
+        self.lineage_pusher: OpenLineagePusher | None = None
         self._monitor: threading.Thread | None = None
 
     def start(self) -> ControlPlane:
@@ -202,7 +210,13 @@ class ControlPlane:
         o = self.options
         self._alert_service()
         self.retention = RetentionService(self.services.repos, o.retention)
-        if o.alert_interval_s > 0 or o.retention.interval_s > 0:
+        if o.openlineage_url:
+            from control_plane.monitoring.openlineage import OpenLineagePusher
+
+            alerts = self._alert_service()
+            lineage = LineageService(self.services.repos, alerts.monitoring.manifest, alerts.alerts)
+            self.lineage_pusher = OpenLineagePusher(lineage.run_events, o.openlineage_url)
+        if o.alert_interval_s > 0 or o.retention.interval_s > 0 or self.lineage_pusher:
             self._monitor = threading.Thread(
                 target=self._monitor_loop, name="monitoring", daemon=True
             )
@@ -230,6 +244,8 @@ class ControlPlane:
             (min(DELIVERY_SECONDS, o.alert_interval_s), self.alerts.deliver_due, "alert delivery"),
             (o.retention.interval_s, self.retention.run, "telemetry retention"),
         ]
+        if self.lineage_pusher is not None:
+            jobs.append((o.openlineage_interval_s, self.lineage_pusher.push, "OpenLineage push"))
         due = [clock() + every if every > 0 else float("inf") for every, _, _ in jobs]
         step = min(every for every, _, _ in jobs if every > 0)
         while not self._stop.wait(max(0.05, min(step, min(due) - clock()))):

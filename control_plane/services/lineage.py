@@ -24,7 +24,7 @@ import datetime
 import json
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from control_plane.core.lineage import LineageGraph, Node, node_id
 from control_plane.core.rollout_model import Rollout
@@ -33,6 +33,9 @@ from control_plane.services import Clock
 from control_plane.store.records import MAX_LIMIT, Package, Page
 from control_plane.store.repos import Repositories
 from edge_agent.core.manifest import Manifest
+
+if TYPE_CHECKING:
+    from openlineage.client.event_v2 import RunEvent
 
 AlertsFn = Callable[[], list[Any]]  # AlertService.alerts
 
@@ -223,8 +226,14 @@ class LineageService:
 
     def openlineage(self, model: str | None = None) -> list[dict[str, Any]]:
         """COMPLETE OpenLineage run events (compile, rollout, drift evaluation) as JSON."""
-        from control_plane.monitoring.openlineage import lineage_events, to_json
+        from control_plane.monitoring.openlineage import to_json
+
+        return [json.loads(to_json(e)) for e in self.run_events(model)]
+
+    def run_events(self, model: str | None = None) -> list[RunEvent]:
+        """The graph's OpenLineage run events (openlineage-python models), stamped now."""
+        from control_plane.monitoring.openlineage import lineage_events
 
         g, _ = self.graph(model)
         at = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC).isoformat()
-        return [json.loads(to_json(e)) for e in lineage_events(g, at)]
+        return lineage_events(g, at)
