@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from typing import Any
 
-from control_plane.core.alert_rules import METRICS, disabled_names
+from control_plane.core.alert_rules import METRICS
 from control_plane.core.alerts import (
     Alert,
     AlertBook,
@@ -257,7 +257,7 @@ class AlertService:
             transitions: list[Transition] = []
             for model in sorted(books):
                 transitions += books[model].evaluate(readings.get(model, []), now)
-            for book in off.values():  # a rule disabled by an operator: its alerts end now
+            for book in off.values():  # rules no longer in effect: their alerts end now
                 transitions += book.evaluate([], now)
             live = [a for book in books.values() for a in book.active.values()]
             resolved = [t.alert for t in transitions if t.alert.state == "resolved"]
@@ -275,8 +275,9 @@ class AlertService:
         self, live: Iterable[Alert], models: Iterable[str]
     ) -> tuple[dict[str, AlertBook], dict[str, AlertBook]]:
         """Per model (with live alerts or readings): the book of its rules in effect holding
-        its live alerts, and the book of the live alerts whose rule an operator disabled
-        (evaluated without readings, they resolve; pending ones are dropped)."""
+        its live alerts, and the book of the live alerts whose rule is no longer in effect
+        (disabled or deleted by an operator): evaluated without readings, they resolve
+        (pending ones are dropped) instead of firing on under a rule nobody set."""
         overrides = self.rules.stored_by_model()
         books: dict[str, AlertBook] = {}
         off: dict[str, AlertBook] = {}
@@ -284,20 +285,14 @@ class AlertService:
             model = dict(alert.labels).get("model", "")
             if model not in books:
                 books[model] = self._book(model, overrides.get(model, []))
-            book = books[model]
-            current = {r.name: r for r in book.rules}.get(alert.rule.name)
-            if current is not None:
-                alert = replace(alert, rule=current)  # evaluated and told under the rule now
-            elif alert.rule.name in disabled_names(
-                self.rules.settings(model, overrides.get(model, []))
-            ):
-                book = off.setdefault(model, AlertBook(()))
-                book.rules += (alert.rule,)
+            current = {r.name: r for r in books[model].rules}.get(alert.rule.name)
+            if current is not None:  # evaluated and told under the rule in effect now
+                books[model].active[(current.name, alert.labels)] = replace(alert, rule=current)
             else:
-                # raised under a rule no longer configured: watched under its stored
-                # rule (it resolves once unobserved), never left firing forever
-                book.rules += (alert.rule,)
-            book.active[(alert.rule.name, alert.labels)] = alert
+                book = off.setdefault(model, AlertBook(()))
+                if alert.rule.name not in {r.name for r in book.rules}:
+                    book.rules += (alert.rule,)
+                book.active[(alert.rule.name, alert.labels)] = alert
         for model in models:
             if model not in books:
                 books[model] = self._book(model, overrides.get(model, []))
