@@ -22,18 +22,24 @@ from control_plane.api.client import ApiClient
 from control_plane.cli_api import api_command, emit
 from control_plane.core.alert_rules import COMPARISONS, METRICS, SEVERITIES
 
-COLUMNS = ("name", "rule", "window_s", "for_s", "severity", "flags", "enabled",
-           "source", "updated_by")  # fmt: skip
+COLUMNS = ("name", "rule", "window", "for", "severity", "flags", "on", "source")
 
 
 def _row(view: dict[str, Any]) -> dict[str, Any]:
-    flags = [f for f in ("gates_rollout", "retrain") if view.get(f)]
-    source = view["source"] + (" (overrides default)" if view.get("overrides_default") else "")
+    """A table row; ``source``: default (the code's rule), override (a stored rule replacing
+    the default of its name) or added (a stored rule of a new name)."""
+    source = view["source"]
+    if source == "stored":
+        source = "override" if view.get("overrides_default") else "added"
+    flags = [label for f, label in (("gates_rollout", "gate"), ("retrain", "retrain")) if view[f]]
     return {
-        **{k: view.get(k) for k in COLUMNS},
+        "name": view["name"],
         "rule": f"{view['metric']} {view['comparison']} {view['threshold']:g}",
+        "window": f"{view['window_s']:g}s",
+        "for": f"{view['for_s']:g}s",
+        "severity": view["severity"],
         "flags": ",".join(flags) or "-",
-        "enabled": "yes" if view["enabled"] else "no",
+        "on": "yes" if view["enabled"] else "no",
         "source": source,
     }
 

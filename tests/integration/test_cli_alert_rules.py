@@ -79,8 +79,11 @@ def test_list_set_delete_through_the_cli(served: ControlPlane, tmp_path: Path) -
 
     table = run("viewer", "list", "digits")
     assert table.exit_code == 0, table.output
-    assert "error_rate > 0.02" in table.stdout and "overrides default" in table.stdout
-    assert "accuracy < 0.9" in table.stdout
+    rows = {line.split("│")[1].strip(): line for line in table.stdout.splitlines() if "│" in line}
+    assert "error_rate > 0.02" in rows["error_rate"] and "override" in rows["error_rate"]
+    assert "accuracy < 0.9" in rows["accuracy_floor"] and "added" in rows["accuracy_floor"]
+    assert "gate" in rows["accuracy_floor"] and " no " in rows["silent_devices"]
+    assert "default" in rows["feature_drift"]
     # the served evaluation uses them
     assert served.alerts is not None
     active = {r.name: r for r in served.alerts.rules.active("digits")}
