@@ -84,10 +84,6 @@ def active_rules(settings: Iterable[RuleSetting]) -> tuple[AlertRule, ...]:
     return tuple(s.rule for s in settings if s.enabled)
 
 
-def disabled_names(settings: Iterable[RuleSetting]) -> frozenset[str]:
-    return frozenset(s.rule.name for s in settings if not s.enabled)
-
-
 def build_rule(
     model: str, name: str, given: Mapping[str, Any], default: AlertRule | None
 ) -> AlertRule:
