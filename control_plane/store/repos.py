@@ -259,7 +259,8 @@ class AlertRepo(Protocol):
         deliveries: Sequence[NewDelivery],
         at: float,
     ) -> builtins.list[str]:
-        """In one transaction: upsert ``alerts`` (by short id; an acknowledgement is kept),
+        """In one transaction: upsert ``alerts`` (by short id; an acknowledgement is kept; the
+        rule and severity are the ones the alert was last evaluated under),
         delete the pending alerts ``gone`` (breach over before firing), queue ``deliveries``.
         Returns the delivery ids."""
         ...

@@ -88,6 +88,16 @@ def test_a_stored_threshold_fires_where_the_default_does_not_and_disabling_resol
     assert firing.alert.value == pytest.approx(3 / 153)
     assert [a.rule.name for a in alerts.blocks_rollout("digits", "1")] == ["error_rate"]
 
+    # changed while firing: the live alert is held to the rule as it is now (and so stored)
+    milder = {"threshold": 0.01, "for_s": 0.0, "severity": "warning", "gates_rollout": False}
+    alerts.rules.set("digits", "error_rate", milder, True, OPS)
+    assert _fired(alerts, 1515.0) == []  # still breaching: still firing, nothing new to tell
+    (firing,) = repos.alerts.list(state="firing").items
+    assert (firing.alert.rule.severity, firing.alert.rule.gates_rollout) == ("warning", False)
+    counts = {k: n for k, n in repos.alerts.counts().items() if k[0] == "error_rate"}
+    assert counts == {("error_rate", "warning", "firing"): 1}  # the metrics' severity label
+    assert alerts.blocks_rollout("digits", "1") == []  # the gate lifted with the rule
+
     # the operator disables the rule: the firing alert resolves, and nothing fires again
     alerts.rules.set("digits", "error_rate", {}, False, OPS)
     assert _fired(alerts, 1520.0) == [("error_rate", "firing", "resolved")]
@@ -102,7 +112,7 @@ def test_a_stored_threshold_fires_where_the_default_does_not_and_disabling_resol
     alerts.rules.delete("digits", "error_rate", OPS)
     assert _fired(alerts, 1550.0) == [("error_rate", "firing", "resolved")]
     actions = [e.action for e in repos.audit.list(limit=10).items]
-    assert actions.count("alert_rule.set") == 3 and actions.count("alert_rule.delete") == 1
+    assert actions.count("alert_rule.set") == 4 and actions.count("alert_rule.delete") == 1
     repos.close()
 
 

@@ -24,6 +24,7 @@ _UPSERT = (
     " state, rule_json, labels_json, since, value, fired_at, resolved_at, acknowledged_by,"
     " acknowledged_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO UPDATE SET state = excluded.state, value = excluded.value,"
+    " severity = excluded.severity, rule_json = excluded.rule_json,"
     " fired_at = excluded.fired_at, resolved_at = excluded.resolved_at,"
     " updated_at = excluded.updated_at"
 )
