@@ -15,6 +15,7 @@ import click
 
 from control_plane import __version__, cli_functions
 from control_plane.api.client import ApiClient
+from control_plane.cli_alert_rules import alert_rules
 from control_plane.cli_api import add_api_commands, api_command, emit
 from control_plane.cli_certs import certs
 from control_plane.cli_fleet import duration as _duration
@@ -684,3 +685,4 @@ def main() -> None:
 cli.add_command(certs)
 add_api_commands(cli)
 cli_functions.register(cli)
+cli.add_command(alert_rules)

@@ -21,6 +21,7 @@ from flask_openapi3.openapi import OpenAPI
 
 from control_plane.api import (
     admin,
+    alert_rules,
     artifacts,
     catalog,
     deployments,
@@ -193,6 +194,7 @@ BLUEPRINTS = (
     insights.bp,
     rollouts.bp,
     function_aliases.bp,
+    alert_rules.bp,
 )
 
 

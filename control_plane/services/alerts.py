@@ -16,11 +16,12 @@
   (``insufficient`` windows give none).
 
 The live alerts are loaded from the store into a :class:`~control_plane.core.alerts.AlertBook`
-per model (``default_rules`` unless configured), the readings evaluated, and the changed
-alerts saved **in the same transaction** as the notifications they cause (an outbox): a
-crash between the two loses nothing. :meth:`deliver_due` then sends what is due; a failed
-attempt is recorded and retried with bounded exponential backoff (``backoff_s``); after
-``max_attempts`` the delivery is ``failed`` and stays visible (``GET /api/v1/alerts/deliveries``,
+per model (``default_rules`` overlaid by the operators' stored rules,
+``services/alert_rules.py``), the readings evaluated, and the changed alerts saved **in the
+same transaction** as the notifications they cause (an outbox): a crash between the two
+loses nothing. :meth:`deliver_due` then sends what is due; a failed attempt is recorded and
+retried with bounded exponential backoff (``backoff_s``); after ``max_attempts`` the
+delivery is ``failed`` and stays visible (``GET /api/v1/alerts/deliveries``,
 ``fleetcast_alert_deliveries{state="failed"}``, an ERROR log line). A firing ``retrain``
 rule also queues a retraining request (model, version, evidence, where the samples are).
 """
@@ -35,11 +36,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from typing import Any
 
+from control_plane.core.alert_rules import METRICS
 from control_plane.core.alerts import (
     Alert,
     AlertBook,
@@ -58,26 +60,24 @@ from control_plane.core.alerts import (
     silent_share,
 )
 from control_plane.errors import InvalidInput
+from control_plane.services.alert_rules import AlertRuleService
 from control_plane.services.audit import AuditService
 from control_plane.services.monitoring import MonitoringService
 from control_plane.services.tokens import Principal
-from control_plane.store.records import DEFAULT_LIMIT, AlertDelivery, NewDelivery, Page, StoredAlert
+from control_plane.store.records import (
+    DEFAULT_LIMIT,
+    AlertDelivery,
+    NewDelivery,
+    Page,
+    StoredAlert,
+    StoredAlertRule,
+)
 
 logger = logging.getLogger(__name__)
 
 ROLLOUT_PHASES = ("running", "paused", "completed", "aborted", "rolled_back")
 ROLLOUTS_IN_METRICS = 100  # the newest: bounded label cardinality
-EVALUATED_METRICS = (
-    "drift_features",
-    "drift_share",
-    "error_rate",
-    "silent_device_share",
-    "accuracy",
-    "accuracy_drop",
-    "estimated_accuracy",
-    "estimated_accuracy_drop",
-    "attribution_top_k_overlap",
-)
+EVALUATED_METRICS = METRICS  # what _readings builds; a rule on another metric never fires
 
 
 @dataclass(frozen=True)
@@ -239,6 +239,7 @@ class AlertService:
         self.silent_after_s = silent_after_s
         self.availability_lookback_s = availability_lookback_s
         self.guards = guards or LabelGuards()
+        self.rules = AlertRuleService(self.repos, self.audit, rules_for, monitoring.clock)
         self._lock = threading.Lock()  # one evaluation at a time in this process
 
     @property
@@ -252,19 +253,12 @@ class AlertService:
         with self._lock:
             readings, evidence = self._readings(now)
             stored = {s.id: s.alert for s in self.repos.alerts.live()}
-            books: dict[str, AlertBook] = {}
-            for alert in stored.values():
-                model = dict(alert.labels).get("model", "")
-                book = books.get(model) or books.setdefault(model, self._book(model))
-                if alert.rule.name not in {r.name for r in book.rules}:
-                    # raised under a rule no longer configured: watched under its stored
-                    # rule (it resolves once unobserved), never left firing forever
-                    book.rules += (alert.rule,)
-                book.active[(alert.rule.name, alert.labels)] = alert
+            books, off = self._books(stored.values(), readings)
             transitions: list[Transition] = []
-            for model in sorted(set(readings) | set(books)):
-                book = books.get(model) or books.setdefault(model, self._book(model))
-                transitions += book.evaluate(readings.get(model, []), now)
+            for model in sorted(books):
+                transitions += books[model].evaluate(readings.get(model, []), now)
+            for book in off.values():  # rules no longer in effect: their alerts end now
+                transitions += book.evaluate([], now)
             live = [a for book in books.values() for a in book.active.values()]
             resolved = [t.alert for t in transitions if t.alert.state == "resolved"]
             kept = {short_id(a) for a in live} | {short_id(a) for a in resolved}
@@ -277,8 +271,36 @@ class AlertService:
 
     check_drift = evaluate  # the name the first drift-only version had
 
-    def _book(self, model: str) -> AlertBook:
-        return AlertBook(tuple(r for r in self.rules_for(model) if r.metric in EVALUATED_METRICS))
+    def _books(
+        self, live: Iterable[Alert], models: Iterable[str]
+    ) -> tuple[dict[str, AlertBook], dict[str, AlertBook]]:
+        """Per model (with live alerts or readings): the book of its rules in effect holding
+        its live alerts, and the book of the live alerts whose rule is no longer in effect
+        (disabled or deleted by an operator): evaluated without readings, they resolve
+        (pending ones are dropped) instead of firing on under a rule nobody set."""
+        overrides = self.rules.stored_by_model()
+        books: dict[str, AlertBook] = {}
+        off: dict[str, AlertBook] = {}
+        for alert in live:
+            model = dict(alert.labels).get("model", "")
+            if model not in books:
+                books[model] = self._book(model, overrides.get(model, []))
+            current = {r.name: r for r in books[model].rules}.get(alert.rule.name)
+            if current is not None:  # evaluated and told under the rule in effect now
+                books[model].active[(current.name, alert.labels)] = replace(alert, rule=current)
+            else:
+                book = off.setdefault(model, AlertBook(()))
+                if alert.rule.name not in {r.name for r in book.rules}:
+                    book.rules += (alert.rule,)
+                book.active[(alert.rule.name, alert.labels)] = alert
+        for model in models:
+            if model not in books:
+                books[model] = self._book(model, overrides.get(model, []))
+        return books, off
+
+    def _book(self, model: str, stored: list[StoredAlertRule]) -> AlertBook:
+        rules = self.rules.active(model, stored)
+        return AlertBook(tuple(r for r in rules if r.metric in EVALUATED_METRICS))
 
     def _readings(
         self, now: float

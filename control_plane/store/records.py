@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from control_plane.core.alerts import Alert
+from control_plane.core.alerts import Alert, AlertRule
 from control_plane.core.lifecycle import STAGES as STAGES  # the lifecycle owns the names
 
 T = TypeVar("T")
@@ -336,6 +336,19 @@ class StoredAlert:
     id: str
     alert: Alert
     acknowledged_at: float | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class StoredAlertRule:
+    """An operator's alert rule for one model (``rule.match`` is ``model=<model>``): it
+    replaces the default rule of its name or adds one; ``enabled`` False disables it."""
+
+    model: str
+    rule: AlertRule
+    enabled: bool
+    updated_by: str
+    created_at: float
     updated_at: float
 
 

@@ -15,7 +15,7 @@ import builtins
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from control_plane.core.alerts import Alert
+from control_plane.core.alerts import Alert, AlertRule
 from control_plane.core.rollout_runner import StoredRollout
 from control_plane.errors import Conflict
 from control_plane.store.notify import ChangeNotifier
@@ -43,6 +43,7 @@ from control_plane.store.records import (
     Page,
     RolloutRow,
     StoredAlert,
+    StoredAlertRule,
     StoredCapture,
     StoredWindow,
     Upload,
@@ -258,10 +259,11 @@ class AlertRepo(Protocol):
         deliveries: Sequence[NewDelivery],
         at: float,
     ) -> builtins.list[str]:
-        """In one transaction: upsert ``alerts`` (by short id; an acknowledgement is kept),
-        delete the pending alerts ``gone`` (breach over before firing), queue ``deliveries``
-        of the alerts whose stored state this save changed (a transition another replica
-        saved first is not queued again). Returns the queued delivery ids."""
+        """In one transaction: upsert ``alerts`` (by short id; an acknowledgement is kept; the
+        rule and severity are the ones the alert was last evaluated under), delete the
+        pending alerts ``gone`` (breach over before firing), queue ``deliveries`` of the
+        alerts whose stored state this save changed (a transition another replica saved
+        first is not queued again). Returns the queued delivery ids."""
         ...
 
     def get(self, alert_id: str) -> StoredAlert: ...
@@ -406,6 +408,26 @@ class AliasRepo(Protocol):
     def get(self, model: str, alias: str) -> Alias: ...
     def list(self, model: str) -> list[Alias]: ...
     def delete(self, model: str, alias: str) -> None: ...
+
+
+class AlertRuleRepo(Protocol):
+    """The operators' alert rules per model (migration 0008); rules are checked by the
+    service (``core/alert_rules.py``) before they reach the store."""
+
+    def put(
+        self, model: str, rule: AlertRule, enabled: bool, by: str, at: float
+    ) -> StoredAlertRule:
+        """Create or replace the rule (model, ``rule.name``); ``created_at`` is kept."""
+        ...
+
+    def find(self, model: str, name: str) -> StoredAlertRule | None: ...
+    def list(self, model: str | None = None) -> builtins.list[StoredAlertRule]:
+        """By model, then name (every model's when ``model`` is None)."""
+        ...
+
+    def delete(self, model: str, name: str) -> StoredAlertRule:
+        """Remove the rule and return it; NotFound naming it when there is none."""
+        ...
 
 
 class FunctionAliasRepo(Protocol):
@@ -566,6 +588,7 @@ class Repositories(Protocol):
     compile_jobs: CompileJobRepo
     rollouts: RolloutRepo
     alerts: AlertRepo
+    alert_rules: AlertRuleRepo
 
     @property
     def notifier(self) -> ChangeNotifier: ...

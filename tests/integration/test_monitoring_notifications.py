@@ -497,7 +497,11 @@ def test_two_replicas_evaluating_at_once_notify_each_transition_once(
     results: list[Any] = [None, None]
 
     def evaluate(i: int) -> None:
-        results[i] = services[i].evaluate(1500.0)
+        try:
+            results[i] = services[i].evaluate(1500.0)
+        except Exception as exc:  # shown by the assertion below
+            results[i] = exc
+            raise
 
     threads = [threading.Thread(target=evaluate, args=(i,)) for i in range(2)]
     for t in threads:
@@ -505,7 +509,8 @@ def test_two_replicas_evaluating_at_once_notify_each_transition_once(
     for t in threads:
         t.join(timeout=60)
     for result in results:  # the race happened: each replica computed the firing transition
-        assert result is not None and "firing" in [t.alert.state for t in result.transitions]
+        assert result is not None and not isinstance(result, Exception), result
+        assert "firing" in [t.alert.state for t in result.transitions]
     assert sorted(b["kind"] for b in hook.received) == ["alert", "retraining_request"]
     sent = [d for r in results for d in r.deliveries]
     assert len(sent) == 2 and all(d.ok for d in sent)

@@ -28,10 +28,11 @@ _INSERT = (
 # compare-and-set on the state: of two replicas saving the same transition, one changes it
 # (PostgreSQL re-checks the WHERE on the row the first committed; SQLite writes one at a time)
 _MOVE = (
-    "UPDATE alerts SET state = ?, value = ?, fired_at = ?, resolved_at = ?, updated_at = ?"
-    " WHERE id = ? AND state <> ?"
+    "UPDATE alerts SET state = ?, value = ?, severity = ?, rule_json = ?, fired_at = ?,"
+    " resolved_at = ?, updated_at = ? WHERE id = ? AND state <> ?"
 )
-_TOUCH = "UPDATE alerts SET value = ?, updated_at = ? WHERE id = ?"
+# the rule and severity follow what the alert was last evaluated under (rules change)
+_TOUCH = "UPDATE alerts SET value = ?, severity = ?, rule_json = ?, updated_at = ? WHERE id = ?"
 CLAIM_S = 60.0  # a claimed delivery is due again after this if its sender never records it
 
 
@@ -236,10 +237,12 @@ def _write_alert(tx: Tx, alert: Alert, at: float) -> bool:
     )  # fmt: skip
     if inserted:
         return True
-    params = [alert.state, alert.value, alert.fired_at, alert.resolved_at, at, aid, alert.state]
+    rule = dumps(rule_to_dict(alert.rule))
+    params = [alert.state, alert.value, alert.rule.severity, rule, alert.fired_at,
+              alert.resolved_at, at, aid, alert.state]  # fmt: skip
     if tx.execute(_MOVE, params):
         return True
-    tx.execute(_TOUCH, [alert.value, at, aid])
+    tx.execute(_TOUCH, [alert.value, alert.rule.severity, rule, at, aid])
     return False
 
 

@@ -6,6 +6,7 @@ from control_plane.crypto import SampleKeyring
 from control_plane.store import repos
 from control_plane.store.notify import ChangeNotifier
 from control_plane.store.sql.access import SqlApiTokenRepo, SqlCompileJobRepo
+from control_plane.store.sql.alert_rules import SqlAlertRuleRepo
 from control_plane.store.sql.alerts import SqlAlertRepo
 from control_plane.store.sql.base import Database
 from control_plane.store.sql.catalog import SqlAliasRepo, SqlModelRepo, SqlVersionRepo
@@ -50,6 +51,7 @@ class SqlRepositories:
         self.compile_jobs: repos.CompileJobRepo = SqlCompileJobRepo(db)
         self.rollouts: repos.RolloutRepo = SqlRolloutRepo(db)
         self.alerts: repos.AlertRepo = SqlAlertRepo(db)
+        self.alert_rules: repos.AlertRuleRepo = SqlAlertRuleRepo(db)
 
     @property
     def notifier(self) -> ChangeNotifier:

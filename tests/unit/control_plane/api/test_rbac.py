@@ -262,6 +262,22 @@ ROUTES = [
         200,
         {"json": {"model": "digits", "routes": {"1": 90, "2": 10}}},
     ),
+    Route("GET", "/api/v1/alert-rules", "/api/v1/alert-rules?model=digits", "viewer", 200),
+    Route(
+        "PUT",
+        "/api/v1/alert-rules/<model>/<rule>",
+        "/api/v1/alert-rules/digits/error_rate",
+        "operator",
+        200,
+        {"json": {"threshold": 0.01}},
+    ),
+    Route(
+        "DELETE",
+        "/api/v1/alert-rules/<model>/<rule>",
+        "/api/v1/alert-rules/digits/silent_devices",
+        "operator",
+        200,
+    ),
     Route(
         "GET",
         "/api/v1/packages/<sha256>/file",
@@ -294,7 +310,13 @@ def api(tmp_path: Path) -> Api:
     seed_alert(api)
     seed_function_alias(api, tmp_path)
     seed_keys(api)
+    seed_alert_rule(api)
     return api
+
+
+def seed_alert_rule(api: Api) -> None:
+    """A stored rule disabling silent_devices on digits (the DELETE route needs one)."""
+    api.context.alerts.rules.set("digits", "silent_devices", {}, False, Principal("s", "admin"))
 
 
 def seed_alert(api: Api) -> None:
