@@ -19,6 +19,7 @@ from control_plane.store.sql.fleet import (
 from control_plane.store.sql.function_aliases import SqlFunctionAliasRepo
 from control_plane.store.sql.insights import SqlInsightRepo
 from control_plane.store.sql.monitoring import SqlMonitoringRepo
+from control_plane.store.sql.retention import SqlRetentionRepo
 from control_plane.store.sql.rollouts import SqlRolloutRepo
 
 
@@ -50,6 +51,7 @@ class SqlRepositories:
         self.compile_jobs: repos.CompileJobRepo = SqlCompileJobRepo(db)
         self.rollouts: repos.RolloutRepo = SqlRolloutRepo(db)
         self.alerts: repos.AlertRepo = SqlAlertRepo(db)
+        self.retention: repos.RetentionRepo = SqlRetentionRepo(db)
 
     @property
     def notifier(self) -> ChangeNotifier:
