@@ -175,6 +175,7 @@ def test_migrate_is_idempotent_and_records_the_version(open_store: OpenStore) ->
         {"version": 5, "name": "alerts"},
         {"version": 6, "name": "explanations"},
         {"version": 7, "name": "function_aliases"},
+        {"version": 8, "name": "retention"},
     ]
 
 
@@ -193,7 +194,7 @@ def test_two_instances_migrating_a_fresh_database_at_once(open_store: OpenStore)
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert (errors, results) == ([], [7, 7, 7])
+    assert (errors, results) == ([], [8, 8, 8])
 
 
 def test_postgres_listener_reconnects_and_announces_a_possible_gap(
