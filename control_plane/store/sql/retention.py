@@ -19,6 +19,9 @@ from control_plane.core.seqranges import Range, merge_ranges
 from control_plane.store.sql.base import Database, Tx
 
 CHUNK = 500  # ids per IN (...) list
+KINDS = ("status", "telemetry_window")
+"""Every kind ingest stores (``services/ingest.UPLOAD_KINDS``, a test keeps them equal):
+named in the prune's WHERE so it walks the ``(kind, received_at)`` index."""
 
 
 class SqlRetentionRepo:
@@ -30,8 +33,9 @@ class SqlRetentionRepo:
         (device, seq) as pruned; how many went."""
         with self.db.transaction() as tx:
             rows = tx.rows(
-                "SELECT device_id, seq FROM uploads WHERE received_at < ? LIMIT ?",
-                [before, limit],
+                "SELECT device_id, seq FROM uploads WHERE kind IN (?, ?) AND received_at < ?"
+                " LIMIT ?",
+                [*KINDS, before, limit],
             )
             if not rows:
                 return 0

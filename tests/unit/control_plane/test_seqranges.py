@@ -36,3 +36,10 @@ def test_covers_exactly_the_received_seqs() -> None:
 def test_a_reversed_range_is_refused() -> None:
     with pytest.raises(ValueError, match="lo is above hi"):
         merge_ranges([(5, 2)], [])
+
+
+def test_the_prune_names_every_kind_ingest_stores() -> None:
+    from control_plane.services.ingest import UPLOAD_KINDS
+    from control_plane.store.sql.retention import KINDS
+
+    assert set(KINDS) == UPLOAD_KINDS  # an upload of a kind left out would never be pruned
