@@ -221,3 +221,24 @@ def test_old_captures_go_with_their_explanations_and_labels(
     assert (result.captures, result.labels) == (2, 4)
     assert repos.monitoring.captures(["p-both", "p-new"]) == []
     assert repos.monitoring.feedback(ids) == []
+
+
+def test_the_alias_is_indexed_and_rollups_keep_aliases_apart(
+    repos: SqlRepositories, ingest: IngestService, clock: Clock
+) -> None:
+    def stamped(seq: int, alias: str | None) -> tuple[int, str, str]:
+        seq, kind, body = _window("cam-1", seq, clock.now, errors=seq)
+        return seq, kind, json.dumps({**json.loads(body), "alias": alias}) if alias else body
+
+    items = [stamped(1, "scorer:live"), stamped(2, "scorer:canary"), stamped(3, None)]
+    assert ingest.ingest("cam-1", items, "grpc").acked == [1, 2, 3]
+    since = clock.now - 1
+
+    def aliases() -> list[tuple[str | None, int]]:
+        found = repos.monitoring.received(model_name="digits", device_id="cam-1", since=since)
+        return sorted(((w.alias, w.errors) for w in found), key=str)
+
+    expected = [("scorer:canary", 2), ("scorer:live", 1), (None, 3)]
+    assert aliases() == expected
+    assert repos.monitoring.downsample(before=clock.now + 1, bucket_seconds=3600.0) == (3, 3)
+    assert aliases() == expected  # one rollup each, not one for the three
