@@ -242,3 +242,16 @@ def test_the_alias_is_indexed_and_rollups_keep_aliases_apart(
     assert aliases() == expected
     assert repos.monitoring.downsample(before=clock.now + 1, bucket_seconds=3600.0) == (3, 3)
     assert aliases() == expected  # one rollup each, not one for the three
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"uploads_s": -1.0}, "must be >= 0"),
+        ({"captures_s": -DAY}, "must be >= 0"),
+        ({"batch": 0}, "expected >= 1"),
+    ],
+)
+def test_a_bad_policy_is_refused_naming_the_problem(fields: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RetentionPolicy(**fields)  # type: ignore[arg-type]
