@@ -2,12 +2,14 @@
 the prune itself, on SQLite and PostgreSQL.
 
 The ``uploads_not_pruned`` trigger (migration 0008) probes ``upload_pruned`` for every row
-the ingest INSERT proposes. Measured side by side: two stores of one backend, the same
+the ingest INSERT proposes. Measured side by side: three stores of one backend, the same
 uploads (1,000 devices, status reports of ~300 bytes, 64 uploads a transaction as the
-group commit makes them), one store as migrated, one with the trigger dropped; both start
+group commit makes them): one as migrated, one with the trigger dropped (no check), one
+with the trigger dropped and the check folded into the INSERT as an anti-join; all start
 with 1,000 devices x 3 pruned ranges, so the probe finds rows to look at. New uploads, then
 the same again (resends: every row a duplicate). Rounds alternate between the two stores
-and the median is reported. Then the prune: every upload received before the cutoff deleted
+and the median is reported; a seq inside a pruned range is checked to be skipped by both
+checks. Then the prune: every upload received before the cutoff deleted
 and its seq merged into the ranges, 5,000 rows a transaction.
 """
 
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,33 @@ def _batches(round_no: int) -> list[list[Any]]:
     return [batches[i : i + GROUP] for i in range(0, len(batches), GROUP)]
 
 
+MODES = ("none", "trigger", "folded")
+"""none: the trigger dropped, no check (what ingest cost before); trigger: as migrated;
+folded: the trigger dropped, the check folded into the INSERT as an anti-join (the
+alternative, measured here only: it would rewrite ``SqlUploadRepo.add_group``'s statement)."""
+
+
+def _folded_add(repos: Any, group: list[Any], at: float) -> int:
+    """``add_group``'s INSERT with the pruned-range check in its SELECT (benchmark only)."""
+    postgres = repos.db.__class__.__name__.startswith("Postgres")
+    d, s = ("v.d", "v.s::bigint") if postgres else ("v.column1", "v.column2")
+    cols = "v.d, v.s::bigint, v.k, v.b, v.r::double precision, v.t" if postgres else "v.*"
+    alias = " AS v(d, s, k, b, r, t)" if postgres else " AS v"
+    params: list[object] = []
+    for b in group:
+        for item in b.items:
+            params += [b.device_id, item.seq, item.kind, item.body_json, at, b.transport]
+    values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in range(len(params) // 6))
+    with repos.db.transaction() as tx:
+        return len(tx.rows(
+            "INSERT INTO uploads (device_id, seq, kind, body_json, received_at, transport)"
+            f" SELECT {cols} FROM (VALUES {values}){alias} WHERE NOT EXISTS (SELECT 1 FROM"
+            f" upload_pruned p WHERE p.device_id = {d} AND {s} BETWEEN p.lo AND p.hi)"
+            " ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq",
+            params,
+        ))  # fmt: skip
+
+
 def _store(url: str, trigger: bool) -> Any:
     from control_plane.store.factory import open_repositories
 
@@ -64,28 +94,35 @@ def _store(url: str, trigger: bool) -> Any:
     return repos
 
 
-def _rate(repos: Any, groups: list[list[Any]], at: float) -> tuple[float, int]:
+def _rate(repos: Any, mode: str, groups: list[list[Any]], at: float) -> tuple[float, int]:
     started = time.perf_counter()
     new = 0
     for group in groups:
-        new += sum(len(s) for s in repos.uploads.add_group(group, at))
+        if mode == "folded":
+            new += _folded_add(repos, group, at)
+        else:
+            new += sum(len(s) for s in repos.uploads.add_group(group, at))
     return len(groups) * GROUP / (time.perf_counter() - started), new
 
 
 def _measure(backend: str, make_url: Callable[[], str]) -> list[dict[str, Any]]:
-    stores = {True: _store(make_url(), True), False: _store(make_url(), False)}
-    rates: dict[bool, dict[str, list[float]]] = {t: {"new": [], "resend": []} for t in stores}
+    stores = {m: _store(make_url(), m == "trigger") for m in MODES}
+    rates: dict[str, dict[str, list[float]]] = {m: {"new": [], "resend": []} for m in MODES}
     try:
         for round_no in range(ROUNDS):
             groups = _batches(round_no)
-            for trigger in (True, False) if round_no % 2 == 0 else (False, True):
-                rate, new = _rate(stores[trigger], groups, 1000.0 + round_no)
+            for mode in MODES if round_no % 2 == 0 else MODES[::-1]:
+                rate, new = _rate(stores[mode], mode, groups, 1000.0 + round_no)
                 assert new == DEVICES * PER_DEVICE, new
-                rates[trigger]["new"].append(rate)
-                rate, new = _rate(stores[trigger], groups, 1000.0 + round_no)
+                rates[mode]["new"].append(rate)
+                rate, new = _rate(stores[mode], mode, groups, 1000.0 + round_no)
                 assert new == 0, new  # resends: all duplicates
-                rates[trigger]["resend"].append(rate)
-        repos = stores[True]
+                rates[mode]["resend"].append(rate)
+        # a seq inside a pruned range (every device has [1, 100]): skipped by both checks
+        check = [[replace(b, items=[replace(b.items[0], seq=50)]) for b in _batches(0)[0]]]
+        for mode in ("trigger", "folded"):
+            assert _rate(stores[mode], mode, check, 1.0)[1] == 0, mode
+        repos = stores["trigger"]
         started = time.perf_counter()
         pruned = 0
         while n := repos.retention.prune_uploads(1e9, 5000):
@@ -97,19 +134,26 @@ def _measure(backend: str, make_url: Callable[[], str]) -> list[dict[str, Any]]:
         for store in stores.values():
             store.close()
     rows = []
-    for trigger in (False, True):
+    for mode in MODES:
         rows.append(
             {
                 "backend": backend,
-                "trigger": trigger,
-                "new_uploads_per_s": round(statistics.median(rates[trigger]["new"])),
-                "resent_uploads_per_s": round(statistics.median(rates[trigger]["resend"])),
+                "check": mode,
+                "new_uploads_per_s": round(statistics.median(rates[mode]["new"])),
+                "resent_uploads_per_s": round(statistics.median(rates[mode]["resend"])),
             }
         )
-    rows[-1]["pruned_per_s"] = round(pruned / prune_s)
-    rows[-1]["ranges_after_prune"] = ranges
+    rows[1]["pruned_per_s"] = round(pruned / prune_s)
+    rows[1]["ranges_after_prune"] = ranges
     logger.info("%s", rows)
     return rows
+
+
+CHECKS = {
+    "none": "none (trigger dropped)",
+    "trigger": "trigger (migration 0008, what runs)",
+    "folded": "anti-join in the INSERT (alternative)",
+}
 
 
 def run(results_dir: Path) -> str:
@@ -130,10 +174,10 @@ def run(results_dir: Path) -> str:
             pg.stop()
     load = os.getloadavg()[0]
     table = markdown_table(
-        ["backend", "pruned-range trigger", "new uploads/s", "µs per new upload",
+        ["backend", "pruned-range check", "new uploads/s", "µs per new upload",
          "resent uploads/s (duplicates)",
          "pruned uploads/s", "ranges after the prune (1,000 devices)"],
-        [[r["backend"], "on" if r["trigger"] else "dropped", r["new_uploads_per_s"],
+        [[r["backend"], CHECKS[r["check"]], r["new_uploads_per_s"],
           f"{1e6 / r['new_uploads_per_s']:.1f}", r["resent_uploads_per_s"],
           r.get("pruned_per_s", ""), r.get("ranges_after_prune", "")]
          for r in rows],
@@ -142,9 +186,10 @@ def run(results_dir: Path) -> str:
         [
             "## Retention of raw uploads: the trigger's cost on ingest, and the prune",
             f"{DEVICES:,} devices x {PER_DEVICE} status uploads a round ({GROUP} uploads a"
-            " transaction, `SqlUploadRepo.add_group`, the store side of ingest without the"
+            " transaction, `SqlUploadRepo.add_group` or the same INSERT with the check folded in,"
+            " the store side of ingest without the"
             " decoding), median of"
-            f" {ROUNDS} alternating rounds; both stores start with 3 pruned ranges a device."
+            f" {ROUNDS} alternating rounds; every store starts with 3 pruned ranges a device."
             " The prune deletes every upload and merges its seq into the device's ranges"
             " (5,000 rows a transaction); the seqs were contiguous, so one range a device"
             " is left beside the 3 it had. For scale: the whole ingest path (decoding and"
