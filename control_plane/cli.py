@@ -495,6 +495,21 @@ def _store_option(command: Any) -> Any:
     help="Merged telemetry older than this is deleted (0: kept).",
 )
 @click.option(
+    "--retention-uploads",
+    default="7d",
+    show_default=True,
+    callback=lambda c, p, v: _duration(v),
+    help="Raw uploads received longer ago are pruned; a resend is still a duplicate (0: kept).",
+)
+@click.option(
+    "--retention-captures",
+    default="30d",
+    show_default=True,
+    callback=lambda c, p, v: _duration(v),
+    help="Captured predictions (sealed samples) older than this are pruned, with their"
+    " explanations and labels (0: kept).",
+)
+@click.option(
     "--retention-interval",
     default="10m",
     show_default=True,
@@ -542,6 +557,8 @@ def serve(
     retention_full: float,
     retention_bucket: float,
     retention_keep: float,
+    retention_uploads: float,
+    retention_captures: float,
     retention_interval: float,
     grpc_workers: int,
     store: str | None,
@@ -595,7 +612,12 @@ def serve(
     try:
         notifications = Notifications(tuple(alert_webhook), tuple(alert_email), smtp)
         retention = RetentionPolicy(
-            retention_full, retention_bucket, retention_keep, retention_interval
+            retention_full,
+            retention_bucket,
+            retention_keep,
+            retention_interval,
+            uploads_s=retention_uploads,
+            captures_s=retention_captures,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

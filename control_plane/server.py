@@ -205,7 +205,7 @@ class ControlPlane:
         return self
 
     def _start_monitoring(self) -> None:
-        """Alert evaluation, notification retries and telemetry retention on one timer."""
+        """Alert evaluation, notification retries and retention on one timer."""
         assert self.services is not None
         o = self.options
         self._alert_service()

@@ -400,4 +400,5 @@ def new_window(window: TelemetryWindow) -> NewWindow:
         captures=tuple(
             NewCapture(c.prediction_id, c.at, c.outputs, c.inputs) for c in window.captures
         ),
+        alias=window.alias,
     )

@@ -6,7 +6,7 @@ over these ports:
 - ``RolloutStore``: ``repos.rollouts`` (state JSON, revision compare-and-set, outbox);
 - ``DeviceCommands``: :class:`CommandService` with the action's ``execution_key``
   (one command per key, ever: a re-applied outbox queues nothing new);
-- ``GateReadings``: :class:`UploadReadings`, the devices' telemetry windows (the new
+- ``GateReadings``: :class:`WindowReadings`, the devices' indexed telemetry windows (the new
   version's since the wave started, the previous versions' from a lookback before it):
   requests and errors summed per version, KLL latency sketches merged for p95 (None
   while no window carries a sketch: the latency gate stays pending), and monitoring's
@@ -89,7 +89,14 @@ from control_plane.services.audit import AuditService
 from control_plane.services.commands import CommandService
 from control_plane.services.function_aliases import AliasTrafficPort, active_rollout
 from control_plane.services.tokens import Principal
-from control_plane.store.records import DEFAULT_LIMIT, MAX_LIMIT, Command, Device, Page
+from control_plane.store.records import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    Command,
+    Device,
+    Page,
+    StoredWindow,
+)
 from control_plane.store.repos import Repositories, RevisionConflict
 
 logger = logging.getLogger(__name__)
@@ -172,15 +179,18 @@ class CommandPort:
             )
 
 
-class UploadReadings:
-    """``GateReadings`` from the telemetry windows the devices uploaded around the wave.
+class WindowReadings:
+    """``GateReadings`` from the indexed telemetry windows of the devices around the wave.
 
     New version: windows of the rollout's model at its version received since the wave
     started; baseline: the same model at any other version on the same devices, received
     since ``max(bake_s, BASELINE_LOOKBACK_S)`` before the wave started. Error rate is
     (errors + invalid) / requests; p95 comes from the windows' merged KLL sketches.
-    Drift: monitoring's firing alerts on the version (``drift_alerts``; the no-op
-    default when monitoring is off leaves the drift gate to a score, so it stays pending).
+    The windows' index (``telemetry_windows``, and ``telemetry_rollups`` for a wave
+    baking past the full-resolution age, a rollup dated by its newest window) holds all
+    of it, so the raw uploads can be pruned. Drift: monitoring's firing alerts on the
+    version (``drift_alerts``; the no-op default when monitoring is off leaves the drift
+    gate to a score, so it stays pending).
     """
 
     def __init__(
@@ -196,8 +206,6 @@ class UploadReadings:
     def read(
         self, rollout: Rollout, wave: int, subjects: Sequence[str], since: float, now: float
     ) -> WaveReadings | None:
-        import json
-
         model, version = rollout.spec.model, rollout.spec.version
         lookback = max(rollout.spec.bake_s, BASELINE_LOOKBACK_S)
         baseline: str | None = None  # devices: any other version on the same devices
@@ -211,28 +219,16 @@ class UploadReadings:
             alias_name = alias.name
         new, old = WindowAccumulator(), WindowAccumulator()
         for device_id in subjects:
-            offset: int | None = 0
-            while offset is not None:
-                page = self.repos.uploads.list(
-                    device_id=device_id,
-                    kind="telemetry_window",
-                    since=since - lookback,
-                    limit=MAX_LIMIT,
-                    offset=offset,
-                )
-                for upload in page.items:
-                    window = json.loads(upload.body_json)
-                    if not isinstance(window, dict) or window.get("model_name") != model:
-                        continue
-                    if alias_name is not None and window.get("alias", alias_name) != alias_name:
-                        continue
-                    at = str(window.get("model_version"))
-                    if at == version:
-                        if upload.received_at >= since:
-                            new.add(window)
-                    elif baseline is None or at == baseline:
-                        old.add(window)
-                offset = page.next_offset
+            for w in self.repos.monitoring.received(
+                model_name=model, device_id=device_id, since=since - lookback
+            ):
+                if alias_name is not None and w.alias not in (None, alias_name):
+                    continue
+                if w.model_version == version:
+                    if w.received_at >= since:
+                        new.add(_counts(w))
+                elif baseline is None or w.model_version == baseline:
+                    old.add(_counts(w))
         alerts = self.drift_alerts.firing(model, version)
         if new.windows == 0 and old.windows == 0 and alerts is None:
             return None
@@ -255,6 +251,17 @@ class AlertDrift:
 
     def firing(self, model: str, version: str) -> builtins.list[str] | None:
         return [a.id for a in self.alerts.blocks_rollout(model, version)]
+
+
+def _counts(w: StoredWindow) -> dict[str, Any]:
+    """What the gates fold of a window: its counts and latency sketch (no histograms)."""
+    return {
+        "requests": w.requests,
+        "rows": w.rows,
+        "errors": w.errors,
+        "invalid": w.invalid,
+        "latency_ms": w.latency,
+    }
 
 
 def _stats(acc: WindowAccumulator) -> VersionStats:
@@ -298,7 +305,7 @@ class RolloutService:
             clock=_Clock(clock),
             store=repos.rollouts,
             commands=CommandPort(repos, self.commands),
-            readings=UploadReadings(repos, drift, drift_alerts),
+            readings=WindowReadings(repos, drift, drift_alerts),
             traffic=AliasTrafficPort(repos, audit, clock),
             audit=_Audit(audit),
         )

@@ -246,6 +246,7 @@ class NewWindow:
     histograms_json: str  # {"inputs": [...], "outputs": [...]}, as JSON (stored as is)
     latency_json: str  # the latency summary with its KLL sketch, as JSON
     captures: Sequence[NewCapture] = ()
+    alias: str | None = None  # the function alias a function container stamped
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,7 @@ class StoredWindow:
     received_at: float
     merged: int = 1  # windows merged into this row (retention rollups; seq is then 0)
     bucket_seconds: float = 0.0  # a rollup's time bucket; 0 for a window as uploaded
+    alias: str | None = None  # the function alias the window was stamped with
 
 
 @dataclass(frozen=True)

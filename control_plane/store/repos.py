@@ -218,6 +218,11 @@ class MonitoringRepo(Protocol):
         """(windows, rows scored) per (model, version), over everything ingested."""
         ...
 
+    def received(self, *, model_name: str, device_id: str, since: float) -> list[StoredWindow]:
+        """A device's windows and rollups of a model received at or after ``since`` (a
+        rollup's ``received_at`` is its newest window's): what the rollout gates read."""
+        ...
+
     def captures(self, prediction_ids: Sequence[str]) -> list[StoredCapture]: ...
     def version_captures(
         self, model_name: str, model_version: str, since: float | None = None
@@ -242,6 +247,28 @@ class MonitoringRepo(Protocol):
 
     def drop_rollups(self, before: float) -> int:
         """Delete the rollups whose bucket ended before ``before``; how many went."""
+        ...
+
+
+class RetentionRepo(Protocol):
+    """Pruning of raw uploads and captures (exactly-once kept through ``pruned_uploads``)."""
+
+    def prune_uploads(self, before: float, limit: int = 5000) -> int:
+        """Delete up to ``limit`` raw uploads received before ``before``; their (device, seq)
+        stay known, so a resend is a duplicate. How many went."""
+        ...
+
+    def pruned_uploads(self, device_id: str) -> list[tuple[int, int]]:
+        """The [lo, hi] ranges of the device's seqs received and pruned."""
+        ...
+
+    def prune_captures(self, before: float, limit: int = 5000) -> tuple[int, int]:
+        """Delete up to ``limit`` captures predicted before ``before`` with their explanations
+        and the labels left without a capture; (captures, labels) deleted."""
+        ...
+
+    def prune_labels(self, before: float, limit: int = 5000) -> int:
+        """Delete up to ``limit`` labels received before ``before`` that no capture has."""
         ...
 
 
@@ -589,6 +616,7 @@ class Repositories(Protocol):
     rollouts: RolloutRepo
     alerts: AlertRepo
     alert_rules: AlertRuleRepo
+    retention: RetentionRepo
 
     @property
     def notifier(self) -> ChangeNotifier: ...

@@ -71,6 +71,7 @@ class TelemetryWindow(_Open):
     outputs: list[TensorHistograms] = Field(default_factory=list)
     captures: list[CaptureRecord] = Field(default_factory=list)
     captures_dropped: int = Field(0, ge=0)
+    alias: str | None = None  # a function container's alias (FUNCTION:ALIAS), if it has one
 
     def histograms(self) -> dict[str, Any]:
         """The inputs' and outputs' histograms as JSON (what the drift evaluation reads)."""

@@ -222,7 +222,7 @@ def test_alerts_outlive_the_process_and_are_acknowledged_through_the_api(
     # the rollout gate reads the store: any process sees the blocking alert
     later = _service(repos, Notifications((hook.url,)))
     assert [a.rule.name for a in later.blocks_rollout("digits", "1")] == ["feature_drift"]
-    # ... and so does the rollout drift gate (UploadReadings asks WaveDrift for its score)
+    # ... and so does the rollout drift gate (WindowReadings asks WaveDrift for its score)
     wave = WaveDrift(later)
     assert wave.drift("digits", "1", ["cam-1"], since=1500.0) == (1.0, 600)  # the alert fires
     assert _drift_gate(wave.drift("digits", "1", ["cam-1"], since=1500.0)) == "fail"

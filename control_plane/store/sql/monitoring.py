@@ -118,6 +118,7 @@ def insert_windows(
                 window.histograms_json,
                 window.latency_json,
                 at,
+                window.alias,
             ]
         )
         captures += [
@@ -129,8 +130,8 @@ def insert_windows(
     tx.execute_many(
         "INSERT INTO telemetry_windows (device_id, seq, model_name, model_version, package_id,"
         " package_sha256, profile_id, started_at, ended_at, bucket_start, requests,"
-        " rows_scored, errors, invalid, histograms_json, latency_json, received_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " rows_scored, errors, invalid, histograms_json, latency_json, received_at, alias)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (device_id, seq) DO NOTHING",
         rows,
     )
@@ -183,6 +184,17 @@ class SqlMonitoringRepo:
             n, total = out.get(key, (0, 0))
             out[key] = (n + int(r["n"]), total + int(r["r"]))
         return out
+
+    def received(self, *, model_name: str, device_id: str, since: float) -> list[StoredWindow]:
+        conds, params = where_clause(
+            {"model_name": model_name, "device_id": device_id},
+            time_range("received_at", since, None),
+        )
+        with self.db.transaction() as tx:
+            rows = tx.rows("SELECT * FROM telemetry_windows" + conds, params)
+            rollups = tx.rows("SELECT * FROM telemetry_rollups" + conds, params)
+        found = [_window(r) for r in rows] + [_rollup(r) for r in rollups]
+        return sorted(found, key=lambda w: (w.started_at, w.seq))
 
     def reporting_devices(self, since: float) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -297,11 +309,13 @@ def _window(row: Row) -> StoredWindow:
         histograms=loads(row["histograms_json"]),
         latency=loads(row["latency_json"]),
         received_at=float(row["received_at"]),
+        alias=row["alias"],
     )
 
 
 def _package_key(w: StoredWindow) -> str:
-    return "\x1f".join((w.model_name, w.model_version, w.package_sha256 or w.package_id or ""))
+    key = "\x1f".join((w.model_name, w.model_version, w.package_sha256 or w.package_id or ""))
+    return key if w.alias is None else f"{key}\x1f{w.alias}"  # aliases merge apart
 
 
 def _write_rollup(
@@ -313,8 +327,8 @@ def _write_rollup(
         "INSERT INTO telemetry_rollups (device_id, package_key, bucket_start, bucket_seconds,"
         " model_name, model_version, package_id, package_sha256, profile_id, started_at,"
         " ended_at, windows, requests, rows_scored, errors, invalid, histograms_json,"
-        " latency_json, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-        " ?, ?) ON CONFLICT (device_id, package_key, bucket_start) DO UPDATE SET"
+        " latency_json, received_at, alias) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+        " ?, ?, ?, ?, ?) ON CONFLICT (device_id, package_key, bucket_start) DO UPDATE SET"
         " started_at = excluded.started_at, ended_at = excluded.ended_at,"
         " windows = excluded.windows, requests = excluded.requests,"
         " rows_scored = excluded.rows_scored, errors = excluded.errors,"
@@ -340,6 +354,7 @@ def _write_rollup(
             dumps(merge_histogram_sections(p.histograms for p in parts)),
             dumps(merge_latency(p.latency for p in parts)),
             max(p.received_at for p in parts),
+            first.alias,
         ],
     )
 
@@ -365,6 +380,7 @@ def _rollup(row: Row) -> StoredWindow:
         received_at=float(row["received_at"]),
         merged=int(row["windows"]),
         bucket_seconds=float(row["bucket_seconds"]),
+        alias=row["alias"],
     )
 
 

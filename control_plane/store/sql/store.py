@@ -20,6 +20,7 @@ from control_plane.store.sql.fleet import (
 from control_plane.store.sql.function_aliases import SqlFunctionAliasRepo
 from control_plane.store.sql.insights import SqlInsightRepo
 from control_plane.store.sql.monitoring import SqlMonitoringRepo
+from control_plane.store.sql.retention import SqlRetentionRepo
 from control_plane.store.sql.rollouts import SqlRolloutRepo
 
 
@@ -52,6 +53,7 @@ class SqlRepositories:
         self.rollouts: repos.RolloutRepo = SqlRolloutRepo(db)
         self.alerts: repos.AlertRepo = SqlAlertRepo(db)
         self.alert_rules: repos.AlertRuleRepo = SqlAlertRuleRepo(db)
+        self.retention: repos.RetentionRepo = SqlRetentionRepo(db)
 
     @property
     def notifier(self) -> ChangeNotifier:

@@ -22,6 +22,8 @@ from control_plane.settings import Settings
         (["--alert-interval", "soon"], "expected a duration"),
         (["--retention-full", "7d", "--retention-keep", "1d"], "is shorter than the full"),
         (["--retention-bucket", "0"], "must be > 0 seconds"),
+        (["--retention-uploads", "a week"], "expected a duration"),
+        (["--retention-captures", "-1d"], "--retention-captures"),
     ],
 )
 def test_bad_alert_and_retention_options_are_refused_by_name(

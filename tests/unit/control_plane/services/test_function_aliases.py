@@ -19,12 +19,14 @@ from control_plane.core.rollout_spec import RolloutBlocked
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from control_plane.services.audit import AuditService
 from control_plane.services.function_aliases import FunctionAliasService
+from control_plane.services.ingest import new_window
 from control_plane.services.rollouts import RolloutService
 from control_plane.services.tokens import Principal
 from control_plane.store.factory import open_repositories
 from control_plane.store.records import ModelCard, NewDevice, NewUpload, Package
 from control_plane.store.repos import RevisionConflict
 from control_plane.store.sql.store import SqlRepositories
+from edge_agent.core.windows import TelemetryWindow
 
 OPERATOR = Principal("ops", "operator")
 ALIAS = "scorer:live"
@@ -91,9 +93,13 @@ def _window(
     sketch = kll_floats_sketch(200)
     for _ in range(requests):
         sketch.update(latency_ms)
+    seq = next(SEQ)
     body = {
         "kind": "telemetry_window",
         "device_id": "scorer",
+        "sequence": seq,
+        "started_at": 1.0,
+        "ended_at": 2.0,
         "model_name": "digits",
         "model_version": version,
         "requests": requests,
@@ -104,7 +110,13 @@ def _window(
     }
     if alias is not None:
         body["alias"] = alias
-    return NewUpload(next(SEQ), "telemetry_window", json.dumps(body))
+    return NewUpload(seq, "telemetry_window", json.dumps(body))
+
+
+def _add(repos: SqlRepositories, device: str, items: list[NewUpload], via: str, at: float) -> None:
+    """Store the uploads with their windows indexed, as ingest does (the gates read those)."""
+    windows = {u.seq: new_window(TelemetryWindow.model_validate_json(u.body_json)) for u in items}
+    repos.uploads.add(device, items, via, at, windows)
 
 
 def _traffic(repos: SqlRepositories) -> dict[str, int]:
@@ -145,17 +157,17 @@ def test_an_alias_rollout_moves_traffic_on_passing_gates_and_completes(
     for expected in ({"6": 50, "7": 50}, {"7": 100}):
         clock.now += 1
         # the function's containers send windows of both versions while the wave runs
-        repos.uploads.add(
-            "scorer", [_window("7", 200, 1, 2.0), _window("6", 200, 1, 2.0)], "grpc", clock()
+        _add(
+            repos, "scorer", [_window("7", 200, 1, 2.0), _window("6", 200, 1, 2.0)], "grpc", clock()
         )
         service.tick(rollout.id)
         assert _traffic(repos) != expected  # still baking: readings before the bake's end
         clock.now += 11
-        repos.uploads.add("scorer", [_window("7", 200, 1, 2.0)], "grpc", clock())
+        _add(repos, "scorer", [_window("7", 200, 1, 2.0)], "grpc", clock())
         service.tick(rollout.id)
         assert _traffic(repos) == expected
     clock.now += 12
-    repos.uploads.add("scorer", [_window("7", 200, 1, 2.0)], "grpc", clock())
+    _add(repos, "scorer", [_window("7", 200, 1, 2.0)], "grpc", clock())
     done = service.tick(rollout.id)
     assert done.phase == "completed" and _traffic(repos) == {"7": 100}
     moves = repos.audit.list(action="function_alias.traffic", limit=10).items
@@ -176,7 +188,8 @@ def test_a_worse_version_fails_the_gate_and_the_alias_returns_to_the_previous(
     clock.now += 1
     # the new version errs on 10% of its requests (limit: 5%, and previous 1% + 2 points);
     # another alias of the same function (its own windows, healthy) does not dilute that
-    repos.uploads.add(
+    _add(
+        repos,
         "scorer",
         [
             _window("7", 200, 20, 2.0),
@@ -202,9 +215,7 @@ def test_a_slower_version_fails_the_latency_gate_against_the_previous(
     service = _rollouts(repos, clock)
     rollout = service.create(_spec(on_failure="abort-and-rollback-all"), OPERATOR)
     clock.now += 1
-    repos.uploads.add(
-        "scorer", [_window("7", 200, 0, 9.0), _window("6", 1800, 0, 2.0)], "grpc", clock()
-    )
+    _add(repos, "scorer", [_window("7", 200, 0, 9.0), _window("6", 1800, 0, 2.0)], "grpc", clock())
     failed = service.tick(rollout.id)
     latency = {g["gate"]: g for g in failed.waves[0].gates}["latency"]
     assert (failed.phase, latency["verdict"], _traffic(repos)) == (

@@ -15,10 +15,10 @@ from control_plane.errors import Conflict, NotFound
 from control_plane.services.audit import AuditService
 from control_plane.services.devices import DeviceService
 from control_plane.services.ingest import IngestService
-from control_plane.services.rollouts import BASELINE_LOOKBACK_S, RolloutService, UploadReadings
+from control_plane.services.rollouts import BASELINE_LOOKBACK_S, RolloutService, WindowReadings
 from control_plane.services.tokens import Principal
 from control_plane.store.factory import open_repositories
-from control_plane.store.records import ModelCard, NewDevice, NewUpload, Package
+from control_plane.store.records import ModelCard, NewDevice, Package
 from control_plane.store.sql.store import SqlRepositories
 
 OPERATOR = Principal("ops", "operator")
@@ -181,7 +181,9 @@ def test_a_reapplied_outbox_queues_no_second_command(repos: SqlRepositories, clo
     assert repos.rollouts.load(rollout.id).outbox == []
 
 
-def _window(version: str, requests: int, errors: int, latencies: list[float]) -> str:
+def _window(
+    version: str, requests: int, errors: int, latencies: list[float], device: str, seq: int
+) -> tuple[int, str, str]:
     import base64
 
     from datasketches import kll_floats_sketch
@@ -192,15 +194,19 @@ def _window(version: str, requests: int, errors: int, latencies: list[float]) ->
     kll = base64.b64encode(sketch.serialize()).decode("ascii") if latencies else None
     body = {
         "kind": "telemetry_window",
+        "device_id": device,
+        "sequence": seq,
         "model_name": "digits",
         "model_version": version,
+        "started_at": 1.0,
+        "ended_at": 2.0,
         "requests": requests,
         "errors": errors,
         "invalid": 0,
         "rows": requests,
         "latency_ms": {"kll": kll},
     }
-    return json.dumps(body)
+    return seq, "telemetry_window", json.dumps(body)
 
 
 def test_gate_readings_sum_windows_per_version_and_merge_p95(
@@ -209,14 +215,14 @@ def test_gate_readings_sum_windows_per_version_and_merge_p95(
     service = _service(repos, clock)
     rollout = service.create(_spec(), OPERATOR)
     uploads = [
-        NewUpload(1, "telemetry_window", _window("6", 100, 1, [1.0] * 100)),
-        NewUpload(2, "telemetry_window", _window("7", 150, 6, [float(i) for i in range(1, 101)])),
-        NewUpload(3, "telemetry_window", _window("7", 50, 0, [])),  # no sketch: counts only
+        _window("6", 100, 1, [1.0] * 100, "cam-0", 1),
+        _window("7", 150, 6, [float(i) for i in range(1, 101)], "cam-0", 2),
+        _window("7", 50, 0, [], "cam-0", 3),  # no sketch: counts only
     ]
-    repos.uploads.add("cam-0", uploads, "grpc", clock())
-    repos.uploads.add("cam-1", [NewUpload(1, "telemetry_window", _window("7", 999, 999, []))],
-                      "grpc", clock())  # fmt: skip
-    readings = UploadReadings(repos).read(
+    ingest = IngestService(repos, DeviceService(repos), clock=clock)
+    assert ingest.ingest("cam-0", uploads, "grpc").acked == [1, 2, 3]
+    assert ingest.ingest("cam-1", [_window("7", 999, 999, [], "cam-1", 1)], "grpc").acked == [1]
+    readings = WindowReadings(repos).read(
         Rollout.from_dict(rollout.to_dict()), 0, ["cam-0"], clock() - 1, clock()
     )
     assert readings is not None
@@ -228,12 +234,12 @@ def test_gate_readings_sum_windows_per_version_and_merge_p95(
         1,
         1.0,
     )
-    assert UploadReadings(repos).read(rollout, 0, ["cam-2"], clock() - 1, clock()) is None
-    later = UploadReadings(repos).read(rollout, 0, ["cam-0"], clock() + 1, clock())
+    assert WindowReadings(repos).read(rollout, 0, ["cam-2"], clock() - 1, clock()) is None
+    later = WindowReadings(repos).read(rollout, 0, ["cam-0"], clock() + 1, clock())
     assert later is not None and later.new.requests == 0  # new: only since the wave started
     assert later.baseline is not None and later.baseline.requests == 100  # the lookback
     lookback = max(rollout.spec.bake_s, BASELINE_LOOKBACK_S)
-    gone = UploadReadings(repos).read(rollout, 0, ["cam-0"], clock() + lookback + 1, clock())
+    gone = WindowReadings(repos).read(rollout, 0, ["cam-0"], clock() + lookback + 1, clock())
     assert gone is None  # older than the lookback: nothing
 
 
