@@ -101,8 +101,13 @@ class GroupCommit:
         """A caller that arrived has nothing to store (every item rejected)."""
         with self._cv:
             self._decoding -= 1
-            if self._lingering:
-                self._cv.notify()
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        """Wake the lingering writer once it has nothing left to wait for (not at every
+        upload queued: each wake-up costs a thread switch and the GIL)."""
+        if self._lingering and (self._decoding <= 0 or len(self._queue) >= self.max_batch):
+            self._cv.notify()
 
     def queued(self) -> int:
         """Uploads waiting for the next transaction."""
@@ -118,8 +123,7 @@ class GroupCommit:
             self._queue.append(job)
             writer = not self._writing
             self._writing = True
-            if self._lingering:
-                self._cv.notify()  # the writer waits for this upload
+            self._wake_writer()  # the writer may wait for this upload
         if not writer:
             job.wake.wait()  # stored by a writer, or handed the writer's role
         if not job.done:

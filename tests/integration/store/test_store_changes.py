@@ -161,10 +161,10 @@ def test_each_compile_job_is_claimed_once_by_competing_workers(open_store: OpenS
 
 def test_migrate_is_idempotent_and_records_the_version(open_store: OpenStore) -> None:
     first = open_store()
-    assert first.schema_version() == 7
-    assert first.db.migrate() == 7
+    assert first.schema_version() == 8
+    assert first.db.migrate() == 8
     second = open_store()  # migrates again on open: nothing to do
-    assert second.schema_version() == 7
+    assert second.schema_version() == 8
     with second.db.transaction() as tx:
         rows = tx.rows("SELECT version, name FROM schema_migrations ORDER BY version")
     assert rows == [
@@ -175,6 +175,7 @@ def test_migrate_is_idempotent_and_records_the_version(open_store: OpenStore) ->
         {"version": 5, "name": "alerts"},
         {"version": 6, "name": "explanations"},
         {"version": 7, "name": "function_aliases"},
+        {"version": 8, "name": "ingest_lz4"},
     ]
 
 
@@ -193,7 +194,7 @@ def test_two_instances_migrating_a_fresh_database_at_once(open_store: OpenStore)
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert (errors, results) == ([], [7, 7, 7])
+    assert (errors, results) == ([], [8, 8, 8])
 
 
 def test_postgres_listener_reconnects_and_announces_a_possible_gap(
