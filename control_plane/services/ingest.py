@@ -56,7 +56,18 @@ class _Job:
         self.stored: builtins.list[int] | None = None
         self.error: BaseException | None = None
         self.done = False
-        self.wake = threading.Event()  # set when stored (or failed), or to become the writer
+        # released when stored (or failed), or to become the writer: a bare lock, held from
+        # the start, is the cheapest one-shot wake-up (an Event runs a Condition in Python)
+        self._wake = threading.Lock()
+        self._wake.acquire()
+
+    def wait(self) -> None:
+        self._wake.acquire()
+
+    def wake(self) -> None:
+        """Only the writer calls it (one at a time); a second call is a no-op."""
+        if self._wake.locked():
+            self._wake.release()
 
 
 class GroupCommit:
@@ -125,7 +136,7 @@ class GroupCommit:
             self._writing = True
             self._wake_writer()  # the writer may wait for this upload
         if not writer:
-            job.wake.wait()  # stored by a writer, or handed the writer's role
+            job.wait()  # stored by a writer, or handed the writer's role
         if not job.done:
             try:
                 while not job.done:
@@ -154,12 +165,12 @@ class GroupCommit:
         finally:
             for j in group:
                 j.done = True
-                j.wake.set()
+                j.wake()
 
     def _hand_off(self) -> None:
         with self._cv:
             if self._queue:
-                self._queue[0].wake.set()  # not done: it becomes the writer
+                self._queue[0].wake()  # not done: it becomes the writer
             else:
                 self._writing = False
 

@@ -213,6 +213,7 @@ class SqlUploadRepo:
     def __init__(self, db: Database, keys: SampleKeyring) -> None:
         self.db = db
         self.keys = keys  # captured samples of the windows are sealed with it
+        self.chunk = UPLOAD_CHUNK  # rows per INSERT (the ingest benchmark compares sizes)
 
     def add(
         self,
@@ -234,8 +235,8 @@ class SqlUploadRepo:
             rows += [(b.device_id, item, b.transport) for item in unique]
         new: set[tuple[str, int]] = set()
         with self.db.transaction() as tx:
-            for i in range(0, len(rows), UPLOAD_CHUNK):
-                part = rows[i : i + UPLOAD_CHUNK]
+            for i in range(0, len(rows), self.chunk):
+                part = rows[i : i + self.chunk]
                 values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in part)
                 params: list[object] = []
                 for device_id, item, transport in part:
