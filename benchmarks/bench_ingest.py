@@ -257,6 +257,17 @@ def _ingest_previous(
     return time.perf_counter() - started, time.process_time() - cpu
 
 
+def _path_label(r: dict[str, Any]) -> str:
+    from control_plane.store.sql.fleet import UPLOAD_CHUNK
+
+    pg = r["backend"] == "postgresql"
+    if r["path"] == "previous":
+        compression = ", pglz" if pg else ""
+        return f"previous: one uploads INSERT per group{compression}, writer woken per upload"
+    compression = ", lz4" if pg else ""
+    return f"now: uploads INSERTed {UPLOAD_CHUNK} rows a statement{compression}, writer woken once"
+
+
 def _configs(backend: str) -> list[tuple[int, int, int, str, bool]]:
     """(windows per upload, senders, group commit, durability, previous path) to run."""
     out = [(*c, "", False) for c in CONFIGS]
@@ -412,8 +423,7 @@ def run(results_dir: Path) -> str:
         ["backend (1 window per upload, 32 senders, group commit 64)", "path",
          "windows/s (wall)", "ingesting process CPU per window (us)",
          "server CPU per window (us)", "uploads per transaction"],
-        [[name(r), "previous: one uploads INSERT per group, pglz, writer woken per upload"
-          if r["path"] == "previous" else "now: INSERTs of 8 rows, lz4, writer woken once",
+        [[name(r), _path_label(r),
           r["windows_per_s"], r["cpu_us_per_window"], server_cpu(r),
           r["uploads_per_transaction"]]
          for r in rows if r["batch"] == 1 and r["senders"] == SENDERS and r["group_commit"] > 1
