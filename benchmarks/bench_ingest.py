@@ -59,6 +59,7 @@ FULL_CONFIGS = ((1, 1, 64), (1, SENDERS, 1), (1, SENDERS, 64))
 DURABLE_CONFIGS = ((1, SENDERS, 64),)
 TARGET = 5000.0  # windows/s (issue #11)
 PREVIOUS_CHUNK = 500  # rows per uploads INSERT before the lz4 / chunked-INSERT branch
+COMPARE_ROUNDS = 3  # previous and current path alternated, each on a fresh database: medians
 DRIFT_RUNS = 5
 BEFORE = (
     "Before the group commit and the captures-only redaction (re-measured at commit 0739d12,"
@@ -177,6 +178,7 @@ def _ingest(
     if previous:
         ingest.group = _previous_group_commit(ingest.group)
         repos.uploads.chunk = PREVIOUS_CHUNK
+        repos.uploads.window_rows = 1
     calls: list[list[tuple[str, list[tuple[int, str, str]]]]] = [[] for _ in range(senders)]
     per_device = WINDOWS // DEVICES
     for offset in range(0, per_device, batch):
@@ -259,21 +261,34 @@ def _ingest_previous(
 
 def _path_label(r: dict[str, Any]) -> str:
     from control_plane.store.sql.fleet import UPLOAD_CHUNK
+    from control_plane.store.sql.monitoring import WINDOW_ROWS
 
     pg = r["backend"] == "postgresql"
     if r["path"] == "previous":
         compression = ", pglz" if pg else ""
-        return f"previous: one uploads INSERT per group{compression}, writer woken per upload"
+        return (
+            f"previous: one uploads INSERT per group, 1 window a statement{compression},"
+            " writer woken per upload"
+        )
     compression = ", lz4" if pg else ""
-    return f"now: uploads INSERTed {UPLOAD_CHUNK} rows a statement{compression}, writer woken once"
+    return (
+        f"now: uploads {UPLOAD_CHUNK} rows a statement, windows {WINDOW_ROWS}{compression},"
+        " writer woken once"
+    )
 
 
-def _configs(backend: str) -> list[tuple[int, int, int, str, bool]]:
-    """(windows per upload, senders, group commit, durability, previous path) to run."""
-    out = [(*c, "", False) for c in CONFIGS]
-    out.insert(CONFIGS.index((1, SENDERS, 64)) + 1, (1, SENDERS, 64, "", True))
+Config = tuple[int, int, int, str, bool, bool]
+
+
+def _configs(backend: str) -> list[Config]:
+    """(windows per upload, senders, group commit, durability, previous path, comparison
+    round) to run: the configurations, then the previous and current path alternated (1
+    window per upload, 32 senders, group commit 64) for the side-by-side medians."""
+    out = [(*c, "", False, False) for c in CONFIGS]
+    for _ in range(COMPARE_ROUNDS):
+        out += [(1, SENDERS, 64, "", True, True), (1, SENDERS, 64, "", False, True)]
     if backend == "sqlite":
-        out += [(*c, "full", False) for c in FULL_CONFIGS]
+        out += [(*c, "full", False, False) for c in FULL_CONFIGS]
     return out
 
 
@@ -282,14 +297,14 @@ def _measure(
     url: Callable[[], str],
     manifest: Any,
     template: dict[str, Any],
-    configs: list[tuple[int, int, int, str, bool]],
+    configs: list[Config],
     server: Any = None,
 ) -> list[dict[str, Any]]:
     from control_plane.services.audit import AuditService
     from control_plane.services.monitoring import MonitoringService
 
     rows = []
-    for batch, senders, group, durability, previous in configs:
+    for batch, senders, group, durability, previous, compare in configs:
         target = url()
         if durability and backend == "sqlite":
             target = f"sqlite:///{target}?synchronous={durability}"
@@ -315,6 +330,7 @@ def _measure(
                 "group_commit": group,
                 "synchronous": durability.upper() or ("NORMAL" if backend == "sqlite" else ""),
                 "path": "previous" if previous else "now",
+                "comparison_round": compare,
                 "uploads_per_transaction": round(per_tx, 1),
                 "windows": WINDOWS,
                 "seconds": round(first, 2),
@@ -327,7 +343,7 @@ def _measure(
                 "stored_after_resend": stored,
             }  # fmt: skip
             if (
-                batch == CONFIGS[-1][0] and not durability
+                batch == CONFIGS[-1][0] and not durability and not compare
             ):  # the previous path, side by side, on a fresh database
                 fresh = url()
                 before = _open(fresh, manifest)
@@ -341,7 +357,7 @@ def _measure(
                     before.close()
                 row["previous_windows_per_s"] = round(WINDOWS / wall)
                 row["previous_windows_per_cpu_s"] = round(WINDOWS / cpu)
-            if batch == CONFIGS[-1][0] and not durability:  # drift over the fleet's stored windows
+            if batch == CONFIGS[-1][0] and not durability and not compare:  # drift over the fleet
                 monitoring = MonitoringService(repos, AuditService(repos.audit))
                 times = []
                 for _ in range(DRIFT_RUNS):
@@ -388,7 +404,7 @@ def run(results_dir: Path) -> str:
             pg = PostgresServer(bin_dir, durable=durable).start()
             try:
                 configs = (
-                    [(*c, "durable", False) for c in DURABLE_CONFIGS]
+                    [(*c, "durable", False, False) for c in DURABLE_CONFIGS]
                     if durable
                     else _configs("postgresql")
                 )
@@ -397,7 +413,7 @@ def run(results_dir: Path) -> str:
                 pg.stop()
     load = os.getloadavg()[0]
     size = len(json.dumps({**template, "device_id": "dev-0000"}))
-    now = [r for r in rows if r["path"] == "now"]
+    now = [r for r in rows if r["path"] == "now" and not r["comparison_round"]]
 
     def name(r: dict[str, Any]) -> str:
         if r["synchronous"] == "DURABLE":
@@ -419,15 +435,28 @@ def run(results_dir: Path) -> str:
           r["stored_after_resend"]]
          for r in now],
     )  # fmt: skip
+    compared: list[list[object]] = []
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        for path in ("previous", "now"):
+            mine = [r for r in rows if r["backend"] == backend and r["path"] == path
+                    and r["comparison_round"]]  # fmt: skip
+            if not mine:
+                continue
+            compared.append(
+                [name(mine[0]), _path_label(mine[0]),
+                 " / ".join(f"{r['windows_per_s']:,}" for r in mine),
+                 f"{statistics.median(r['windows_per_s'] for r in mine):,.0f}",
+                 f"{statistics.median(r['cpu_us_per_window'] for r in mine):.0f}",
+                 "in process" if mine[0]["server_cpu_us_per_window"] is None else
+                 f"{statistics.median(r['server_cpu_us_per_window'] for r in mine):.0f}",
+                 f"{statistics.median(r['uploads_per_transaction'] for r in mine):.1f}"]
+            )  # fmt: skip
     branch = markdown_table(
         ["backend (1 window per upload, 32 senders, group commit 64)", "path",
-         "windows/s (wall)", "ingesting process CPU per window (us)",
-         "server CPU per window (us)", "uploads per transaction"],
-        [[name(r), _path_label(r),
-          r["windows_per_s"], r["cpu_us_per_window"], server_cpu(r),
-          r["uploads_per_transaction"]]
-         for r in rows if r["batch"] == 1 and r["senders"] == SENDERS and r["group_commit"] > 1
-         and r["synchronous"] in ("NORMAL", "")],
+         f"windows/s (wall), {COMPARE_ROUNDS} rounds", "median windows/s",
+         "median ingesting-process CPU per window (us)", "median server CPU per window (us)",
+         "uploads per transaction"],
+        compared,
     )  # fmt: skip
     previous = markdown_table(
         ["backend (100 windows per upload)", "path", "windows/s (wall)",
@@ -479,10 +508,12 @@ def run(results_dir: Path) -> str:
             "",
             f"Best: {verdict}.",
             "",
-            "Before and after the lz4 / chunked-INSERT branch, side by side in this run (the"
-            " previous path rebuilt in process: uploads INSERTed in one statement per group,"
-            " which psycopg re-parses at every call past 50 parameters; pglz TOAST"
-            " compression; the lingering group-commit writer woken at every queued upload):",
+            "Before and after the lz4 / chunked-INSERT branch, side by side in this run,"
+            f" {COMPARE_ROUNDS} rounds alternated, each on a fresh database (the previous path"
+            " rebuilt in process: uploads INSERTed in one statement per group, which psycopg"
+            " re-parses at every call past 50 parameters; windows one row a statement; pglz"
+            " TOAST compression; the lingering group-commit writer woken at every queued"
+            " upload):",
             "",
             branch,
             "",

@@ -22,7 +22,7 @@ from control_plane.store.records import (
     UploadBatch,
 )
 from control_plane.store.sql.base import Database, Row, Tx, dumps, loads, page
-from control_plane.store.sql.monitoring import insert_windows
+from control_plane.store.sql.monitoring import WINDOW_ROWS, insert_windows
 
 # rows per multi-row INSERT (6 parameters each): at most 50 parameters, so psycopg caches the
 # statement's conversion (it re-parses longer ones at every call: ~10 us a window in a group
@@ -213,7 +213,9 @@ class SqlUploadRepo:
     def __init__(self, db: Database, keys: SampleKeyring) -> None:
         self.db = db
         self.keys = keys  # captured samples of the windows are sealed with it
-        self.chunk = UPLOAD_CHUNK  # rows per INSERT (the ingest benchmark compares sizes)
+        # rows per INSERT statement (the ingest benchmark compares sizes)
+        self.chunk = UPLOAD_CHUNK
+        self.window_rows = WINDOW_ROWS
 
     def add(
         self,
@@ -264,6 +266,7 @@ class SqlUploadRepo:
                 ],
                 at,
                 self.keys,
+                self.window_rows,
             )
         return stored
 

@@ -84,9 +84,10 @@ def insert_windows(
     windows: Sequence[tuple[str, int, NewWindow]],
     at: float,
     keys: SampleKeyring,
+    per_statement: int = WINDOW_ROWS,
 ) -> None:
     """Index windows new to the store (the caller stored their raw uploads in the same
-    transaction): batched INSERTs for the windows (``WINDOW_ROWS`` a statement), one for
+    transaction): batched INSERTs for the windows (``per_statement`` rows each), one for
     their captures."""
     if not windows:
         return
@@ -138,10 +139,11 @@ def insert_windows(
     )
     marks = "(" + ", ".join("?" * 17) + ")"
     conflict = " ON CONFLICT (device_id, seq) DO NOTHING"
-    whole = len(rows) - len(rows) % WINDOW_ROWS
+    n = per_statement
+    whole = len(rows) - len(rows) % n
     tx.execute_many(
-        insert + ", ".join([marks] * WINDOW_ROWS) + conflict,
-        [[p for r in rows[i : i + WINDOW_ROWS] for p in r] for i in range(0, whole, WINDOW_ROWS)],
+        insert + ", ".join([marks] * n) + conflict,
+        [[p for r in rows[i : i + n] for p in r] for i in range(0, whole, n)],
     )
     tx.execute_many(insert + marks + conflict, rows[whole:])
     tx.execute_many(
