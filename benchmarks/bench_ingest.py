@@ -13,6 +13,13 @@ of 100 (the agent's ``MAX_BATCH_MESSAGES``, an agent catching up after being off
 every upload is delivered a second time (a resend after a lost ack): acked, stored once —
 the benchmark checks the row counts.
 
+PostgreSQL runs as the tests run it (fsync, synchronous_commit off: a scratch server) and
+once more with its durable defaults (fsync and synchronous_commit on: an ack means the
+commit is on disk); the server's own CPU time per window is read from ``/proc``. The path
+before the lz4 / chunked-INSERT branch is measured beside the current one in the same run
+(1 window per upload, 32 senders): one multi-row INSERT per group (over psycopg's 50-parameter
+statement cache), pglz TOAST compression, the lingering writer woken at every queued upload.
+
 Drift: :meth:`MonitoringService.drift` over the store (read 1,000 devices' windows, merge
 per package, evaluate 22 features) — the control plane's own cost, not the core's alone
 (``bench_drift.py`` has that).
@@ -48,7 +55,11 @@ SENDERS = 32  # concurrent callers: the gRPC server keeps 128 of its 512 workers
 CONFIGS = ((1, 1, 64), (1, SENDERS, 1), (1, SENDERS, 64), (100, 1, 64))
 # SQLite with synchronous=FULL (an fsync per commit: acked windows survive a power loss)
 FULL_CONFIGS = ((1, 1, 64), (1, SENDERS, 1), (1, SENDERS, 64))
+# PostgreSQL with its durable defaults (fsync, synchronous_commit on)
+DURABLE_CONFIGS = ((1, SENDERS, 64),)
 TARGET = 5000.0  # windows/s (issue #11)
+PREVIOUS_CHUNK = 500  # rows per uploads INSERT before the lz4 / chunked-INSERT branch
+COMPARE_ROUNDS = 3  # previous and current path alternated, each on a fresh database: medians
 DRIFT_RUNS = 5
 BEFORE = (
     "Before the group commit and the captures-only redaction (re-measured at commit 0739d12,"
@@ -107,6 +118,29 @@ def _uploads(template: dict[str, Any], start: float) -> dict[str, list[tuple[int
     return out
 
 
+def _previous_group_commit(group: Any) -> Any:
+    """The group commit as it was before: the lingering writer woken at every upload queued
+    (its one-shot wake-ups were Events then, not reproduced: ~2 us a window)."""
+    from control_plane.services.ingest import GroupCommit
+
+    class Previous(GroupCommit):
+        def _wake_writer(self) -> None:
+            if self._lingering:
+                self._cv.notify()
+
+    return Previous(group.write, group.max_batch, group.linger_s)
+
+
+def _pglz(url: str) -> None:
+    """Back to PostgreSQL's default TOAST compression (before migration 0008)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table, column in (("uploads", "body_json"), ("telemetry_windows", "histograms_json"),
+                              ("telemetry_rollups", "histograms_json")):  # fmt: skip
+            conn.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION pglz")
+
+
 def _open(url: str, manifest: Any) -> Any:
     from control_plane.store.factory import open_repositories
     from control_plane.store.records import NewDevice, Package
@@ -127,17 +161,24 @@ def _ingest(
     batch: int,
     senders: int = 1,
     group: int = 64,
-) -> tuple[float, float, float]:
+    previous: bool = False,
+    server: Any = None,
+) -> tuple[float, float, float, float | None]:
     """Every device's windows in uploads of ``batch``, round-robin over devices, from
     ``senders`` threads (as a transport's worker threads call ``ingest`` concurrently; each
     thread serves its own devices) with a group commit of up to ``group`` uploads: (wall
-    seconds, CPU seconds of this process, uploads per transaction)."""
+    seconds, CPU seconds of this process, uploads per transaction, CPU seconds of the
+    PostgreSQL ``server`` or None). ``previous``: the path before the chunked INSERT."""
     from control_plane.quotas import QuotaLimits
     from control_plane.services.devices import DeviceService
     from control_plane.services.ingest import IngestService
 
     unlimited = QuotaLimits(1e12, 1e12, 1e12, 1e12)
     ingest = IngestService(repos, DeviceService(repos), quota=unlimited, group_commit=group)
+    if previous:
+        ingest.group = _previous_group_commit(ingest.group)
+        repos.uploads.chunk = PREVIOUS_CHUNK
+        repos.uploads.window_rows = 1
     calls: list[list[tuple[str, list[tuple[int, str, str]]]]] = [[] for _ in range(senders)]
     per_device = WINDOWS // DEVICES
     for offset in range(0, per_device, batch):
@@ -152,15 +193,18 @@ def _ingest(
                 failures.append(f"{device}: {result.errors}")
 
     threads = [threading.Thread(target=send, args=(c,)) for c in calls]
+    served = None if server is None else server.cpu_seconds()
     started, cpu = time.perf_counter(), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall, used = time.perf_counter() - started, time.process_time() - cpu
+    if served is not None:
+        served = server.cpu_seconds() - served
     if failures:
         raise RuntimeError(failures[0])
-    return wall, used, ingest.group.uploads / max(1, ingest.group.commits)
+    return wall, used, ingest.group.uploads / max(1, ingest.group.commits), served
 
 
 def _ingest_previous(
@@ -215,24 +259,65 @@ def _ingest_previous(
     return time.perf_counter() - started, time.process_time() - cpu
 
 
+def _path_label(r: dict[str, Any]) -> str:
+    from control_plane.store.sql.fleet import UPLOAD_CHUNK
+    from control_plane.store.sql.monitoring import WINDOW_ROWS
+
+    pg = r["backend"] == "postgresql"
+    if r["path"] == "previous":
+        compression = ", pglz" if pg else ""
+        return (
+            f"previous: one uploads INSERT per group, 1 window a statement{compression},"
+            " writer woken per upload"
+        )
+    compression = ", lz4" if pg else ""
+    return (
+        f"now: uploads {UPLOAD_CHUNK} rows a statement, windows {WINDOW_ROWS}{compression},"
+        " writer woken once"
+    )
+
+
+Config = tuple[int, int, int, str, bool, bool]
+
+
+def _configs(backend: str) -> list[Config]:
+    """(windows per upload, senders, group commit, durability, previous path, comparison
+    round) to run: the configurations, then the previous and current path alternated (1
+    window per upload, 32 senders, group commit 64) for the side-by-side medians."""
+    out = [(*c, "", False, False) for c in CONFIGS]
+    for _ in range(COMPARE_ROUNDS):
+        out += [(1, SENDERS, 64, "", True, True), (1, SENDERS, 64, "", False, True)]
+    if backend == "sqlite":
+        out += [(*c, "full", False, False) for c in FULL_CONFIGS]
+    return out
+
+
 def _measure(
-    backend: str, url: Callable[[], str], manifest: Any, template: dict[str, Any]
+    backend: str,
+    url: Callable[[], str],
+    manifest: Any,
+    template: dict[str, Any],
+    configs: list[Config],
+    server: Any = None,
 ) -> list[dict[str, Any]]:
     from control_plane.services.audit import AuditService
     from control_plane.services.monitoring import MonitoringService
 
     rows = []
-    full = [(*c, "full") for c in FULL_CONFIGS] if backend == "sqlite" else []
-    for batch, senders, group, durability in [(*c, "") for c in CONFIGS] + full:
+    for batch, senders, group, durability, previous, compare in configs:
         target = url()
-        if durability:
+        if durability and backend == "sqlite":
             target = f"sqlite:///{target}?synchronous={durability}"
         repos = _open(target, manifest)
+        if previous and backend == "postgresql":
+            _pglz(target)
         try:
             start = time.time() - 86400.0
             uploads = _uploads(template, start)
-            first, first_cpu, per_tx = _ingest(repos, uploads, batch, senders, group)
-            again, _, _ = _ingest(repos, uploads, batch, senders, group)  # delivered twice
+            first, first_cpu, per_tx, served = _ingest(
+                repos, uploads, batch, senders, group, previous, server
+            )
+            again, _, _, _ = _ingest(repos, uploads, batch, senders, group, previous)  # twice
             counts = repos.monitoring.window_counts()
             stored = counts[("digits", "1")][0]
             raw = len(repos.uploads.list(limit=1, device_id="dev-0000").items)
@@ -244,18 +329,26 @@ def _measure(
                 "senders": senders,
                 "group_commit": group,
                 "synchronous": durability.upper() or ("NORMAL" if backend == "sqlite" else ""),
+                "path": "previous" if previous else "now",
+                "comparison_round": compare,
                 "uploads_per_transaction": round(per_tx, 1),
                 "windows": WINDOWS,
                 "seconds": round(first, 2),
                 "windows_per_s": round(WINDOWS / first),
                 "windows_per_cpu_s": round(WINDOWS / first_cpu),
+                "cpu_us_per_window": round(first_cpu / WINDOWS * 1e6),
+                "server_cpu_us_per_window": None if served is None
+                else round(served / WINDOWS * 1e6),
                 "resend_windows_per_s": round(WINDOWS / again),
                 "stored_after_resend": stored,
-            }
+            }  # fmt: skip
             if (
-                batch == CONFIGS[-1][0] and not durability
+                batch == CONFIGS[-1][0] and not durability and not compare
             ):  # the previous path, side by side, on a fresh database
-                before = _open(url(), manifest)
+                fresh = url()
+                before = _open(fresh, manifest)
+                if backend == "postgresql":
+                    _pglz(fresh)  # its schema as it was then too
                 try:
                     wall, cpu = _ingest_previous(before, uploads, batch)
                     if before.monitoring.window_counts()[("digits", "1")][0] != WINDOWS:
@@ -264,7 +357,7 @@ def _measure(
                     before.close()
                 row["previous_windows_per_s"] = round(WINDOWS / wall)
                 row["previous_windows_per_cpu_s"] = round(WINDOWS / cpu)
-            if batch == CONFIGS[-1][0] and not durability:  # drift over the fleet's stored windows
+            if batch == CONFIGS[-1][0] and not durability and not compare:  # drift over the fleet
                 monitoring = MonitoringService(repos, AuditService(repos.audit))
                 times = []
                 for _ in range(DRIFT_RUNS):
@@ -298,28 +391,72 @@ def run(results_dir: Path) -> str:
     template = _template(manifest)
     work = Path(tempfile.mkdtemp(prefix="fleetcast-bench-ingest-"))
     databases = iter(range(100))
-    rows = _measure("sqlite", lambda: str(work / f"store-{next(databases)}.db"), manifest, template)
+    load_start = os.getloadavg()[0]
+    rows = _measure(
+        "sqlite", lambda: str(work / f"store-{next(databases)}.db"), manifest, template,
+        _configs("sqlite"),
+    )  # fmt: skip
     bin_dir = find_pg_bin()
     if bin_dir is None:
         logger.warning("%s; PostgreSQL left out", INSTALL_HINT)
     else:
-        pg = PostgresServer(bin_dir).start()
-        try:
-            rows += _measure("postgresql", pg.create_database, manifest, template)
-        finally:
-            pg.stop()
+        for durable in (False, True):
+            pg = PostgresServer(bin_dir, durable=durable).start()
+            try:
+                configs = (
+                    [(*c, "durable", False, False) for c in DURABLE_CONFIGS]
+                    if durable
+                    else _configs("postgresql")
+                )
+                rows += _measure("postgresql", pg.create_database, manifest, template, configs, pg)
+            finally:
+                pg.stop()
     load = os.getloadavg()[0]
     size = len(json.dumps({**template, "device_id": "dev-0000"}))
+    now = [r for r in rows if r["path"] == "now" and not r["comparison_round"]]
+
+    def name(r: dict[str, Any]) -> str:
+        if r["synchronous"] == "DURABLE":
+            return f"{r['backend']} (fsync, synchronous_commit on)"
+        return r["backend"] + (f" ({r['synchronous']})" if r.get("synchronous") else "")
+
+    def server_cpu(r: dict[str, Any]) -> str:
+        v = r["server_cpu_us_per_window"]
+        return "in process" if v is None else str(v)
+
     table = markdown_table(
         ["backend", "windows per upload", "concurrent senders", "group commit (max uploads)",
          "uploads per transaction", "windows/s (wall)",
-         "windows per CPU-second of the ingesting process", "resent windows/s",
-         "stored after resend"],
-        [[r["backend"] + (f" ({r['synchronous']})" if r.get("synchronous") else ""),
-          r["batch"], r["senders"], "off" if r["group_commit"] == 1
+         "windows per CPU-second of the ingesting process", "server CPU per window (us)",
+         "resent windows/s", "stored after resend"],
+        [[name(r), r["batch"], r["senders"], "off" if r["group_commit"] == 1
           else r["group_commit"], r["uploads_per_transaction"], r["windows_per_s"],
-          r["windows_per_cpu_s"], r["resend_windows_per_s"], r["stored_after_resend"]]
-         for r in rows],
+          r["windows_per_cpu_s"], server_cpu(r), r["resend_windows_per_s"],
+          r["stored_after_resend"]]
+         for r in now],
+    )  # fmt: skip
+    compared: list[list[object]] = []
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        for path in ("previous", "now"):
+            mine = [r for r in rows if r["backend"] == backend and r["path"] == path
+                    and r["comparison_round"]]  # fmt: skip
+            if not mine:
+                continue
+            compared.append(
+                [name(mine[0]), _path_label(mine[0]),
+                 " / ".join(f"{r['windows_per_s']:,}" for r in mine),
+                 f"{statistics.median(r['windows_per_s'] for r in mine):,.0f}",
+                 f"{statistics.median(r['cpu_us_per_window'] for r in mine):.0f}",
+                 "in process" if mine[0]["server_cpu_us_per_window"] is None else
+                 f"{statistics.median(r['server_cpu_us_per_window'] for r in mine):.0f}",
+                 f"{statistics.median(r['uploads_per_transaction'] for r in mine):.1f}"]
+            )  # fmt: skip
+    branch = markdown_table(
+        ["backend (1 window per upload, 32 senders, group commit 64)", "path",
+         f"windows/s (wall), {COMPARE_ROUNDS} rounds", "median windows/s",
+         "median ingesting-process CPU per window (us)", "median server CPU per window (us)",
+         "uploads per transaction"],
+        compared,
     )  # fmt: skip
     previous = markdown_table(
         ["backend (100 windows per upload)", "path", "windows/s (wall)",
@@ -337,9 +474,9 @@ def run(results_dir: Path) -> str:
          for r in rows if "drift_all_s" in r],
     )  # fmt: skip
     verdicts = []
-    for backend in dict.fromkeys(r["backend"] for r in rows):
+    for backend in dict.fromkeys(r["backend"] for r in now):
         for batch in (1, CONFIGS[-1][0]):
-            mine = [r for r in rows if r["backend"] == backend and r["batch"] == batch]
+            mine = [r for r in now if r["backend"] == backend and r["batch"] == batch]
             top = max(mine, key=lambda r: r["windows_per_s"])
             v = top["windows_per_s"]
             how = f"{top['senders']} sender{'s' if top['senders'] > 1 else ''}"
@@ -361,11 +498,24 @@ def run(results_dir: Path) -> str:
             " `ingest` at once (as the gRPC server's worker threads do), each for its own"
             " devices; with the group commit on, uploads arriving while a commit is in flight"
             " share the next transaction (each acked after it commits); off, one transaction"
-            " per upload. Every upload is then delivered again: acked, stored once (checked).",
+            " per upload. Every upload is then delivered again: acked, stored once (checked)."
+            " PostgreSQL runs on the same 2 cores, as the tests run it (fsync and"
+            " synchronous_commit off: a scratch server) and, on the row so marked, with its"
+            " durable defaults (an ack means the commit is on disk); its CPU per window is"
+            " the server processes' own, read from /proc.",
             "",
             table,
             "",
             f"Best: {verdict}.",
+            "",
+            "Before and after the lz4 / chunked-INSERT branch, side by side in this run,"
+            f" {COMPARE_ROUNDS} rounds alternated, each on a fresh database (the previous path"
+            " rebuilt in process: uploads INSERTed in one statement per group, which psycopg"
+            " re-parses at every call past 50 parameters; windows one row a statement; pglz"
+            " TOAST compression; the lingering group-commit writer woken at every queued"
+            " upload):",
+            "",
+            branch,
             "",
             BEFORE,
             "",
@@ -378,17 +528,19 @@ def run(results_dir: Path) -> str:
             "",
             drift,
             "",
-            f"Host load average when the run ended: {load:.1f} on {os.cpu_count()} cores"
-            " (the machine is shared: wall-clock rates fall with the load). One process;"
-            " Python threads share one core for the decoding (the GIL), so concurrency pays"
-            " through fewer commits and round trips, not parallel parsing. The CPU-second"
-            " column is this process's own CPU time (decoding, validation, SQLite's work);"
-            " PostgreSQL's server CPU is not in it.",
+            f"Host load average (1 min) when the run started: {load_start:.1f}, when it"
+            f" ended: {load:.1f}, on {os.cpu_count()} cores (the machine is shared: wall-clock"
+            " rates fall with the load). One process; Python threads share one core for the"
+            " decoding (the GIL), so concurrency pays through fewer commits and round trips,"
+            " not parallel parsing. The CPU-second column is this process's own CPU time"
+            " (decoding, validation, SQLite's work); PostgreSQL's server CPU is the column"
+            " beside it.",
         ]
     )
     write_results(
         results_dir, "ingest", markdown,
-        {"rows": rows, "load_average": load, "window_bytes": size,
+        {"rows": rows, "load_average": load, "load_average_start": load_start,
+         "window_bytes": size,
          "versions": tool_versions(["psycopg", "pydantic", "datasketches"])},
     )  # fmt: skip
     return markdown

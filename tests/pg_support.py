@@ -3,7 +3,8 @@
 The server refuses to run as root, so as root it runs as the ``postgres`` user
 (Debian's ``postgresql`` package makes it) through ``runuser``; otherwise as the
 current user. Durability is switched off (``fsync=off``): a test database is
-thrown away with its directory.
+thrown away with its directory. ``durable=True`` keeps the server's defaults (fsync,
+synchronous_commit, full_page_writes on) for benchmarks that measure acked = on disk.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def _free_port() -> int:
 @dataclass
 class PostgresServer:
     bin_dir: Path
+    durable: bool = False
     root: Path = field(init=False)
     port: int = field(init=False, default=0)
     startup_seconds: float = field(init=False, default=0.0)
@@ -80,10 +82,10 @@ class PostgresServer:
             "--locale=C",
         )
         self.port = _free_port()
-        options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        options += " -c max_connections=200"
         self._run(
             "pg_ctl",
             "-D",
@@ -99,6 +101,22 @@ class PostgresServer:
         )
         self.startup_seconds = time.perf_counter() - began
         return self
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the server's processes so far (Linux ``/proc``): the
+        postmaster and its children, exited ones included."""
+        postmaster = int((self.root / "data" / "postmaster.pid").read_text().split()[0])
+        ticks = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the process ended meanwhile
+                continue
+            if int(entry.name) == postmaster or int(fields[1]) == postmaster:
+                ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://fleetcast@127.0.0.1:{self.port}/{dbname}"

@@ -56,7 +56,18 @@ class _Job:
         self.stored: builtins.list[int] | None = None
         self.error: BaseException | None = None
         self.done = False
-        self.wake = threading.Event()  # set when stored (or failed), or to become the writer
+        # released when stored (or failed), or to become the writer: a bare lock, held from
+        # the start, is the cheapest one-shot wake-up (an Event runs a Condition in Python)
+        self._wake = threading.Lock()
+        self._wake.acquire()
+
+    def wait(self) -> None:
+        self._wake.acquire()
+
+    def wake(self) -> None:
+        """Only the writer calls it (one at a time); a second call is a no-op."""
+        if self._wake.locked():
+            self._wake.release()
 
 
 class GroupCommit:
@@ -101,8 +112,13 @@ class GroupCommit:
         """A caller that arrived has nothing to store (every item rejected)."""
         with self._cv:
             self._decoding -= 1
-            if self._lingering:
-                self._cv.notify()
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        """Wake the lingering writer once it has nothing left to wait for (not at every
+        upload queued: each wake-up costs a thread switch and the GIL)."""
+        if self._lingering and (self._decoding <= 0 or len(self._queue) >= self.max_batch):
+            self._cv.notify()
 
     def queued(self) -> int:
         """Uploads waiting for the next transaction."""
@@ -118,10 +134,9 @@ class GroupCommit:
             self._queue.append(job)
             writer = not self._writing
             self._writing = True
-            if self._lingering:
-                self._cv.notify()  # the writer waits for this upload
+            self._wake_writer()  # the writer may wait for this upload
         if not writer:
-            job.wake.wait()  # stored by a writer, or handed the writer's role
+            job.wait()  # stored by a writer, or handed the writer's role
         if not job.done:
             try:
                 while not job.done:
@@ -150,12 +165,12 @@ class GroupCommit:
         finally:
             for j in group:
                 j.done = True
-                j.wake.set()
+                j.wake()
 
     def _hand_off(self) -> None:
         with self._cv:
             if self._queue:
-                self._queue[0].wake.set()  # not done: it becomes the writer
+                self._queue[0].wake()  # not done: it becomes the writer
             else:
                 self._writing = False
 

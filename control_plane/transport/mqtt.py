@@ -1,13 +1,16 @@
 """The control plane's side of MQTT: commands down, acks/telemetry/block requests up.
 
-paho callbacks only enqueue; one worker thread parses and calls the services.
+paho callbacks only enqueue; ``WORKERS`` worker threads parse and call the services, each
+device's messages always on the same worker (in the order they came), so uploads of several
+devices are ingested at once and share the ingest's group commit (one transaction) as the gRPC
+server's do.
 Commands go down through one trigger: the change dispatcher hands the pending
 commands to :meth:`MqttBridge.publish_pending`, which publishes the ones not
 yet published (a device that comes online gets its pending ones again).
 The device id of a message is the one in its topic: the broker's ACL lets a
 device publish only under its own prefix, so the topic is as good as a login.
 A malformed payload is logged and answered with an error where the device
-waits for an answer (telemetry); nothing a device sends stops the worker.
+waits for an answer (telemetry); nothing a device sends stops a worker.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 QOS = 1
 ACTIVE_TTL = 1.0
+WORKERS = 8  # uplink worker threads (a device's messages stay on one, in order)
 
 
 @dataclass(frozen=True)
@@ -57,10 +62,13 @@ class MqttBridge:
         self.endpoint = endpoint
         self.rejected = 0
         self.blocks_served = 0
+        self._counts = threading.Lock()  # the counters above, bumped by every worker
         self._active: dict[str, tuple[bool, float]] = {}  # device -> (active, checked at)
         self._published: set[str] = set()  # ids of pending commands published already
         self._published_lock = threading.Lock()
-        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
+        self._queues: list[queue.Queue[mqtt.MQTTMessage | None]] = [
+            queue.Queue() for _ in range(WORKERS)
+        ]
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id="fleetcast-control-plane",
@@ -77,19 +85,25 @@ class MqttBridge:
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect
-        self._client.on_message = lambda _c, _u, message: self._queue.put(message)
-        self._worker = threading.Thread(target=self._work, name="mqtt-bridge", daemon=True)
+        self._client.on_message = lambda _c, _u, message: self._route(message)
+        self._workers = [
+            threading.Thread(target=self._work, args=(q,), name=f"mqtt-bridge-{i}", daemon=True)
+            for i, q in enumerate(self._queues)
+        ]
 
     def start(self) -> None:
-        self._worker.start()
+        for worker in self._workers:
+            worker.start()
         self._client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=30)
         self._client.loop_start()
 
     def stop(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
-        self._queue.put(None)
-        self._worker.join(5)
+        for q in self._queues:
+            q.put(None)
+        for worker in self._workers:
+            worker.join(5)
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
@@ -135,12 +149,24 @@ class MqttBridge:
 
     # -- uplink
 
-    def _work(self) -> None:
-        while (message := self._queue.get()) is not None:
+    def worker_for(self, device_id: str) -> int:
+        """The worker a device's messages go to (stable: its messages keep their order)."""
+        return zlib.crc32(device_id.encode()) % len(self._queues)
+
+    def _route(self, message: mqtt.MQTTMessage) -> None:
+        parts = message.topic.split("/")
+        root_len = len(TOPIC_ROOT.split("/"))
+        # the device level of the topic (a malformed topic is rejected by whichever worker)
+        device_id = parts[root_len] if len(parts) > root_len else message.topic
+        self._queues[self.worker_for(device_id)].put(message)
+
+    def _work(self, messages: queue.Queue[mqtt.MQTTMessage | None]) -> None:
+        while (message := messages.get()) is not None:
             try:
                 self._handle(message)
             except Exception:  # one bad message must not stop the bridge
-                self.rejected += 1
+                with self._counts:
+                    self.rejected += 1
                 logger.exception("MQTT bridge: message on %s", message.topic)
 
     def _handle(self, message: mqtt.MQTTMessage) -> None:
@@ -192,7 +218,8 @@ class MqttBridge:
         return cached[0]
 
     def _reject(self, topic: str, reason: str) -> None:
-        self.rejected += 1
+        with self._counts:
+            self.rejected += 1
         logger.warning("MQTT bridge: rejected message on %s: %s", topic, reason)
 
     def _ack(self, device_id: str, body: dict[str, Any]) -> None:
@@ -255,5 +282,6 @@ class MqttBridge:
             "total_size": total,
             "last": offset + len(data) >= total,
         }
-        self.blocks_served += 1
+        with self._counts:
+            self.blocks_served += 1
         self._publish(topic, encode_block(header, data))

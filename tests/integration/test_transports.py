@@ -365,6 +365,66 @@ def test_mqtt_malformed_payloads_are_rejected_and_the_bridge_lives(plane: Contro
         device.close()
 
 
+def test_mqtt_uploads_of_several_devices_share_a_group_commit(plane: ControlPlane) -> None:
+    """The bridge ingests each device on its own worker (in order), so uploads of devices
+    arriving while a commit is in flight are stored together in the next transaction, as
+    the gRPC server's are; each device is acked after its transaction committed."""
+    assert plane.services is not None and plane.mqtt_port is not None and plane.bridge is not None
+    bridge = plane.bridge
+    names: list[str] = []
+    workers: set[int] = set()
+    for i in range(100):  # four devices on four different workers
+        if bridge.worker_for(f"dev-{i}") not in workers:
+            workers.add(bridge.worker_for(f"dev-{i}"))
+            names.append(f"dev-{i}")
+        if len(names) == 4:
+            break
+    group = plane.services.ingest.group
+    real_write = group.write
+    first_commit, release = threading.Event(), threading.Event()
+    committed: list[list[str]] = []
+
+    def write(batches: Any) -> Any:
+        if not first_commit.is_set():  # hold the first commit until the others queued
+            first_commit.set()
+            assert release.wait(10)
+        stored = real_write(batches)
+        committed.append(sorted(b.device_id for b in batches))
+        return stored
+
+    group.write = write
+    devices = []
+    try:
+        passwords = {name: enroll_device(plane, name)["mqtt_password"] for name in names}
+        for name in names:  # connected once the broker has all four logins (connected between
+            # two enrollments, an earlier client missed its acks here: the broker reloads)
+            device = RawMqtt(plane.mqtt_port, f"devices/{name}", passwords[name], name)
+            assert device.connected.is_set(), device.connect_result
+            device.subscribe(f"{TOPIC_ROOT}/{name}/telemetry/ack")
+            devices.append(device)
+
+        def upload(device: RawMqtt, name: str) -> None:
+            body = json.dumps({"device_id": name, "sequence": 1, "event": "t"})
+            items = {"items": [{"seq": 1, "kind": "status", "body_json": body}]}
+            device.publish(f"{TOPIC_ROOT}/{name}/telemetry", json.dumps(items))
+
+        upload(devices[0], names[0])
+        assert first_commit.wait(10)
+        for device, name in zip(devices[1:], names[1:], strict=True):
+            upload(device, name)
+        assert wait_until(lambda: group.queued() == 3)  # each on its own worker, at once
+        assert not any(d.messages for d in devices)  # nobody acked before its commit
+        release.set()
+        for device in devices:
+            assert wait_until(lambda d=device: len(d.messages) == 1)
+            assert json.loads(device.messages[0].payload)["acked"] == [1]
+        assert committed == [[names[0]], sorted(names[1:])]
+    finally:
+        release.set()
+        for device in devices:
+            device.close()
+
+
 # ------------------------------------------------------------------ TLS
 
 

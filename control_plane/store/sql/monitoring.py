@@ -36,6 +36,10 @@ from control_plane.store.sql.base import (
 )
 
 CHUNK = 500  # ids per IN (...) list
+# windows per INSERT statement (18 parameters each), the statements batched by the driver:
+# fewer statements for psycopg to send and PostgreSQL to run, still under the 50 parameters
+# psycopg caches a statement's conversion for (measured: ~4 us of ingest CPU a window less)
+WINDOW_ROWS = 2
 
 
 SEALED = "sealed_v1"
@@ -80,9 +84,11 @@ def insert_windows(
     windows: Sequence[tuple[str, int, NewWindow]],
     at: float,
     keys: SampleKeyring,
+    per_statement: int = WINDOW_ROWS,
 ) -> None:
     """Index windows new to the store (the caller stored their raw uploads in the same
-    transaction): one batched INSERT for the windows, one for their captures."""
+    transaction): batched INSERTs for the windows (``per_statement`` rows each), one for
+    their captures."""
     if not windows:
         return
     packages: dict[str, Row | None] = {}  # package id -> catalog row, once per call
@@ -127,14 +133,21 @@ def insert_windows(
                                 dict(c.outputs)), "{}"]
             for c in window.captures
         ]  # fmt: skip
-    tx.execute_many(
+    insert = (
         "INSERT INTO telemetry_windows (device_id, seq, model_name, model_version, package_id,"
         " package_sha256, profile_id, started_at, ended_at, bucket_start, requests,"
         " rows_scored, errors, invalid, histograms_json, latency_json, received_at, alias)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (device_id, seq) DO NOTHING",
-        rows,
+        " VALUES "
     )
+    marks = "(" + ", ".join("?" * 18) + ")"
+    conflict = " ON CONFLICT (device_id, seq) DO NOTHING"
+    n = per_statement
+    whole = len(rows) - len(rows) % n
+    tx.execute_many(
+        insert + ", ".join([marks] * n) + conflict,
+        [[p for r in rows[i : i + n] for p in r] for i in range(0, whole, n)],
+    )
+    tx.execute_many(insert + marks + conflict, rows[whole:])
     tx.execute_many(
         "INSERT INTO captures (prediction_id, device_id, seq, model_name, model_version,"
         " package_sha256, at, outputs_json, inputs_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"

@@ -20,7 +20,7 @@ from store_support import OpenStore
 from control_plane.errors import Conflict
 from control_plane.store.factory import open_repositories
 from control_plane.store.notify import ANY, COMMANDS, DEVICES
-from control_plane.store.records import ModelCard, NewDevice
+from control_plane.store.records import ModelCard, NewDevice, NewUpload
 from control_plane.store.sql.store import SqlRepositories
 
 pytestmark = pytest.mark.integration
@@ -161,10 +161,10 @@ def test_each_compile_job_is_claimed_once_by_competing_workers(open_store: OpenS
 
 def test_migrate_is_idempotent_and_records_the_version(open_store: OpenStore) -> None:
     first = open_store()
-    assert first.schema_version() == 9
-    assert first.db.migrate() == 9
+    assert first.schema_version() == 10
+    assert first.db.migrate() == 10
     second = open_store()  # migrates again on open: nothing to do
-    assert second.schema_version() == 9
+    assert second.schema_version() == 10
     with second.db.transaction() as tx:
         rows = tx.rows("SELECT version, name FROM schema_migrations ORDER BY version")
     assert rows == [
@@ -177,7 +177,39 @@ def test_migrate_is_idempotent_and_records_the_version(open_store: OpenStore) ->
         {"version": 7, "name": "function_aliases"},
         {"version": 8, "name": "alert_rules"},
         {"version": 9, "name": "retention"},
+        {"version": 10, "name": "ingest_lz4"},
     ]
+
+
+def test_postgres_compresses_large_uploads_with_lz4(postgres_server: PostgresServer) -> None:
+    """Migration 0008: raw uploads and window histograms over the TOAST threshold (2 kB) are
+    compressed with lz4 when the server has it, and read back unchanged."""
+    repos = open_repositories(postgres_server.create_database())
+    try:
+        body = '{"counts":[' + ",".join(str(i % 7) for i in range(3000)) + "]}"
+        assert repos.uploads.add("d1", [NewUpload(1, "status", body)], "grpc", at=1.0) == [1]
+        assert repos.uploads.list(device_id="d1").items[0].body_json == body
+        with repos.db.transaction() as tx:
+            lz4 = tx.row(
+                "SELECT 'lz4' = ANY (enumvals) AS ok FROM pg_settings"
+                " WHERE name = 'default_toast_compression'"
+            )
+            stored = tx.row("SELECT pg_column_compression(body_json) AS method FROM uploads")
+            columns = tx.rows(
+                "SELECT attrelid::regclass::text AS t, attcompression AS c FROM pg_attribute"
+                " WHERE attname IN ('body_json', 'histograms_json') AND attrelid IN"
+                " ('uploads'::regclass, 'telemetry_windows'::regclass,"
+                " 'telemetry_rollups'::regclass) ORDER BY 1"
+            )
+        assert lz4 is not None and stored is not None
+        expected = "lz4" if lz4["ok"] else "pglz"
+        assert stored["method"] == expected
+        assert [(c["t"], c["c"]) for c in columns] == [
+            (t, "l" if lz4["ok"] else "")
+            for t in ("telemetry_rollups", "telemetry_windows", "uploads")
+        ]
+    finally:
+        repos.close()
 
 
 def test_two_instances_migrating_a_fresh_database_at_once(open_store: OpenStore) -> None:
@@ -195,7 +227,7 @@ def test_two_instances_migrating_a_fresh_database_at_once(open_store: OpenStore)
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert (errors, results) == ([], [9, 9, 9])
+    assert (errors, results) == ([], [10, 10, 10])
 
 
 def test_postgres_listener_reconnects_and_announces_a_possible_gap(

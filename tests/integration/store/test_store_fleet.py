@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from control_plane.errors import Conflict, InvalidInput, NotFound
-from control_plane.store.records import NewDevice, NewUpload, Package
+from control_plane.store.records import NewDevice, NewUpload, Package, UploadBatch
+from control_plane.store.sql.fleet import UPLOAD_CHUNK
 from control_plane.store.sql.store import SqlRepositories
 
 pytestmark = pytest.mark.integration
@@ -203,6 +204,29 @@ def test_uploads_are_stored_exactly_once_per_device_and_seq(repos: SqlRepositori
         (3, '{"n":3}', "mqtt"),
     ]
     assert [u.seq for u in repos.uploads.list(kind="status", since=2.0).items] == [3, 1]
+
+
+def test_a_group_over_several_statements_answers_each_upload_as_alone(
+    repos: SqlRepositories,
+) -> None:
+    """A group commit spanning several multi-row INSERTs: each batch gets exactly the
+    sequence numbers new to the store, a resend (earlier, or twice in one group) once."""
+    assert repos.uploads.add("d1", [NewUpload(3, "status", '{"old":3}')], "grpc", at=1.0) == [3]
+    size = 2 * UPLOAD_CHUNK + 3  # the rows of the group below cross two statement boundaries
+    group = [
+        UploadBatch("d1", [NewUpload(s, "status", f'{{"s":{s}}}') for s in range(1, size)], "mqtt"),
+        UploadBatch("d2", [NewUpload(1, "status", "{}"), NewUpload(1, "status", '{"dup":1}')],
+                    "grpc"),
+        UploadBatch("d1", [NewUpload(size - 1, "status", '{"again":1}'), NewUpload(size, "status",
+                    "{}")], "grpc"),
+    ]  # fmt: skip
+    answers = repos.uploads.add_group(group, at=2.0)
+    assert answers == [[s for s in range(1, size) if s != 3], [1], [size]]
+    stored = {u.seq: u.body_json for u in repos.uploads.list(device_id="d1", limit=100).items}
+    assert sorted(stored) == list(range(1, size + 1))
+    assert stored[3] == '{"old":3}' and stored[size - 1] == f'{{"s":{size - 1}}}'
+    assert [u.body_json for u in repos.uploads.list(device_id="d2").items] == ["{}"]
+    assert repos.uploads.add_group(group, at=3.0) == [[], [], []]  # all of it again: acked, not new
 
 
 def test_audit_keeps_before_after_and_filters_newest_first(repos: SqlRepositories) -> None:

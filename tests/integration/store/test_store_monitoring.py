@@ -79,6 +79,25 @@ def test_windows_are_indexed_once_beside_the_raw_upload(repos: SqlRepositories) 
     assert {c.prediction_id for c in repos.monitoring.captures(ids)} == set(ids)
 
 
+def test_every_window_of_an_upload_is_indexed_whatever_the_statement_split(
+    repos: SqlRepositories,
+) -> None:
+    """Windows go in INSERTs of WINDOW_ROWS rows plus one for the rest: an odd count in one
+    upload, with one window already stored, indexes each new window once."""
+    ingest = _ingest(repos)
+    _, windows = _windows(repos)
+    more = [{**windows[i % 2], "sequence": seq} for i, seq in enumerate(range(3, 9))]
+    items = [(w["sequence"], "telemetry_window", json.dumps(w)) for w in windows + more]
+    assert ingest.ingest("cam-1", items[:1], "grpc").acked == [1]
+    assert ingest.ingest("cam-1", items, "grpc").acked == list(range(1, 9))  # 7 new: odd
+    stored = sorted(repos.monitoring.windows(model_name="digits"), key=lambda w: w.seq)
+    assert [w.seq for w in stored] == list(range(1, 9))
+    assert [w.histograms["inputs"] for w in stored[2:]] == [
+        windows[i % 2]["inputs"] for i in range(6)
+    ]
+    assert repos.monitoring.window_counts() == {("digits", "1"): (8, 8 * 600)}
+
+
 def test_bad_windows_are_rejected_by_sequence_with_the_reason(repos: SqlRepositories) -> None:
     ingest = _ingest(repos)
     _, windows = _windows(repos)

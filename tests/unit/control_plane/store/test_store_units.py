@@ -21,7 +21,7 @@ from control_plane.store.sqlite.backend import SqliteDatabase
 def test_memory_store_is_migrated_and_usable() -> None:
     repos = open_repositories(":memory:")
     try:
-        assert repos.schema_version() == 9
+        assert repos.schema_version() == 10
         repos.devices.add(NewDevice("d1", "h"), at=1.0)
         sub = repos.notifier.subscribe()
         repos.commands.add("d1", "deploy", {}, at=2.0)

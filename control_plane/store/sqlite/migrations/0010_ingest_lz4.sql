@@ -1,0 +1,4 @@
+-- PostgreSQL only: its 0010 switches the TOAST compression of the large JSON columns
+-- (uploads.body_json, telemetry_windows/telemetry_rollups.histograms_json) to lz4 for the
+-- ingest rate (issue #11). SQLite stores the same columns unchanged; this step keeps the two
+-- backends at one schema version.
