@@ -23,7 +23,9 @@ _INSERT = (
     "INSERT INTO alerts (id, alert_key, rule, series, model_name, model_version, severity,"
     " state, rule_json, labels_json, since, value, fired_at, resolved_at, acknowledged_by,"
     " acknowledged_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (id) DO NOTHING"
+    # no conflict target: id and alert_key are both unique (one is the other's hash), and a
+    # racing insert may trip either first; each must read as "already there"
+    " ON CONFLICT DO NOTHING"
 )
 # compare-and-set on the state: of two replicas saving the same transition, one changes it
 # (PostgreSQL re-checks the WHERE on the row the first committed; SQLite writes one at a time)
