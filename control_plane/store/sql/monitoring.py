@@ -15,6 +15,7 @@ import base64
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from control_plane.core.sketches import merge_histogram_sections, merge_latency
@@ -373,28 +374,9 @@ def _write_rollup(
 
 
 def _rollup(row: Row) -> StoredWindow:
-    return StoredWindow(
-        device_id=row["device_id"],
-        seq=0,
-        model_name=row["model_name"],
-        model_version=row["model_version"],
-        package_id=row["package_id"],
-        package_sha256=row["package_sha256"],
-        profile_id=row["profile_id"],
-        started_at=float(row["started_at"]),
-        ended_at=float(row["ended_at"]),
-        bucket_start=float(row["bucket_start"]),
-        requests=int(row["requests"]),
-        rows=int(row["rows_scored"]),
-        errors=int(row["errors"]),
-        invalid=int(row["invalid"]),
-        histograms=loads(row["histograms_json"]),
-        latency=loads(row["latency_json"]),
-        received_at=float(row["received_at"]),
-        merged=int(row["windows"]),
-        bucket_seconds=float(row["bucket_seconds"]),
-        alias=row["alias"],
-    )
+    """A rollup row as a window: ``seq`` 0, ``merged`` the windows it holds."""
+    window = _window({**row, "seq": 0})
+    return replace(window, merged=int(row["windows"]), bucket_seconds=float(row["bucket_seconds"]))
 
 
 def capture_from_row(row: Row, keys: SampleKeyring) -> StoredCapture:
