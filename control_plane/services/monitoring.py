@@ -190,7 +190,7 @@ class MonitoringService:
     ) -> dict[str, Any]:
         acc = WindowAccumulator()
         for w in part:
-            acc.add(_window_dict(w))
+            acc.add(w.folded())
         report = evaluate(reference_features(manifest.reference), acc.histograms, self.thresholds)
         if self.metrics is not None:
             self.metrics.observe_drift(manifest.model_name, manifest.model_version, label, report)
@@ -227,7 +227,7 @@ class MonitoringService:
         steps: dict[float, WindowAccumulator] = {}
         for w in part:
             steps.setdefault(math.floor(w.started_at / step) * step, WindowAccumulator()).add(
-                _window_dict(w)
+                w.folded()
             )
         starts = sorted(steps)
         reports = sliding_reports(
@@ -513,18 +513,6 @@ def _unevaluated_reason(package_id: str | None, sha256: str | None) -> str:
     if sha256 is None:
         return f"package {package_id!r} is not in the catalog"
     return f"package {sha256} has no reference statistics in its manifest"
-
-
-def _window_dict(w: StoredWindow) -> dict[str, Any]:
-    """A stored window in the shape :class:`WindowAccumulator` folds in."""
-    return {
-        **w.histograms,
-        "requests": w.requests,
-        "rows": w.rows,
-        "errors": w.errors,
-        "invalid": w.invalid,
-        "latency_ms": w.latency,
-    }
 
 
 def finite_dict(value: dict[str, Any]) -> dict[str, Any]:

@@ -95,7 +95,6 @@ from control_plane.store.records import (
     Command,
     Device,
     Page,
-    StoredWindow,
 )
 from control_plane.store.repos import Repositories, RevisionConflict
 
@@ -226,9 +225,9 @@ class WindowReadings:
                     continue
                 if w.model_version == version:
                     if w.received_at >= since:
-                        new.add(_counts(w))
+                        new.add(w.folded(histograms=False))
                 elif baseline is None or w.model_version == baseline:
-                    old.add(_counts(w))
+                    old.add(w.folded(histograms=False))
         alerts = self.drift_alerts.firing(model, version)
         if new.windows == 0 and old.windows == 0 and alerts is None:
             return None
@@ -251,17 +250,6 @@ class AlertDrift:
 
     def firing(self, model: str, version: str) -> builtins.list[str] | None:
         return [a.id for a in self.alerts.blocks_rollout(model, version)]
-
-
-def _counts(w: StoredWindow) -> dict[str, Any]:
-    """What the gates fold of a window: its counts and latency sketch (no histograms)."""
-    return {
-        "requests": w.requests,
-        "rows": w.rows,
-        "errors": w.errors,
-        "invalid": w.invalid,
-        "latency_ms": w.latency,
-    }
 
 
 def _stats(acc: WindowAccumulator) -> VersionStats:

@@ -272,6 +272,13 @@ class StoredWindow:
     bucket_seconds: float = 0.0  # a rollup's time bucket; 0 for a window as uploaded
     alias: str | None = None  # the function alias the window was stamped with
 
+    def folded(self, histograms: bool = True) -> dict[str, Any]:
+        """The window in the shape ``WindowAccumulator`` folds in: its counts and latency
+        sketch, and (``histograms``) its feature histograms."""
+        counts = {"requests": self.requests, "rows": self.rows, "errors": self.errors,
+                  "invalid": self.invalid, "latency_ms": self.latency}  # fmt: skip
+        return {**self.histograms, **counts} if histograms else counts
+
 
 @dataclass(frozen=True)
 class StoredCapture:
